@@ -1,0 +1,1 @@
+"""The ``qdgap`` command line: parsing, progress and exit codes. No science here."""

@@ -1,0 +1,129 @@
+"""File plumbing shared by every writer: atomic outputs, hashing, provenance, locks.
+
+A result is never readable but wrong: writers fill a temporary file in the
+destination folder and rename it into place only once it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from qdgap.core.errors import QdgapError
+
+_HASH_BLOCK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_writable_dir(folder: Path) -> None:
+    """Create ``folder`` if needed and make sure we may write into it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QdgapError(f"{folder}: cannot create the output folder ({exc.strerror})") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise QdgapError(f"{folder}: the output folder is not writable")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left as it
+    was. A full disk or an unwritable folder becomes a one-line ``QdgapError``.
+
+    Args:
+        path: the final output file.
+        force: replace ``path`` if it exists (otherwise an existing file is an error).
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise QdgapError(f"{path}: output exists; choose another name or pass --force")
+    if path.is_dir():
+        raise QdgapError(f"{path}: is a folder, expected a file name")
+    check_writable_dir(path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise QdgapError(f"{path}: no space left on the device; nothing was written") from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise QdgapError(f"{path}: permission denied; nothing was written") from exc
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, replacing what was there."""
+    with atomic_output(path, force=True) as tmp:
+        tmp.write_text(text)
+
+
+def provenance(**extra: object) -> dict[str, object]:
+    """What produced a result: qdgap version, command line, UTC time, plus ``extra``."""
+    from qdgap import __version__
+
+    return {
+        "qdgap_version": __version__,
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+class LockHeld(QdgapError):
+    """Another live process holds the lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, *, what: str) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` for the duration of the block.
+
+    The kernel releases it when the holder dies, so a killed job never leaves
+    a stale lock behind. Raises ``LockHeld`` at once if another process holds it.
+
+    Args:
+        path: the lock file (created if missing, left in place afterwards).
+        what: what the lock protects, for the error message.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise LockHeld(f"{what} is in use by {holder} (lock {path})") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()

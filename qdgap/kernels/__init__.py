@@ -1,0 +1,4 @@
+"""Pure tensor kernels: no file I/O, no printing, device-agnostic.
+
+``kernels`` imports neither ``core`` nor ``cli``.
+"""

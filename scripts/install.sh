@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one install recipe, shared by the Makefile, CI and the container images.
+#   scripts/install.sh VENV [EXTRAS]     e.g. scripts/install.sh .venv dev
+# Creates VENV if missing, installs torch first (the CPU 2.13.0 wheel unless
+# QDGAP_TORCH_SPEC says otherwise, e.g. "torch==2.13.0 --index-url .../cu126"),
+# then qdgap itself in editable mode with the given extras. Idempotent: a second
+# run installs nothing new.
+set -euo pipefail
+venv=${1:?usage: scripts/install.sh VENV [EXTRAS]}
+extras=${2:-}
+here=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-python3}
+torch_spec=${QDGAP_TORCH_SPEC:-torch==2.13.0}
+editable=${QDGAP_EDITABLE:-1}
+
+if [ ! -x "$venv/bin/python" ]; then
+    "$py" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+# torch first, so that nothing below can pull a multi-GB CUDA build as a dependency.
+# shellcheck disable=SC2086
+"${pip[@]}" $torch_spec
+target="$here"
+[ -n "$extras" ] && target="$here[$extras]"
+if [ "$editable" = 1 ]; then
+    "${pip[@]}" -e "$target"
+else
+    "${pip[@]}" "$target"
+fi

@@ -1,0 +1,72 @@
+"""Shared fixtures: a CLI runner that goes through ``main`` (so exit codes are the real ones),
+the published seed data (skipped when absent), and small synthetic trajectories."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SEED_DATA = Path(__file__).resolve().parents[2] / "shared" / "seed-data"
+if "QDGAP_SEED_DATA" in os.environ:
+    SEED_DATA = Path(os.environ["QDGAP_SEED_DATA"])
+
+# Tests must not depend on how many cores the machine has, and must not oversubscribe two.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``qdgap ARGS...`` in-process through the real entry point."""
+    from qdgap.cli.app import main
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+        out = capsys.readouterr()
+        return CliResult(int(exc.value.code), out.out, out.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def seed_data() -> Path:
+    if not SEED_DATA.is_dir():
+        pytest.skip(f"published seed data not found at {SEED_DATA}")
+    return SEED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_traj():
+    from qdgap.core.synthetic import synthetic_trajectory
+
+    return synthetic_trajectory(120, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_h5(tmp_path_factory, synthetic_traj) -> Path:
+    from qdgap.core.data import write_trajectory
+
+    path = tmp_path_factory.mktemp("traj") / "synthetic.h5"
+    write_trajectory(synthetic_traj, path)
+    return path
+
+
+def assert_one_line_error(result: CliResult, *fragments: str) -> None:
+    """Exit code 2, exactly one line on stderr naming each fragment, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
