@@ -26,3 +26,25 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf $(WORK) .pytest_cache
+
+# ---- container images (README: "Running on a cluster") -----------------------
+# Both fail with one line, before doing anything, when their tool is missing.
+SIF           ?= qdgap.sif
+IMAGE         ?= qdgap
+TORCH_VARIANT ?= cuda
+SIF_FLAGS     ?=
+IMAGE_FLAGS   ?=
+# Lazy (=), so only the sif/image recipes pay for these shell calls.
+QDGAP_VERSION = $(shell sed -n '/^\[project\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' pyproject.toml)
+_on_path      = $(shell command -v $(1) 2>/dev/null)
+# An engine counts only when it answers: a docker CLI without a daemon does not.
+_engine_ok    = $(if $(call _on_path,$(1)),$(shell $(1) info >/dev/null 2>&1 && echo $(1)))
+_engines_seen = $(strip $(foreach e,podman docker,$(if $(call _on_path,$(e)),$(e))))
+
+sif:
+	$(if $(call _on_path,apptainer),,$(error make sif: apptainer not found on PATH; install Apptainer >= 1.2 or build where it is installed))
+	apptainer build --force $(SIF_FLAGS) --build-arg TORCH_VARIANT=$(TORCH_VARIANT) $(SIF) apptainer.def
+
+image:
+	$(eval _engine := $(or $(call _engine_ok,podman),$(call _engine_ok,docker)))$(if $(_engine),,$(error make image: $(if $(_engines_seen),$(_engines_seen) on PATH but $(foreach e,$(_engines_seen),'$(e) info') failed (is the daemon running?); start it or install podman,neither podman nor docker on PATH; install one) (or build the Apptainer image: make sif)))
+	$(_engine) build $(IMAGE_FLAGS) -t $(IMAGE) -f Containerfile --build-arg TORCH_VARIANT=$(TORCH_VARIANT) --build-arg QDGAP_VERSION=$(QDGAP_VERSION) .

@@ -70,3 +70,26 @@ def assert_one_line_error(result: CliResult, *fragments: str) -> None:
     assert "Traceback" not in result.stderr
     for frag in fragments:
         assert frag in lines[0], (frag, lines[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, synthetic_h5) -> Path:
+    """A runs folder with two finished tiny members (seeds 0 and 1) trained on ``synthetic_h5``."""
+    from qdgap.core import runs as rf
+    from qdgap.core.config import PRESETS
+    from qdgap.core.data import read_trajectory
+    from qdgap.core.train import train_member
+
+    runs = tmp_path_factory.mktemp("runs")
+    traj = read_trajectory(synthetic_h5)
+    for seed in (0, 1):
+        train_member(
+            traj,
+            PRESETS["tiny"],
+            seed=seed,
+            run_dir=rf.run_dir(runs, seed),
+            device="cpu",
+            cache_dir=runs / rf.CACHE_DIR,
+            data_path=str(synthetic_h5),
+        )
+    return runs

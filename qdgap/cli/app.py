@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from qdgap import __version__
-from qdgap.cli import data, ui
+from qdgap.cli import data, train, ui
 
 app = typer.Typer(
     name="qdgap",
@@ -26,6 +26,7 @@ app = typer.Typer(
     help="Machine-learned band gaps along MD trajectories: ALIGNN ensembles, atom importance (FNA), transfer learning.",
 )
 app.add_typer(data.app, name="data", rich_help_panel="Data")
+app.command("train", rich_help_panel="Model")(train.train)
 
 
 def _version(value: bool) -> None:
@@ -49,7 +50,7 @@ def _root(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point; always ends with ``SystemExit`` carrying the exit code."""
-    from qdgap.core.errors import QdgapError
+    from qdgap.core.errors import Interrupted, QdgapError
 
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
@@ -61,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             traceback.print_exc()
         ui.error_line(str(exc))
         code = 2
+    except Interrupted as exc:
+        ui.error_line(str(exc))
+        code = exc.exit_code
     except typer._click.exceptions.NoArgsIsHelpError as exc:
         typer.echo(exc.ctx.get_help() if exc.ctx else "", err=False)
         code = 0

@@ -90,6 +90,107 @@ def info(
     out.print(f"  sha256        {summary['sha256']}")
 
 
+@app.command("build-qd")
+def build_qd(
+    output: OutPath = Path("qd.xyz"),
+    relax: Annotated[
+        bool, typer.Option("--relax/--no-relax", help="Relax with GFN-xTB (needs the `xtb` extra: tblite).")
+    ] = True,
+    method: Annotated[str, typer.Option("--method", help="GFN2-xTB or GFN1-xTB.")] = "GFN1-xTB",
+    fmax: Annotated[float, typer.Option("--fmax", help="Stop relaxing when the largest force is below this, eV/Å.")] = 0.05,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Optimiser steps before giving up.")] = 1000,
+    force: Force = False,
+) -> None:
+    """Build the Cd28Se17Cl22 model quantum dot (extended XYZ, Å), relaxed with GFN-xTB."""
+    if output.exists() and not force:
+        raise_error(f"{output}: output exists; choose another name or pass --force")
+    if not fmax > 0:
+        raise_error(f"--fmax must be positive (eV/Å), got {fmax}")
+    if max_steps < 1:
+        raise_error(f"--max-steps must be at least 1, got {max_steps}")
+    from qdgap.core import qd
+    from qdgap.core.data import write_structure
+
+    qd.check_method(method)
+    numbers, positions = qd.build_cluster()
+    comment = "Cd28Se17Cl22 cut from zinc-blende CdSe, unrelaxed"
+    if relax:
+        qd.import_tblite_ase()  # fail before any work when the extra is missing
+        with ui.progress(f"relax ({method})", None, unit="steps") as advance:
+            relaxed = qd.relax_cluster(numbers, positions, method=method, fmax_ev_ang=fmax, max_steps=max_steps, progress=advance)
+        positions = relaxed.positions_ang
+        comment = (
+            f"Cd28Se17Cl22 relaxed with {method}: E = {relaxed.energy_ev:.6f} eV, "
+            f"max force {relaxed.max_force_ev_ang:.4f} eV/A after {relaxed.steps} steps"
+        )
+    write_structure(output, numbers, positions, force=force, comment=comment)
+    stats = qd.bond_stats(numbers, positions)
+    ui.stdout_console().print(
+        f"wrote {output}: Cd28Se17Cl22 ({'relaxed, ' + method if relax else 'unrelaxed'}); "
+        f"Cd-Se {stats.cdse_mean_ang:.3f} Å, Cd-Cl {stats.cdcl_mean_ang:.3f} Å, closest pair {stats.min_distance_ang:.3f} Å"
+    )
+
+
+@app.command()
+def simulate(
+    structure: Annotated[
+        Path | None,
+        typer.Argument(help="The cluster to simulate (e.g. qd.xyz from `qdgap data build-qd`).", show_default=False),
+    ] = None,
+    output: OutPath = Path("traj.h5"),
+    steps: Annotated[int, typer.Option("--steps", help="NVE steps to record after frame 0 (frames = steps + 1).")] = 1000,
+    temperature: Annotated[float, typer.Option("--temperature", help="Thermostat temperature, K.")] = 300.0,
+    thermalise_steps: Annotated[
+        int, typer.Option("--thermalise-steps", help="Unrecorded Langevin steps before the NVE part.")
+    ] = 300,
+    method: Annotated[
+        str | None, typer.Option("--method", help="GFN1-xTB (default) or GFN2-xTB; a continued run keeps its own.")
+    ] = None,
+    dt_fs: Annotated[float, typer.Option("--dt-fs", help="Time step, fs.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the initial velocities and the thermostat noise.")] = 0,
+    continue_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--continue-from",
+            help="A finished `simulate` output: continue its run (last frame, final velocities, same method) "
+            "into a new file, without thermalising.",
+        ),
+    ] = None,
+    force: Force = False,
+) -> None:
+    """GFN-xTB Born-Oppenheimer MD with the HOMO-LUMO gap at every step; resumable (rerun the same command)."""
+    if (structure is None) == (continue_from is None):
+        raise_error("give either a structure file or --continue-from FINISHED.h5 (exactly one)")
+    if steps < 1:
+        raise_error(f"--steps must be at least 1, got {steps}")
+    if output.exists() and not force:
+        raise_error(f"{output}: output exists; choose another name or pass --force")
+    from qdgap.core import md
+
+    if continue_from is not None:
+        start, config = md.start_from_finished(continue_from, method=method)
+    else:
+        start = md.start_from_structure(structure)
+        config = md.SimulationConfig(
+            method=method or md.DEFAULT_METHOD,
+            dt_fs=dt_fs,
+            temperature_k=temperature,
+            thermalise_steps=thermalise_steps,
+            seed=seed,
+        )
+    config.check()
+    total = md.steps_to_run(output, steps=steps, thermalise_steps=config.thermalise_steps)
+    with ui.progress(f"MD ({config.method})", total, unit="steps") as advance:
+        md.simulate(start, output, steps=steps, config=config, force=force, progress=advance)
+    from qdgap.core.data import read_trajectory
+
+    traj = read_trajectory(output)
+    ui.stdout_console().print(
+        f"wrote {output}: {traj.formula}, {traj.num_frames} frames, {traj.time_fs[0]:g}-{traj.time_fs[-1]:g} fs, "
+        f"gap {float(traj.gap_ev.mean()):.3f} ± {float(traj.gap_ev.std()):.3f} eV"
+    )
+
+
 def raise_error(message: str) -> None:
     from qdgap.core.errors import QdgapError
 

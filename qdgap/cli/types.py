@@ -18,5 +18,7 @@ OutDir = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 Seed = Annotated[int, typer.Option("--seed", "-s", help="Member seed: fixes the split and the initial weights.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")]
-Preset = Annotated[str, typer.Option("--preset", help="Model and training preset: demo (small, minutes on a laptop) or paper.")]
-Stride = Annotated[int, typer.Option("--stride", help="Labelled pool spacing in frames (10 = every 10 fs at a 1 fs step).")]
+Preset = Annotated[str, typer.Option("--preset", help="Model and training preset: demo (small, seconds per member on a laptop), paper (the original study's sizes) or tiny (smoke tests).")]
+Stride = Annotated[
+    int | None, typer.Option("--stride", help="Labelled pool spacing in frames (default 10: every 10 fs at a 1 fs step).")
+]

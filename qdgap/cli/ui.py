@@ -118,3 +118,10 @@ def error_line(message: str) -> None:
     text = " ".join(str(message).split())
     sys.stderr.write(f"qdgap: error: {text}\n")
     sys.stderr.flush()
+
+
+def usage_error(message: str) -> Exception:
+    """A ``QdgapError`` to raise for a bad option value."""
+    from qdgap.core.errors import QdgapError
+
+    return QdgapError(message)

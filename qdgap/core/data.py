@@ -208,7 +208,17 @@ def _closest_pair(traj: Trajectory, chunk: int = 256) -> tuple[int, float]:
 # ==========================================================================
 
 
-def write_trajectory(traj: Trajectory, path: str | Path, *, force: bool = False, **attrs: object) -> None:
+EXTRAS_GROUP = "extras"  # optional group of arrays beside the contract (e.g. an MD run's final velocities)
+
+
+def write_trajectory(
+    traj: Trajectory,
+    path: str | Path,
+    *,
+    force: bool = False,
+    extras: dict[str, np.ndarray] | None = None,
+    **attrs: object,
+) -> None:
     """Write ``traj`` to ``path`` as a trajectory HDF5 file (DESIGN.md), atomically.
 
     Positions are stored in frame order, chunked by ``POSITIONS_CHUNK_FRAMES``
@@ -217,6 +227,8 @@ def write_trajectory(traj: Trajectory, path: str | Path, *, force: bool = False,
     Args:
         traj: a validated trajectory.
         path: the output file; must not exist unless ``force``.
+        extras: arrays stored in the ``extras`` group, outside the contract's
+            datasets (read back with ``read_trajectory_extras``).
         attrs: extra provenance attrs (e.g. ``source``) stored on the file.
     """
     import h5py
@@ -224,7 +236,20 @@ def write_trajectory(traj: Trajectory, path: str | Path, *, force: bool = False,
     with atomic_output(path, force=force) as tmp:
         with h5py.File(tmp, "w") as h5:
             _create_datasets(h5, traj, growable=False)
+            if extras:
+                group = h5.create_group(EXTRAS_GROUP)
+                for key, value in extras.items():
+                    group.create_dataset(key, data=np.asarray(value))
             _write_attrs(h5, {**traj.attrs, **provenance(), **attrs}, complete=True)
+
+
+def read_trajectory_extras(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a finished trajectory file's ``extras`` group ({} when it has none)."""
+    path = Path(path)
+    with _open_h5(path) as h5:
+        _check_contract(h5, path)
+        group = h5.get(EXTRAS_GROUP)
+        return {} if group is None else {k: group[k][()] for k in group}
 
 
 def _create_datasets(h5, traj: Trajectory, *, growable: bool) -> None:
@@ -428,6 +453,52 @@ class TrajectoryAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ==========================================================================
+# Single structures (the model cluster, the input of a simulation)
+# ==========================================================================
+
+
+def read_structure(path: str | Path, *, fmt: str | None = None) -> Trajectory:
+    """Read one structure (the last frame of a multi-frame file) as a one-frame ``Trajectory`` at t = 0.
+
+    Raises:
+        QdgapError: the file is missing, empty, unreadable, or holds a broken structure.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise QdgapError(f"{path}: no such file")
+    if path.is_dir():
+        raise QdgapError(f"{path}: is a folder, expected a structure file (e.g. .xyz)")
+    frames = _read_multiframe(path, fmt)
+    if not frames.atoms:
+        raise QdgapError(f"{path}: no structure in the file")
+    atoms = frames.atoms[-1]
+    traj = make_trajectory(
+        atoms.get_atomic_numbers(),
+        atoms.get_positions()[None],
+        time_fs=np.zeros(1),
+        cell_ang=np.asarray(atoms.get_cell(), dtype=np.float64),
+        pbc=atoms.get_pbc(),
+        attrs={schema.ATTR_SOURCE: str(path)},
+    )
+    validate_trajectory(traj, source=str(path))
+    return traj
+
+
+def write_structure(
+    path: str | Path, numbers: np.ndarray, positions_ang: np.ndarray, *, force: bool = False, comment: str = ""
+) -> None:
+    """Write one isolated structure (numbers (N,), positions (N, 3) Å) as extended XYZ, atomically."""
+    from ase import Atoms
+    from ase.io import write
+
+    atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions_ang, dtype=np.float64))
+    if comment:
+        atoms.info["comment"] = comment
+    with atomic_output(path, force=force) as tmp:
+        write(tmp, atoms, format="extxyz")
 
 
 # ==========================================================================

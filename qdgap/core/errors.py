@@ -10,3 +10,15 @@ class QdgapError(Exception):
     The message names the file or option and says what is wrong, and how to
     mend it where that is not obvious.
     """
+
+
+class Interrupted(Exception):
+    """Work stopped on request (SIGTERM or SIGINT) after saving what it had.
+
+    Not a user error: rerunning the same command resumes. The CLI exits with
+    128 + the signal number (143 for SIGTERM, 130 for SIGINT).
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 143):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -2,9 +2,8 @@
 
 Seconds to make and no quantum chemistry: frames are a base structure plus
 displacements correlated in time (an AR(1) process, like MD), and the "gap"
-is a smooth function of geometry. With ``important`` atoms given, the label
-depends only on where those atoms sit relative to the cluster's centre, so
-FNA has a known answer.
+is a smooth function of bond lengths. With ``important`` atoms given, the
+label depends only on the bonds of those atoms, so FNA has a known answer.
 """
 
 from __future__ import annotations
@@ -37,6 +36,15 @@ def small_cdse_cluster(radius_ang: float = 4.6) -> tuple[np.ndarray, np.ndarray]
     keep = np.linalg.norm(pos - centre, axis=1) <= radius_ang
     order = np.argsort(numbers[keep] != 48, kind="stable")  # Cd first, as in the study's files
     return numbers[keep][order].astype(np.int64), (pos[keep] - centre)[order]
+
+
+def _bonds(pos0: np.ndarray, atoms: np.ndarray, *, factor: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
+    """Bonds (i in ``atoms``, any j) of the base structure: pairs within ``factor`` x the shortest distance."""
+    d = np.linalg.norm(pos0[:, None] - pos0[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    i, j = np.nonzero((d <= factor * d.min()) & np.isin(np.arange(len(pos0)), atoms)[:, None])
+    keep = ~np.isin(j, atoms) | (i < j)  # a bond between two chosen atoms counts once
+    return i[keep], j[keep]
 
 
 def synthetic_trajectory(
@@ -75,10 +83,10 @@ def synthetic_trajectory(
         disp[t] = rho * disp[t - 1] + rng.normal(0.0, kick, size=pos0.shape)
     positions = pos0[None] + disp
     who = np.arange(len(numbers)) if important is None else np.asarray(important)
-    centre = positions.mean(axis=1, keepdims=True)
-    radial = np.linalg.norm(positions[:, who] - centre, axis=-1)  # (F, K), Å
-    # Smooth and nonlinear in the geometry, so that a model has something to learn.
-    raw = (radial - radial.mean(0)).sum(1) + 0.5 * ((radial - radial.mean(0)) ** 2).sum(1)
+    i, j = _bonds(pos0, who)
+    stretch = np.linalg.norm(positions[:, i] - positions[:, j], axis=-1) - np.linalg.norm(pos0[i] - pos0[j], axis=-1)  # (F, B) Å
+    # Smooth and nonlinear in the bond lengths, local as a GNN sees them.
+    raw = stretch.sum(1) - 0.5 * (stretch**2).sum(1)
     gap = GAP_MEAN_EV + GAP_STD_EV * (raw - raw.mean()) / (raw.std() + 1e-12)
     return make_trajectory(
         numbers,

@@ -1,0 +1,244 @@
+"""ALIGNN band-gap model built from upstream ``alignn``'s pure-PyTorch layers.
+
+Layout follows ``alignn.models.alignn_atomwise_pure``: embeddings (atom MLP,
+bond and angle radial-basis expansions with MLPs), ALIGNN blocks (an
+edge-gated convolution on the bond graph, then one on the line graph),
+edge-gated graph convolutions, mean readout over atoms, one linear output.
+Parameter and buffer names are upstream's, so a state dict moves between the
+two; qdgap adds only the target statistics (``target_mean``, ``target_std``)
+that put the output in eV.
+
+The forward takes plain tensors (a batched graph and optional FNA masks) and
+scripts with ``torch.jit.script``; training, export and FNA all call it.
+"""
+
+import functools
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from alignn.models.alignn_atomwise_pure import EdgeGatedGraphConvPure
+from alignn.models.utils import MLPLayer, RBFExpansion
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from qdgap.core.config import ModelConfig
+from qdgap.kernels.batch import GraphBatch
+from qdgap.kernels.scatter import scatter_mean, scatter_sum
+
+MAX_Z = 119  # species table rows 0..119, as upstream's ``register_species_table``
+MAX_FEATURIZED_Z = 100  # jarvis-tools has CGCNN features up to Fm; beyond it substitutes another element
+BOND_RBF_RANGE_ANG = (0.0, 8.0)  # upstream's fixed bond-length basis range, Å
+ANGLE_RBF_RANGE = (-1.0, 1.0)  # basis range over the bond-angle cosine
+
+
+# =====================================================================
+# Layers
+# =====================================================================
+
+
+class EdgeGatedConv(EdgeGatedGraphConvPure):
+    """Upstream's edge-gated graph convolution, same parameters, fused for speed.
+
+    The four linear maps of the node features (``src_gate``, ``dst_gate``,
+    ``dst_update``, ``src_update``) run as one matrix multiply, and the gated
+    sum and the gate normaliser are scattered in one pass. The maths is
+    upstream's ``forward_tensors`` line for line (tested to float tolerance).
+    """
+
+    def forward_tensors(self, src: Tensor, dst: Tensor, num_nodes: int, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+        """One convolution.
+
+        Args:
+            src, dst: (E,) int64 edge endpoints.
+            num_nodes: N.
+            x: (N, H) node features.
+            y: (E, H) edge features.
+
+        Returns:
+            Updated (x (N, H), y (E, H)).
+        """
+        h = self.src_gate.out_features
+        weight = torch.cat([self.src_gate.weight, self.dst_gate.weight, self.dst_update.weight, self.src_update.weight], 0)
+        bias = torch.cat([self.src_gate.bias, self.dst_gate.bias, self.dst_update.bias, self.src_update.bias], 0)
+        proj = torch.addmm(bias, x, weight.t())  # (N, 4H)
+        e_src = proj.narrow(1, 0, h)
+        e_dst = proj.narrow(1, h, h)
+        bh = proj.narrow(1, 2 * h, h)
+        x_self = proj.narrow(1, 3 * h, h)
+        m = self.edge_gate(y) + e_src.index_select(0, src) + e_dst.index_select(0, dst)  # (E, H)
+        sigma = torch.sigmoid(m)
+        # Gated messages and the gates themselves in one scatter: (E, 2H) -> (N, 2H).
+        agg = scatter_sum(torch.cat([bh.index_select(0, src) * sigma, sigma], 1), dst, num_nodes)
+        x_new = x_self + agg.narrow(1, 0, h) / (agg.narrow(1, h, h) + 1e-6)
+        x_new = F.silu(self.bn_nodes(x_new))
+        y_new = F.silu(self.bn_edges(m))
+        if self.residual:
+            x_new = x + x_new
+            y_new = y + y_new
+        return x_new, y_new
+
+
+class ALIGNNConv(nn.Module):
+    """ALIGNN block: convolve the bond graph, then the line graph (upstream's ``ALIGNNConvPure``)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.node_update = EdgeGatedConv(in_features, out_features)
+        self.edge_update = EdgeGatedConv(out_features, out_features)
+
+    def forward_tensors(
+        self,
+        g_src: Tensor,
+        g_dst: Tensor,
+        num_nodes: int,
+        lg_src: Tensor,
+        lg_dst: Tensor,
+        num_edges: int,
+        x: Tensor,
+        y: Tensor,
+        z: Tensor,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Update atoms x (N, H), bonds y (E, H) and angles z (T, H)."""
+        x, m = self.node_update.forward_tensors(g_src, g_dst, num_nodes, x, y)
+        y, z = self.edge_update.forward_tensors(lg_src, lg_dst, num_edges, m, z)
+        return x, y, z
+
+
+# =====================================================================
+# Helpers
+# =====================================================================
+
+
+@functools.lru_cache(maxsize=4)
+def species_table(atom_features: str, num_features: int) -> np.ndarray:
+    """(MAX_Z + 1, num_features) float32 atom features by atomic number, as upstream builds them.
+
+    Rows of elements jarvis-tools has no features for stay zero.
+    """
+    import contextlib
+    import io
+
+    from ase.data import chemical_symbols
+    from jarvis.core.specie import get_node_attributes
+
+    rows = np.zeros((MAX_Z + 1, num_features), dtype=np.float32)
+    for z in range(1, MAX_FEATURIZED_Z + 1):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # jarvis prints its warnings
+                feat = np.asarray(get_node_attributes(chemical_symbols[z], atom_features=atom_features), dtype=np.float32)
+        except Exception:  # jarvis raises assorted errors for elements it lacks
+            continue
+        if feat.shape == (num_features,):
+            rows[z] = feat
+    return rows
+
+
+# =====================================================================
+# Model
+# =====================================================================
+
+
+class GapModel(nn.Module):
+    """ALIGNN predicting one band gap (eV) per graph."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config
+        self.atom_embedding = MLPLayer(c.atom_input_features, c.hidden_features)
+        self.edge_embedding = nn.Sequential(
+            RBFExpansion(vmin=BOND_RBF_RANGE_ANG[0], vmax=BOND_RBF_RANGE_ANG[1], bins=c.edge_input_features),
+            MLPLayer(c.edge_input_features, c.embedding_features),
+            MLPLayer(c.embedding_features, c.hidden_features),
+        )
+        self.angle_embedding = nn.Sequential(
+            RBFExpansion(vmin=ANGLE_RBF_RANGE[0], vmax=ANGLE_RBF_RANGE[1], bins=c.triplet_input_features),
+            MLPLayer(c.triplet_input_features, c.embedding_features),
+            MLPLayer(c.embedding_features, c.hidden_features),
+        )
+        self.alignn_layers = nn.ModuleList([ALIGNNConv(c.hidden_features, c.hidden_features) for _ in range(c.alignn_layers)])
+        self.gcn_layers = nn.ModuleList([EdgeGatedConv(c.hidden_features, c.hidden_features) for _ in range(c.gcn_layers)])
+        self.fc = nn.Linear(c.hidden_features, c.output_features)
+        # The feature table is a buffer, so an exported model takes atomic numbers alone.
+        table = species_table(c.atom_features, c.atom_input_features)
+        self.register_buffer("_species_table", torch.from_numpy(table.copy()))
+        # Training runs on standardised targets; these map the output back to eV.
+        self.register_buffer("target_mean", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("target_std", torch.ones((), dtype=torch.float32))
+
+    def set_target_stats(self, mean_ev: float, std_ev: float) -> None:
+        """Set the training targets' mean and std (eV) that the output is scaled by."""
+        self.target_mean.fill_(float(mean_ev))
+        self.target_std.fill_(max(float(std_ev), 1e-6))
+
+    def forward(
+        self,
+        z: Tensor,  # (n,) int64 atomic numbers
+        edge_src: Tensor,  # (e,) int64
+        edge_dst: Tensor,  # (e,) int64
+        bond_len: Tensor,  # (e,) float32, Å
+        lg_src: Tensor,  # (t,) int64, bond index
+        lg_dst: Tensor,  # (t,) int64, bond index
+        angle_cos: Tensor,  # (t,) float32
+        node_graph: Tensor,  # (n,) int64, graph of each atom
+        num_graphs: int,
+        node_mask: Optional[Tensor] = None,  # (n,) float, 0 nullifies the atom's input features
+        edge_mask: Optional[Tensor] = None,  # (e,) float, 0 nullifies the bond's basis features
+        angle_mask: Optional[Tensor] = None,  # (t,) float, 0 nullifies the angle's basis features
+    ) -> Tensor:
+        """Band gap of each graph, eV, shape (num_graphs,)."""
+        num_nodes = z.shape[0]
+        num_edges = edge_src.shape[0]
+        atom_in = self._species_table.index_select(0, z)  # (n, F)
+        if node_mask is not None:
+            atom_in = atom_in * node_mask.unsqueeze(1)
+        x = self.atom_embedding(atom_in)  # (n, H)
+        bond_in = self.edge_embedding[0](bond_len)  # (e, bond bins)
+        if edge_mask is not None:
+            bond_in = bond_in * edge_mask.unsqueeze(1)
+        y = self.edge_embedding[2](self.edge_embedding[1](bond_in))  # (e, H)
+        angle_in = self.angle_embedding[0](angle_cos)  # (t, angle bins)
+        if angle_mask is not None:
+            angle_in = angle_in * angle_mask.unsqueeze(1)
+        a = self.angle_embedding[2](self.angle_embedding[1](angle_in))  # (t, H)
+        for layer in self.alignn_layers:
+            x, y, a = layer.forward_tensors(edge_src, edge_dst, num_nodes, lg_src, lg_dst, num_edges, x, y, a)
+        for layer in self.gcn_layers:
+            x, y = layer.forward_tensors(edge_src, edge_dst, num_nodes, x, y)
+        h = scatter_mean(x, node_graph, num_graphs)  # (B, H)
+        out = self.fc(h).squeeze(1)  # (B,)
+        return out * self.target_std + self.target_mean
+
+    @torch.jit.ignore
+    def predict_batch(self, batch: GraphBatch) -> Tensor:
+        """``forward`` on a ``GraphBatch``; (B,) eV."""
+        return self(*batch)
+
+    @torch.jit.ignore
+    def freeze(self, *, blocks: int, embeddings: bool = True) -> List[str]:
+        """Freeze the embeddings and the first ``blocks`` ALIGNN blocks; return the frozen parameter names."""
+        frozen: List[str] = []
+        prefixes = [f"alignn_layers.{i}." for i in range(blocks)]
+        if embeddings:
+            prefixes += ["atom_embedding.", "edge_embedding.", "angle_embedding."]
+        for name, p in self.named_parameters():
+            if any(name.startswith(pre) for pre in prefixes):
+                p.requires_grad_(False)
+                frozen.append(name)
+        return frozen
+
+
+UPSTREAM_EXTRA_BUFFERS = ("target_mean", "target_std")  # qdgap's buffers that upstream ALIGNN lacks
+
+
+def upstream_state_dict(model: GapModel) -> dict:
+    """A state dict that upstream ``ALIGNNAtomWisePure`` loads strictly and whose output is in eV.
+
+    The target statistics are folded into the output layer (w' = w * std,
+    b' = b * std + mean), so no extra buffers remain.
+    """
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in UPSTREAM_EXTRA_BUFFERS}
+    std, mean = model.target_std.detach(), model.target_mean.detach()
+    state["fc.weight"] = state["fc.weight"] * std
+    state["fc.bias"] = state["fc.bias"] * std + mean
+    return state
