@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from qdgap import __version__
-from qdgap.cli import data, train, ui
+from qdgap.cli import data, ensemble, predict, report, train, ui
 
 app = typer.Typer(
     name="qdgap",
@@ -27,6 +27,9 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data", rich_help_panel="Data")
 app.command("train", rich_help_panel="Model")(train.train)
+app.add_typer(ensemble.app, name="ensemble", rich_help_panel="Model")
+app.command("predict", rich_help_panel="Analysis")(predict.predict)
+app.command("report", rich_help_panel="Workflow")(report.report)
 
 
 def _version(value: bool) -> None:

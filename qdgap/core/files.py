@@ -64,6 +64,10 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -34,6 +34,7 @@ ATTR_INPUT_SHA256: Final[str] = "input_sha256"  # str | sha256 of the input traj
 ATTR_SEEDS: Final[str] = "seeds"  # (M,) int64 | member seeds
 ATTR_CREATED: Final[str] = "created"  # str | ISO 8601 UTC time of writing
 ATTR_SOURCE: Final[str] = "source"  # str | what a trajectory was imported or simulated from
+ATTR_INPUT_PATH: Final[str] = "input_path"  # str | absolute path of the input trajectory file
 
 # --------------------------------------------------------------------------
 # predictions.h5

@@ -1,0 +1,189 @@
+"""``qdgap ensemble ...``: train the whole ensemble locally or as a Slurm job array, and follow it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qdgap.cli import ui
+from qdgap.cli.train import BatchSize, Epochs, LearningRate, Patience
+from qdgap.cli.types import DEMO_DATA, Device, OutDir, Preset, Stride, TrajPath
+
+app = typer.Typer(no_args_is_help=True, help="Train an ensemble of members and follow it.")
+
+Members = Annotated[int, typer.Option("--members", "-m", help="Number of members; member i trains with seed base + i.")]
+SeedBase = Annotated[int, typer.Option("--seed-base", help="Seed of the first member.")]
+Backend = Annotated[str, typer.Option("--backend", help="local (worker processes here) or slurm (one job array).")]
+
+
+def _slurm_panel(text: str) -> dict:
+    return {"help": text, "rich_help_panel": "Slurm backend"}
+
+
+@app.command("train")
+def train(
+    members: Members = 20,
+    seed_base: SeedBase = 0,
+    data: TrajPath = DEMO_DATA,
+    preset: Preset = "demo",
+    output: OutDir = Path("runs"),
+    backend: Backend = "local",
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", help="local: members trained at once (default: one per core; 1 on CUDA).")
+    ] = None,
+    epochs: Epochs = None,
+    patience: Patience = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    stride: Stride = None,
+    device: Device = "auto",
+    partition: Annotated[str | None, typer.Option(**_slurm_panel("Partition."))] = None,
+    account: Annotated[str | None, typer.Option(**_slurm_panel("Account to charge."))] = None,
+    time_min: Annotated[int, typer.Option("--time", **_slurm_panel("Wall time per member, minutes."))] = 120,
+    cpus: Annotated[int, typer.Option("--cpus", **_slurm_panel("CPU cores per member."))] = 4,
+    gpus: Annotated[int, typer.Option("--gpus", **_slurm_panel("GPUs per member."))] = 0,
+    mem_gb: Annotated[float | None, typer.Option("--mem", **_slurm_panel("Memory per member, GB."))] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", **_slurm_panel("Apptainer image: tasks run `apptainer run --nv IMAGE train ...`."))
+    ] = None,
+    max_parallel: Annotated[int | None, typer.Option("--max-parallel", **_slurm_panel("Most members running at once."))] = None,
+    wait: Annotated[bool, typer.Option("--wait", **_slurm_panel("Follow the job array until every member has finished."))] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", **_slurm_panel("Print the sbatch script; submit nothing."))] = False,
+) -> None:
+    """Train (or finish) every member; members already DONE are skipped, interrupted ones resume."""
+    from qdgap.core.config import resolve_config
+    from qdgap.core.ensemble import member_seeds
+
+    seeds = member_seeds(members, seed_base)
+    overrides = {"epochs": epochs, "patience": patience, "batch_size": batch_size, "learning_rate": lr, "stride": stride}
+    config = resolve_config(preset, **overrides)
+    if backend not in ("local", "slurm"):
+        raise ui.usage_error(f"--backend must be local or slurm, got {backend!r}")
+    if not data.is_file():
+        raise ui.usage_error(f"{data}: no such trajectory file")
+    if backend == "slurm":
+        cli_overrides = {"epochs": epochs, "patience": patience, "batch_size": batch_size, "lr": lr, "stride": stride}
+        _train_slurm(seeds, data, preset, output, device, cli_overrides, partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel, wait, dry_run)
+        return
+    if dry_run or wait:
+        raise ui.usage_error("--dry-run and --wait belong to --backend slurm")
+    from qdgap.cli.signals import stop_requested
+    from qdgap.core.errors import Interrupted
+    from qdgap.core.ensemble import default_jobs, train_local
+
+    n_jobs = jobs if jobs is not None else default_jobs(len(seeds), device)
+    total = len(seeds) * config.train.epochs
+    with stop_requested() as stop, ui.progress(f"ensemble ({len(seeds)} members)", total, unit="epoch") as advance:
+        outcomes = train_local(
+            data, config, seeds=seeds, runs=output, jobs=n_jobs, device=device, progress=advance, should_stop=stop
+        )
+    _print_outcomes(outcomes, output)
+    failed = [o for o in outcomes if o.outcome == "failed"]
+    if stop():
+        raise Interrupted("ensemble stopped; rerun the same command to finish it", exit_code=stop.exit_code)
+    if failed:
+        raise ui.usage_error(f"{len(failed)} member(s) failed (seeds {', '.join(str(o.seed) for o in failed)}): {failed[0].message}")
+
+
+def _print_outcomes(outcomes, output: Path) -> None:
+    out = ui.stdout_console()
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.outcome] = counts.get(o.outcome, 0) + 1
+        if o.outcome in ("failed", "busy", "interrupted"):
+            out.print(f"  seed {o.seed}: {o.outcome} — {o.message}")
+    trained = [o for o in outcomes if o.outcome == "trained"]
+    rmse = ", mean test RMSE {:.1f} meV".format(sum(o.test_rmse_mev for o in trained) / len(trained)) if trained else ""
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    out.print(f"{output}: {summary}{rmse}")
+
+
+def _train_slurm(seeds, data, preset, output, device, overrides, partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel, wait, dry_run) -> None:
+    from qdgap.core import runs as rf
+    from qdgap.core import slurm
+    from qdgap.core.ensemble import ensemble_status, train_argv
+
+    resources = slurm.SlurmResources(
+        partition=partition,
+        account=account,
+        time_min=time_min,
+        cpus_per_task=cpus,
+        gpus_per_task=gpus,
+        mem_gb=mem_gb,
+        image=image,
+        max_parallel=max_parallel,
+        job_name="qdgap-train",
+    )
+    if dry_run:
+        argvs = [train_argv(s, data=data, runs=output, preset=preset, device=device, overrides=overrides) for s in seeds]
+        typer.echo(slurm.dry_run(argvs, folder=slurm.slurm_folder(output), resources=resources, members=seeds))
+        return
+    status = {row.seed: row.state for row in ensemble_status(output, seeds=seeds)}
+    todo = [s for s in seeds if status.get(s) not in ("done", "running", "pending")]
+    busy = [s for s in seeds if status.get(s) in ("running", "pending")]
+    out = ui.stdout_console()
+    if busy:
+        out.print(f"{len(busy)} member(s) already queued or running (seeds {_ranges(busy)}); not submitted again")
+    if not todo:
+        out.print(f"{output}: nothing to submit ({len(seeds) - len(busy)} done)")
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    argvs = [train_argv(s, data=data, runs=output, preset=preset, device=device, overrides=overrides) for s in todo]
+    job = slurm.submit(argvs, folder=slurm.slurm_folder(output), resources=resources, members=todo)
+    out.print(f"submitted job array {job.job_id}: {len(todo)} member(s), seeds {_ranges(todo)}")
+    if not wait:
+        out.print(f"follow it with `qdgap ensemble status {output}`; rerun this command to resubmit failed members")
+        return
+    with ui.progress(f"slurm {job.job_id}", len(todo), unit="member") as advance:
+        states = slurm.wait(job, poll_s=5.0, progress=advance)
+    failed = [s for s in states if s.failed or not (rf.run_dir(output, int(s.member)) / rf.DONE).exists()]
+    if failed:
+        for s in failed:
+            out.print(f"  seed {s.member}: {s.state} — {s.message or s.stderr}")
+        raise ui.usage_error(
+            f"{len(failed)} member(s) failed in job {job.job_id} (seeds {_ranges([int(s.member) for s in failed])}); "
+            "rerun the same command to resubmit only those"
+        )
+    out.print(f"job array {job.job_id}: all {len(todo)} member(s) done")
+
+
+def _ranges(seeds) -> str:
+    seeds = sorted(seeds)
+    parts, start = [], None
+    for i, s in enumerate(seeds):
+        if start is None:
+            start = s
+        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
+            parts.append(str(start) if start == s else f"{start}-{s}")
+            start = None
+    return ",".join(parts)
+
+
+@app.command("status")
+def status(
+    runs: Annotated[Path, typer.Argument(help="The ensemble folder (run_<seed>/ inside).")] = Path("runs"),
+) -> None:
+    """Each member's state (done, running, pending, interrupted, failed, missing), epochs, best validation MAE and test RMSE."""
+    from rich.table import Table
+
+    from qdgap.core.ensemble import ensemble_status
+
+    if not runs.is_dir():
+        raise ui.usage_error(f"{runs}: no such runs folder")
+    rows = ensemble_status(runs)
+    if not rows:
+        raise ui.usage_error(f"{runs}: no ensemble members here")
+    table = Table(title=str(runs), show_lines=False)
+    for col in ("seed", "state", "epochs", "best val MAE (meV)", "test RMSE (meV)", "note"):
+        table.add_column(col, justify="right" if col != "note" and col != "state" else "left")
+    for r in rows:
+        fmt = lambda v: "" if math.isnan(v) else f"{v:.1f}"  # noqa: E731
+        table.add_row(str(r.seed), r.state, str(r.epochs), fmt(r.best_val_mae_mev), fmt(r.test_rmse_mev), r.message[:80])
+    ui.stdout_console().print(table)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    ui.stdout_console().print(", ".join(f"{n} {k}" for k, n in counts.items()))

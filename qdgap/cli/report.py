@@ -1,0 +1,41 @@
+"""``qdgap report``: the HTML report and PNG figures of a work folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qdgap.cli import ui
+
+WorkdirArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Work folder of `qdgap pipeline`: runs/, predictions.h5, and fna.h5, "
+        "finetune_report.csv, predictions_ext.h5 when present.",
+        metavar="WORKDIR",
+        show_default=False,
+    ),
+]
+ReportData = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Trajectory HDF5 file, for the 3D view of the dot "
+        "(default: the one predictions.h5 was made from).",
+        show_default=False,
+    ),
+]
+
+
+def report(workdir: WorkdirArg, data: ReportData = None) -> None:
+    """Write WORKDIR/report.html (one self-contained page) and WORKDIR/figures/*.png.
+
+    Sections whose inputs are missing (no fna.h5 or fine-tuning yet) are skipped with a note.
+    """
+    from qdgap.core.report import write_report
+
+    path = write_report(workdir, data=data)
+    ui.stdout_console().print(str(path), markup=False, highlight=False)

@@ -1,0 +1,328 @@
+"""The ensemble: members trained in parallel worker processes or as one Slurm job array.
+
+Member i trains with seed ``seed_base + i`` through ``train.train_member``
+(the code behind ``qdgap train``). A member with ``DONE`` is skipped, an
+interrupted one resumes from its checkpoint, and one that another process
+is training (its lock is held) is left alone, so two ensemble runs pointed
+at the same folder train each member once.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qdgap.core import runs as rf
+from qdgap.core.config import RunConfig
+from qdgap.core.errors import Interrupted, QdgapError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemberOutcome:
+    """What became of one member in this run: trained, done (already), busy (another
+    process holds it), interrupted or failed."""
+
+    seed: int
+    outcome: str
+    message: str = ""
+    test_rmse_mev: float | None = None
+    seconds: float | None = None
+
+
+def member_seeds(members: int, seed_base: int = 0) -> list[int]:
+    """Seeds ``seed_base .. seed_base + members - 1``."""
+    if members < 1:
+        raise QdgapError(f"--members must be at least 1, got {members}")
+    if seed_base < 0:
+        raise QdgapError(f"--seed-base must be a non-negative integer, got {seed_base}")
+    return list(range(seed_base, seed_base + members))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (Slurm's and taskset's limits included)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_jobs(n_members: int, device: str) -> int:
+    """Parallel members: one per core on the CPU (small graphs scale poorly across threads), one on a GPU."""
+    if device.startswith("cuda"):
+        return 1
+    return max(1, min(n_members, usable_cores()))
+
+
+# ==========================================================================
+# Local backend
+# ==========================================================================
+
+
+def train_local(
+    data_path: Path,
+    config: RunConfig,
+    *,
+    seeds: Sequence[int],
+    runs: Path,
+    jobs: int,
+    device: str = "auto",
+    progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[MemberOutcome]:
+    """Train the members with ``jobs`` worker processes, each with cores // jobs torch threads.
+
+    Args:
+        data_path: the trajectory file (each worker reads it).
+        config: the resolved run configuration.
+        seeds: member seeds.
+        runs: the ensemble folder (``run_<seed>/`` inside).
+        jobs: worker processes.
+        progress: called with the number of epochs finished, as they finish.
+        should_stop: polled; True stops the workers at their next batch (checkpoints stay).
+
+    Returns:
+        One outcome per seed, in seed order.
+    """
+    from qdgap.core.data import read_trajectory
+    from qdgap.core.graphs import load_or_build_graphs
+
+    if jobs < 1:
+        raise QdgapError(f"--jobs must be at least 1, got {jobs}")
+    traj = read_trajectory(data_path)
+    todo = [s for s in seeds if not (rf.run_dir(runs, s) / rf.DONE).exists()]
+    outcomes = {s: MemberOutcome(s, "done", "already finished") for s in seeds if s not in todo}
+    if not todo:
+        return [outcomes[s] for s in seeds]
+    # Build the graphs once here, so the workers find them in the cache instead of racing to build them.
+    load_or_build_graphs(traj, config.graph, cache_dir=runs / rf.CACHE_DIR)
+    jobs = min(jobs, len(todo))
+    threads = max(1, usable_cores() // jobs)
+    if jobs == 1:
+        import torch
+
+        torch.set_num_threads(threads)
+        for seed in todo:
+            if should_stop is not None and should_stop():
+                outcomes[seed] = MemberOutcome(seed, "interrupted", "not started")
+                continue
+            outcomes[seed] = _train_one(traj, config, seed, runs, device, str(data_path), progress, should_stop)
+        return [outcomes[s] for s in seeds]
+
+    ctx = mp.get_context("spawn")  # fork after torch has started its thread pools can deadlock
+    ticks = ctx.Queue()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, ticks)) as pool:
+        pending: dict[Future, int] = {
+            pool.submit(_worker_train, str(data_path), config.to_json(), seed, str(runs), device): seed for seed in todo
+        }
+        stopping = False
+        while pending:
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(ticks, progress)
+            for fut in done:
+                seed = pending.pop(fut)
+                try:
+                    outcomes[seed] = fut.result()
+                except Exception as exc:  # a worker died (killed, out of memory)
+                    outcomes[seed] = MemberOutcome(seed, "failed", f"worker process failed: {exc}")
+            if not stopping and should_stop is not None and should_stop():
+                stopping = True
+                for fut in pending:
+                    if fut.cancel():
+                        outcomes[pending[fut]] = MemberOutcome(pending[fut], "interrupted", "not started")
+                pending = {f: s for f, s in pending.items() if not f.cancelled()}
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    _signal(proc.pid, signal.SIGTERM)  # workers stop at their next batch, checkpoints intact
+        _drain(ticks, progress)
+    return [outcomes[s] for s in seeds]
+
+
+def _train_one(traj, config, seed, runs, device, data_path, progress, should_stop) -> MemberOutcome:
+    from qdgap.core.files import LockHeld
+    from qdgap.core.train import train_member
+
+    run = rf.run_dir(runs, seed)
+    try:
+        result = train_member(
+            traj,
+            config,
+            seed=seed,
+            run_dir=run,
+            device=device,
+            cache_dir=runs / rf.CACHE_DIR,
+            data_path=data_path,
+            progress=progress,
+            should_stop=should_stop,
+        )
+    except LockHeld as exc:
+        return MemberOutcome(seed, "busy", str(exc))
+    except Interrupted as exc:
+        return MemberOutcome(seed, "interrupted", str(exc))
+    except QdgapError as exc:
+        _mark_failed(run, str(exc))
+        return MemberOutcome(seed, "failed", str(exc))
+    except Exception as exc:  # a bug: keep the traceback beside the member
+        _mark_failed(run, "".join(traceback.format_exception(exc)))
+        return MemberOutcome(seed, "failed", f"internal error: {exc!r} (traceback in {run / rf.FAILED})")
+    (run / rf.FAILED).unlink(missing_ok=True)
+    return MemberOutcome(seed, "trained", test_rmse_mev=result.test_rmse_mev, seconds=result.seconds)
+
+
+def _mark_failed(run: Path, message: str) -> None:
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / rf.FAILED).write_text(message.rstrip() + "\n")
+    except OSError:
+        pass
+
+
+# Worker-process state: set once by the pool's initializer.
+_WORKER: dict = {}
+
+
+def _worker_init(threads: int, ticks) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["ticks"] = ticks
+    _WORKER["stop"] = False
+
+    def handler(signum, frame):  # noqa: ARG001
+        _WORKER["stop"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    # Ctrl-C reaches the whole process group; the parent decides, the worker stops cleanly.
+    signal.signal(signal.SIGINT, handler)
+
+
+def _worker_train(data_path: str, config_json: dict, seed: int, runs: str, device: str) -> MemberOutcome:
+    from qdgap.core.data import read_trajectory
+
+    traj = read_trajectory(data_path)
+    ticks = _WORKER["ticks"]
+    return _train_one(
+        traj,
+        RunConfig.from_json(config_json),
+        seed,
+        Path(runs),
+        device,
+        data_path,
+        progress=lambda n: ticks.put(n),
+        should_stop=lambda: _WORKER["stop"],
+    )
+
+
+def _drain(ticks, progress: Callable[[int], None] | None) -> None:
+    while True:
+        try:
+            n = ticks.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            return
+        if progress is not None:
+            progress(n)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ==========================================================================
+# Slurm backend
+# ==========================================================================
+
+
+def train_argv(seed: int, *, data: Path, runs: Path, preset: str, device: str, overrides: dict[str, object]) -> list[str]:
+    """The ``qdgap train`` arguments of one member (what an array task runs)."""
+    argv = ["--quiet", "train", "--seed", str(seed), "--data", str(Path(data).absolute()), "--preset", preset]
+    argv += ["-o", str(Path(runs).absolute()), "--device", device]
+    for key, value in overrides.items():
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+# ==========================================================================
+# Status
+# ==========================================================================
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """One row of ``qdgap ensemble status``."""
+
+    seed: int
+    state: str  # done, running, pending, interrupted, failed, missing
+    epochs: int
+    best_val_mae_mev: float
+    test_rmse_mev: float
+    message: str = ""
+
+
+def ensemble_status(runs: Path, *, seeds: Sequence[int] | None = None) -> list[MemberStatus]:
+    """Each member's state, epochs, best validation MAE and test RMSE (meV; NaN when unknown).
+
+    Members come from the ``run_<seed>/`` folders, the given ``seeds`` and the
+    Slurm records in ``runs/.slurm``; Slurm's view (pending, running, failed)
+    fills in for members whose folder does not say more.
+    """
+    runs = Path(runs)
+    slurm = _slurm_states(runs)
+    found = {rf.seed_of(d) for d in rf.member_dirs(runs)}
+    all_seeds = sorted(found | set(seeds or []) | {s for s in slurm if isinstance(s, int)})
+    rows = []
+    for seed in all_seeds:
+        run = rf.run_dir(runs, seed)
+        state = rf.member_state(run)
+        metrics = rf.read_metrics_csv(run / rf.METRICS_CSV) if run.exists() else []
+        message = ""
+        test = np.nan
+        if (run / rf.TEST_METRICS_JSON).exists():
+            test = float(rf.read_json(run / rf.TEST_METRICS_JSON)["rmse_mev"])
+        task = slurm.get(seed)
+        if state != "done" and task is not None:
+            if task.state in ("PENDING", "CONFIGURING", "REQUEUED"):
+                state = "pending"
+            elif task.state in ("RUNNING", "COMPLETING"):
+                state = "running"
+            elif task.failed:
+                state, message = "failed", f"Slurm {task.job_id}: {task.message or task.state}"
+        if state == "failed" and not message and (run / rf.FAILED).exists():
+            message = (run / rf.FAILED).read_text().strip().splitlines()[-1]
+        rows.append(
+            MemberStatus(
+                seed=seed,
+                state=state,
+                epochs=len(metrics),
+                best_val_mae_mev=min((r["val_mae_mev"] for r in metrics), default=np.nan),
+                test_rmse_mev=test,
+                message=message,
+            )
+        )
+    return rows
+
+
+def _slurm_states(runs: Path) -> dict:
+    folder = runs / ".slurm"
+    if not folder.is_dir():
+        return {}
+    from qdgap.core import slurm
+
+    try:
+        return slurm.member_states(folder)
+    except QdgapError as exc:
+        log.warning("could not read the Slurm records in %s: %s", folder, exc)
+        return {}

@@ -1,0 +1,345 @@
+"""The report (core.report, cli.report): one self-contained HTML page and the PNG figures of a work folder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qdgap.core import runs as rf
+from qdgap.core import schema
+from qdgap.core.errors import QdgapError
+from qdgap.core.layout import Workdir
+from qdgap.core.report import FIGURE_NAMES, write_report
+
+TEST_DPI = 60
+
+
+# ==========================================================================
+# A synthetic work folder, as the pipeline leaves it
+# ==========================================================================
+
+
+def make_workdir(
+    root: Path,
+    *,
+    num_frames: int = 120,
+    members: int = 3,
+    base: tuple[np.ndarray, np.ndarray] | None = None,
+    important: list[int] | None = None,
+    fna: bool = True,
+    finetune: bool = True,
+    scratch: bool = True,
+    ext_frames: int = 60,
+    stride: int = 10,
+    input_path_attr: bool = True,
+) -> Workdir:
+    """Fill ``root`` with what ``qdgap pipeline`` writes, from a synthetic trajectory and fake members.
+
+    Member predictions are the true gap plus an error shared by all members and
+    one of their own (both smooth in time), so the ensemble std is meaningful.
+    FNA RMSEs grow near the ``important`` atoms.
+    """
+    from qdgap.core.data import read_trajectory, write_trajectory
+    from qdgap.core.labels import atom_labels
+    from qdgap.core.results import write_results
+    from qdgap.core.splits import split_frames
+    from qdgap.core.synthetic import synthetic_trajectory
+
+    wd = Workdir(Path(root))
+    wd.root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    traj_path = wd.root / "traj.h5"
+    write_trajectory(
+        synthetic_trajectory(num_frames, base=base, important=important, seed=0), traj_path
+    )
+    traj = read_trajectory(traj_path)
+    seeds = list(range(members))
+
+    def smooth(n: int, scale: float, tau: float = 15.0) -> np.ndarray:
+        x = np.cumsum(rng.normal(0, 1, n))
+        tau = min(tau, n / 8)
+        k = np.exp(-(np.arange(-3 * tau, 3 * tau + 1) ** 2) / (2 * tau**2))
+        y = np.convolve(x - np.linspace(x[0], x[-1], n), k / k.sum(), mode="same")
+        return scale * (y - y.mean()) / (y.std() + 1e-12)
+
+    def fake_predictions(gap: np.ndarray) -> np.ndarray:
+        common = smooth(len(gap), 0.015)
+        return np.stack(
+            [gap + common + smooth(len(gap), 0.012) + rng.normal(0, 0.006, len(gap)) for _ in seeds]
+        )
+
+    def fake_runs(runs: Path, gap: np.ndarray, path: Path) -> None:
+        for s in seeds:
+            run = rf.run_dir(runs, s)
+            run.mkdir(parents=True, exist_ok=True)
+            rf.write_json(run / rf.SPLIT_JSON, split_frames(gap, seed=s, stride=stride).to_json())
+            rf.write_json(
+                run / rf.CONFIG_JSON,
+                {
+                    "seed": s,
+                    "data": {
+                        "path": str(path),
+                        "numbers": traj.numbers.tolist(),
+                        "sha256": traj.sha256,
+                    },
+                },
+            )
+            epochs = int(rng.integers(25, 45))
+            e = np.arange(1, epochs + 1)
+            val = (
+                18
+                + 140 * np.exp(-e / 7) * rng.uniform(0.8, 1.2)
+                + rng.normal(0, 2, epochs).cumsum() * 0.1
+            )
+            rows = [
+                {
+                    "epoch": int(i),
+                    "train_loss": float(0.08 + 0.9 * np.exp(-i / 6) + rng.normal(0, 0.01)),
+                    "val_loss": float(v / 110),
+                    "val_mae_mev": float(abs(v)),
+                    "lr": 1e-3,
+                    "seconds": 1.5,
+                }
+                for i, v in zip(e, val, strict=True)
+            ]
+            rf.write_metrics_csv(run / rf.METRICS_CSV, rows)
+            rf.write_json(
+                run / rf.TEST_METRICS_JSON, {"rmse_mev": 25.0 + s, "mae_mev": 19.0 + s, "n": 2}
+            )
+            rf.write_json(run / rf.DONE, {"model_sha256": "0" * 64})
+
+    def write_predictions(path: Path, t, gap_true, pred, input_path: Path) -> None:
+        attrs = {schema.ATTR_INPUT_SHA256: traj.sha256, schema.ATTR_SEEDS: np.array(seeds)}
+        if input_path_attr:
+            attrs["input_path"] = str(input_path)
+        write_results(
+            path,
+            {
+                schema.FRAME_INDEX: np.arange(len(t)),
+                schema.TIME_FS: t,
+                schema.GAP_TRUE_EV: gap_true.astype(np.float32),
+                schema.GAP_PRED_EV: pred.astype(np.float32),
+                schema.GAP_MEAN_EV: pred.mean(0).astype(np.float32),
+                schema.GAP_STD_EV: pred.std(0).astype(np.float32),
+                schema.SEEDS: np.array(seeds),
+            },
+            fmt=schema.PREDICTIONS_FORMAT,
+            version=schema.PREDICTIONS_VERSION,
+            attrs=attrs,
+        )
+
+    fake_runs(wd.runs, traj.gap_ev, traj_path)
+    write_predictions(
+        wd.predictions,
+        traj.time_fs,
+        traj.gap_ev,
+        fake_predictions(traj.gap_ev.astype(np.float64)),
+        traj_path,
+    )
+
+    if fna:
+        labels = atom_labels(traj.numbers)
+        pos = traj.positions_ang[0].astype(np.float64)
+        hot = np.asarray(important if important else [0])
+        dist = np.linalg.norm(pos[:, None] - pos[None, hot], axis=-1).min(1)
+        baseline = 20.0 + rng.normal(0, 1.5, members)
+        rmse = (
+            baseline[:, None]
+            + 60.0 * np.exp(-dist / 2.5)[None] * rng.uniform(0.7, 1.3, (members, len(labels)))
+            + rng.uniform(0, 4, (members, len(labels)))
+        )
+        frames = np.arange(0, num_frames, stride)
+        write_results(
+            wd.fna,
+            {
+                schema.FRAME_INDEX: frames,
+                schema.ATOM_LABEL: labels,
+                schema.BASELINE_EV: rng.normal(1.7, 0.1, (members, len(frames))),
+                schema.MASKED_EV: rng.normal(1.7, 0.1, (members, len(frames), len(labels))),
+                schema.RMSE_MEV: rmse,
+                schema.RMSE_MEV_MEAN: rmse.mean(0),
+                schema.RMSE_MEV_STD: rmse.std(0),
+                schema.BASELINE_RMSE_MEV: baseline,
+            },
+            fmt=schema.FNA_FORMAT,
+            version=schema.FNA_VERSION,
+            attrs={schema.ATTR_INPUT_SHA256: traj.sha256},
+        )
+
+    if finetune:
+        ext = synthetic_trajectory(ext_frames, base=base, important=important, seed=5)
+        ext_path = wd.root / "ext.h5"
+        write_trajectory(ext, ext_path)
+        gap = ext.gap_ev.astype(np.float64)
+        fake_runs(wd.runs_finetuned, ext.gap_ev, ext_path)
+        t = ext.time_fs + traj.time_fs[-1] + 1.0
+        write_predictions(wd.predictions_extended, t, gap, fake_predictions(gap), ext_path)
+        lines = [
+            "model,rmse_mev,mae_mev,wall_s,n_frames",
+            f"pretrained,61.2,48.9,,{ext_frames}",
+            f"finetuned,27.5,21.0,95.3,{ext_frames}",
+        ]
+        if scratch:
+            lines.append(f"scratch,44.0,35.1,410.0,{ext_frames}")
+        (wd.finetune_csv).write_text("\n".join(lines) + "\n")
+    return wd
+
+
+@pytest.fixture(scope="module")
+def full_workdir(tmp_path_factory) -> Workdir:
+    wd = make_workdir(tmp_path_factory.mktemp("work"))
+    write_report(wd.root, dpi=TEST_DPI)
+    return wd
+
+
+def _assert_self_contained(text: str) -> None:
+    srcs = re.findall(r'src\s*=\s*"([^"]*)"', text)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs), [
+        s[:40] for s in srcs
+    ]
+    for bad in ("<link", "<script", "http://", "https://", "url(", "@import"):
+        assert bad not in text.lower(), bad
+
+
+# ==========================================================================
+# Tests
+# ==========================================================================
+
+
+def test_report_writes_every_figure_and_one_html(full_workdir):
+    wd = full_workdir
+    assert wd.report_html.is_file()
+    for name in FIGURE_NAMES:
+        png = wd.figures / name
+        assert png.is_file(), name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = wd.report_html.read_text()
+    assert text.count('<img src="data:image/png;base64,') == len(FIGURE_NAMES)
+    assert not list(wd.root.glob(".*.tmp")) and not list(wd.figures.glob(".*.tmp"))
+
+
+def test_report_html_references_only_embedded_images(full_workdir):
+    _assert_self_contained(full_workdir.report_html.read_text())
+
+
+def test_report_embeds_the_png_it_writes(full_workdir):
+    import base64
+
+    text = full_workdir.report_html.read_text()
+    embedded = {
+        base64.b64decode(m)
+        for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    }
+    on_disk = {(full_workdir.figures / n).read_bytes() for n in FIGURE_NAMES}
+    assert embedded == on_disk
+
+
+def test_report_summary_numbers_match_predictions(full_workdir):
+    from qdgap.core.figures import error_stats_mev
+    from qdgap.core.results import read_results
+
+    wd = full_workdir
+    pred, _ = read_results(wd.predictions, fmt=schema.PREDICTIONS_FORMAT)
+    pool = set()
+    for run in rf.member_dirs(wd.runs):
+        split = rf.read_json(run / rf.SPLIT_JSON)
+        pool |= set(split["train"]) | set(split["val"]) | set(split["test"])
+    unseen = ~np.isin(pred[schema.FRAME_INDEX], sorted(pool))
+    rmse, mae = error_stats_mev(pred[schema.GAP_TRUE_EV][unseen], pred[schema.GAP_MEAN_EV][unseen])
+    text = wd.report_html.read_text()
+    assert f"{rmse:.1f} meV" in text and f"{mae:.1f} meV" in text
+    assert "Top five atoms" in text and "Best member" in text and "Worst member" in text
+    for row in ("pretrained", "fine-tuned", "from scratch"):
+        assert row in text
+
+
+def test_report_top_atoms_follow_fna(full_workdir):
+    from qdgap.core.results import read_results
+
+    fna, _ = read_results(full_workdir.fna, fmt=schema.FNA_FORMAT)
+    top = np.asarray(fna[schema.ATOM_LABEL])[np.argsort(-fna[schema.RMSE_MEV_MEAN])[:5]]
+    assert ", ".join(top) in full_workdir.report_html.read_text()
+
+
+def test_report_skips_missing_optional_parts(tmp_path):
+    wd = make_workdir(tmp_path / "w", fna=False, finetune=False)
+    path = write_report(wd.root, dpi=TEST_DPI)
+    text = path.read_text()
+    _assert_self_contained(text)
+    written = {p.name for p in wd.figures.glob("*.png")}
+    assert written == {"learning_curves.png", "parity_unseen.png", "gap_vs_time.png"}
+    assert "fna.h5 not found" in text and "finetune_report.csv not found" in text
+    assert "Skipped" in text
+
+
+def test_report_handles_skipped_baselines_and_missing_trajectory(tmp_path):
+    wd = make_workdir(tmp_path / "w", scratch=False, input_path_attr=False)
+    (wd.root / "traj.h5").unlink()  # neither the attr nor config.json's path leads to it now
+    text = write_report(wd.root, dpi=TEST_DPI).read_text()
+    assert "no row for: from scratch" in text
+    assert "3D view of the dot is left out" in text
+    assert not (wd.figures / "quantum_dot_3d.png").exists()
+    assert (wd.figures / "atom_importance.png").is_file()
+
+
+def test_report_removes_figures_that_no_longer_apply(tmp_path):
+    wd = make_workdir(tmp_path / "w")
+    write_report(wd.root, dpi=TEST_DPI)
+    wd.fna.unlink()
+    write_report(wd.root, dpi=TEST_DPI)
+    assert not (wd.figures / "atom_importance.png").exists()
+    assert not (wd.figures / "quantum_dot_3d.png").exists()
+
+
+def test_report_uses_data_option_for_the_structure(tmp_path):
+    wd = make_workdir(tmp_path / "w", finetune=False, input_path_attr=False)
+    moved = tmp_path / "elsewhere.h5"
+    (wd.root / "traj.h5").rename(moved)
+    write_report(wd.root, data=moved, dpi=TEST_DPI)
+    assert (wd.figures / "quantum_dot_3d.png").is_file()
+
+
+@pytest.mark.parametrize("what", ["no_folder", "empty", "no_predictions", "no_runs"])
+def test_report_rejects_workdir_without_ensemble(tmp_path, what):
+    root = tmp_path / "w"
+    if what != "no_folder":
+        root.mkdir()
+    if what in ("no_predictions", "no_runs"):
+        wd = make_workdir(root, fna=False, finetune=False)
+        if what == "no_predictions":
+            wd.predictions.unlink()
+        else:
+            import shutil
+
+            shutil.rmtree(wd.runs)
+    with pytest.raises(QdgapError) as exc:
+        write_report(root)
+    assert "\n" not in str(exc.value) and str(root) in str(exc.value)
+    assert not (root / "report.html").exists()
+
+
+def test_report_rejects_a_predictions_file_of_another_format(tmp_path):
+    wd = make_workdir(tmp_path / "w", fna=False, finetune=False)
+    wd.predictions.write_bytes(b"not hdf5")
+    with pytest.raises(QdgapError, match="predictions.h5"):
+        write_report(wd.root)
+
+
+def test_cli_report_prints_the_html_path(tmp_path, capsys):
+    import typer
+    from typer.testing import CliRunner
+
+    from qdgap.cli import report as cli_report
+
+    wd = make_workdir(tmp_path / "w", members=2, fna=False, finetune=False)
+    app = typer.Typer()
+    app.command("report")(cli_report.report)
+    app.command("other")(lambda: None)  # two commands, so typer keeps the command name
+    result = CliRunner().invoke(app, ["report", str(wd.root)])
+    assert result.exit_code == 0, result.output
+    assert str(wd.report_html) in result.output
+    help_text = CliRunner().invoke(app, ["report", "--help"]).output
+    assert "report.html" in help_text and "--data" in help_text
