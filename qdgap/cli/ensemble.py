@@ -17,10 +17,28 @@ app = typer.Typer(no_args_is_help=True, help="Train an ensemble of members and f
 Members = Annotated[int, typer.Option("--members", "-m", help="Number of members; member i trains with seed base + i.")]
 SeedBase = Annotated[int, typer.Option("--seed-base", help="Seed of the first member.")]
 Backend = Annotated[str, typer.Option("--backend", help="local (worker processes here) or slurm (one job array).")]
+Jobs = Annotated[
+    int | None, typer.Option("--jobs", "-j", help="local: members trained at once (default: one per core; 1 on CUDA).")
+]
 
 
 def _slurm_panel(text: str) -> dict:
     return {"help": text, "rich_help_panel": "Slurm backend"}
+
+
+# The Slurm backend's options, shared by every command that trains members (ensemble train, finetune).
+SlurmPartition = Annotated[str | None, typer.Option(**_slurm_panel("Partition."))]
+SlurmAccount = Annotated[str | None, typer.Option(**_slurm_panel("Account to charge."))]
+SlurmTime = Annotated[int, typer.Option("--time", **_slurm_panel("Wall time per member, minutes."))]
+SlurmCpus = Annotated[int, typer.Option("--cpus", **_slurm_panel("CPU cores per member."))]
+SlurmGpus = Annotated[int, typer.Option("--gpus", **_slurm_panel("GPUs per member."))]
+SlurmMem = Annotated[float | None, typer.Option("--mem", **_slurm_panel("Memory per member, GB."))]
+SlurmImage = Annotated[
+    Path | None, typer.Option("--image", **_slurm_panel("Apptainer image: tasks run `apptainer run --nv IMAGE <command> ...`."))
+]
+SlurmMaxParallel = Annotated[int | None, typer.Option("--max-parallel", **_slurm_panel("Most members running at once."))]
+SlurmWait = Annotated[bool, typer.Option("--wait", **_slurm_panel("Follow the job array until every member has finished."))]
+SlurmDryRun = Annotated[bool, typer.Option("--dry-run", **_slurm_panel("Print the sbatch script; submit nothing."))]
 
 
 @app.command("train")
@@ -31,27 +49,23 @@ def train(
     preset: Preset = "demo",
     output: OutDir = Path("runs"),
     backend: Backend = "local",
-    jobs: Annotated[
-        int | None, typer.Option("--jobs", "-j", help="local: members trained at once (default: one per core; 1 on CUDA).")
-    ] = None,
+    jobs: Jobs = None,
     epochs: Epochs = None,
     patience: Patience = None,
     batch_size: BatchSize = None,
     lr: LearningRate = None,
     stride: Stride = None,
     device: Device = "auto",
-    partition: Annotated[str | None, typer.Option(**_slurm_panel("Partition."))] = None,
-    account: Annotated[str | None, typer.Option(**_slurm_panel("Account to charge."))] = None,
-    time_min: Annotated[int, typer.Option("--time", **_slurm_panel("Wall time per member, minutes."))] = 120,
-    cpus: Annotated[int, typer.Option("--cpus", **_slurm_panel("CPU cores per member."))] = 4,
-    gpus: Annotated[int, typer.Option("--gpus", **_slurm_panel("GPUs per member."))] = 0,
-    mem_gb: Annotated[float | None, typer.Option("--mem", **_slurm_panel("Memory per member, GB."))] = None,
-    image: Annotated[
-        Path | None, typer.Option("--image", **_slurm_panel("Apptainer image: tasks run `apptainer run --nv IMAGE train ...`."))
-    ] = None,
-    max_parallel: Annotated[int | None, typer.Option("--max-parallel", **_slurm_panel("Most members running at once."))] = None,
-    wait: Annotated[bool, typer.Option("--wait", **_slurm_panel("Follow the job array until every member has finished."))] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", **_slurm_panel("Print the sbatch script; submit nothing."))] = False,
+    partition: SlurmPartition = None,
+    account: SlurmAccount = None,
+    time_min: SlurmTime = 120,
+    cpus: SlurmCpus = 4,
+    gpus: SlurmGpus = 0,
+    mem_gb: SlurmMem = None,
+    image: SlurmImage = None,
+    max_parallel: SlurmMaxParallel = None,
+    wait: SlurmWait = False,
+    dry_run: SlurmDryRun = False,
 ) -> None:
     """Train (or finish) every member; members already DONE are skipped, interrupted ones resume."""
     from qdgap.core.config import resolve_config
@@ -102,9 +116,8 @@ def _print_outcomes(outcomes, output: Path) -> None:
 
 
 def _train_slurm(seeds, data, preset, output, device, overrides, partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel, wait, dry_run) -> None:
-    from qdgap.core import runs as rf
     from qdgap.core import slurm
-    from qdgap.core.ensemble import ensemble_status, train_argv
+    from qdgap.core.ensemble import train_argv
 
     resources = slurm.SlurmResources(
         partition=partition,
@@ -117,27 +130,49 @@ def _train_slurm(seeds, data, preset, output, device, overrides, partition, acco
         max_parallel=max_parallel,
         job_name="qdgap-train",
     )
+    argv_of = lambda s: train_argv(s, data=data, runs=output, preset=preset, device=device, overrides=overrides)  # noqa: E731
+    job = slurm_submit(seeds, output, argv_of, resources, dry_run=dry_run, wait=wait)
+    if job is not None and wait:
+        slurm_wait(job, output)
+
+
+def slurm_submit(seeds, output: Path, argv_of, resources, *, dry_run: bool, wait: bool):
+    """Submit the members of ``output`` not yet done, queued or running as one job array.
+
+    ``argv_of(seed)`` gives a member's qdgap arguments. With ``dry_run`` the sbatch
+    script is printed instead. Returns the submitted array, or None when nothing
+    was submitted.
+    """
+    from qdgap.core import slurm
+    from qdgap.core.ensemble import ensemble_status
+
     if dry_run:
-        argvs = [train_argv(s, data=data, runs=output, preset=preset, device=device, overrides=overrides) for s in seeds]
-        typer.echo(slurm.dry_run(argvs, folder=slurm.slurm_folder(output), resources=resources, members=seeds))
-        return
+        typer.echo(slurm.dry_run([argv_of(s) for s in seeds], folder=slurm.slurm_folder(output), resources=resources, members=seeds))
+        return None
     status = {row.seed: row.state for row in ensemble_status(output, seeds=seeds)}
     todo = [s for s in seeds if status.get(s) not in ("done", "running", "pending")]
     busy = [s for s in seeds if status.get(s) in ("running", "pending")]
     out = ui.stdout_console()
     if busy:
-        out.print(f"{len(busy)} member(s) already queued or running (seeds {_ranges(busy)}); not submitted again")
+        out.print(f"{output}: {len(busy)} member(s) already queued or running (seeds {_ranges(busy)}); not submitted again")
     if not todo:
         out.print(f"{output}: nothing to submit ({len(seeds) - len(busy)} done)")
-        return
+        return None
     output.mkdir(parents=True, exist_ok=True)
-    argvs = [train_argv(s, data=data, runs=output, preset=preset, device=device, overrides=overrides) for s in todo]
-    job = slurm.submit(argvs, folder=slurm.slurm_folder(output), resources=resources, members=todo)
+    job = slurm.submit([argv_of(s) for s in todo], folder=slurm.slurm_folder(output), resources=resources, members=todo)
     out.print(f"submitted job array {job.job_id}: {len(todo)} member(s), seeds {_ranges(todo)}")
     if not wait:
         out.print(f"follow it with `qdgap ensemble status {output}`; rerun this command to resubmit failed members")
-        return
-    with ui.progress(f"slurm {job.job_id}", len(todo), unit="member") as advance:
+    return job
+
+
+def slurm_wait(job, output: Path) -> None:
+    """Follow ``job`` to its end; a member that failed or left no ``DONE`` is an error naming the seeds."""
+    from qdgap.core import runs as rf
+    from qdgap.core import slurm
+
+    out = ui.stdout_console()
+    with ui.progress(f"slurm {job.job_id}", len(job.members), unit="member") as advance:
         states = slurm.wait(job, poll_s=5.0, progress=advance)
     failed = [s for s in states if s.failed or not (rf.run_dir(output, int(s.member)) / rf.DONE).exists()]
     if failed:
@@ -147,7 +182,7 @@ def _train_slurm(seeds, data, preset, output, device, overrides, partition, acco
             f"{len(failed)} member(s) failed in job {job.job_id} (seeds {_ranges([int(s.member) for s in failed])}); "
             "rerun the same command to resubmit only those"
         )
-    out.print(f"job array {job.job_id}: all {len(todo)} member(s) done")
+    out.print(f"job array {job.job_id}: all {len(job.members)} member(s) done")
 
 
 def _ranges(seeds) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from qdgap.cli import ui
@@ -67,3 +69,75 @@ def _print_summary(output: Path, n_members: int, n_frames: int, s: dict) -> None
         )
     else:
         out.print("  no labelled frames among them: nothing to compare against")
+
+
+def fna(
+    runs: RunsDir = Path("runs"),
+    data: TrajPath = DEMO_DATA,
+    frames: Frames = "unseen",
+    every: Annotated[int, typer.Option("--every", help="Use every k-th of the chosen frames (FNA costs N + 1 forwards per frame).")] = 1,
+    mask: Annotated[str, typer.Option("--mask", help="full (atom, its bonds and their angles) or seed (the original script's: atom and zero-length bonds).")] = "full",
+    chunk: Annotated[int | None, typer.Option("--chunk", help="Masked copies per forward (default: sized for the device's memory).")] = None,
+    output: OutPath = Path("fna.h5"),
+    csv: Annotated[Path | None, typer.Option("--csv", help="Importance table (default: average_rmse_results.csv beside the output).")] = None,
+    device: InferenceDevice = "auto",
+    allow_data_change: AllowDataChange = False,
+) -> None:
+    """Rank atoms by Feature Nullification Analysis: nullify each atom, re-predict, compare with the true gaps."""
+    from qdgap.core import fna as fn
+    from qdgap.core import predict as pr
+    from qdgap.core import schema
+    from qdgap.core.data import read_trajectory
+    from qdgap.core.files import exclusive_lock
+    from qdgap.core.runs import load_members
+    from qdgap.core.train import resolve_device
+    from qdgap.kernels.fna import MODES
+
+    if frames not in pr.FRAME_SETS:
+        raise ui.usage_error(f"--frames must be one of {', '.join(pr.FRAME_SETS)}, got {frames!r}")
+    if mask not in MODES:
+        raise ui.usage_error(f"--mask must be one of {', '.join(MODES)}, got {mask!r}")
+    if every < 1:
+        raise ui.usage_error(f"--every must be at least 1, got {every}")
+    if chunk is not None and chunk < 1:
+        raise ui.usage_error(f"--chunk must be at least 1, got {chunk}")
+    dev = resolve_device(device)
+    csv_path = csv or output.parent / "average_rmse_results.csv"
+    members = load_members(runs)
+    traj = read_trajectory(data)
+    pr.check_members_fit(members, traj, data_path=data, allow_data_change=allow_data_change)
+    chosen = pr.select_frames(members, traj, frames)[::every]
+    chosen = chosen[np.isfinite(traj.gap_ev[chosen])]
+    if chosen.size == 0:
+        raise ui.usage_error(f"{data}: none of the chosen frames has a true gap; FNA needs labelled frames")
+    evaluations = len(members) * len(chosen) * (traj.num_atoms + 1)
+    with exclusive_lock(output.parent / f".{output.name}.lock", what=f"output {output}"):
+        with ui.progress(f"FNA ({len(members)} members, {len(chosen)} frames)", evaluations, unit="masked") as advance:
+            result = fn.run_fna(
+                members,
+                traj,
+                chosen,
+                mode=mask,
+                chunk=chunk,
+                device=str(dev),
+                cache_dir=pr.runs_cache_dir(runs),
+                partial_dir=output.parent / f".{output.name}.partial",
+                progress=advance,
+            )
+        attrs = {
+            schema.ATTR_INPUT_SHA256: traj.sha256,
+            schema.ATTR_INPUT_PATH: str(data.resolve()),
+            "mask": mask,
+            "frames": frames,
+            "every": every,
+        }
+        table = fn.write_fna(result, output, csv_path, attrs=attrs)
+        shutil.rmtree(output.parent / f".{output.name}.partial", ignore_errors=True)
+    out = ui.stdout_console()
+    out.print(f"wrote {output} and {csv_path}: {len(members)} members x {len(chosen)} frames x {traj.num_atoms} atoms ({mask} mask)")
+    out.print(f"  unmasked ensemble RMSE {table['baseline_rmse_mev'][0]:.1f} meV; most important atoms:")
+    for i in range(min(10, len(table["atom_label"]))):
+        out.print(
+            f"  {table['rank'][i]:>3}. {table['atom_label'][i]:<6} RMSE {table['rmse_mev_mean'][i]:7.1f} ± "
+            f"{table['rmse_mev_std'][i]:.1f} meV  (+{table['delta_rmse_mev'][i]:.1f})"
+        )

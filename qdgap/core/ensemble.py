@@ -19,12 +19,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qdgap.core import runs as rf
 from qdgap.core.config import RunConfig
 from qdgap.core.errors import Interrupted, QdgapError
+
+if TYPE_CHECKING:
+    from qdgap.core.train import InitFrom
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ def train_local(
     runs: Path,
     jobs: int,
     device: str = "auto",
+    init: Callable[[int], InitFrom] | None = None,
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[MemberOutcome]:
@@ -89,6 +94,8 @@ def train_local(
         seeds: member seeds.
         runs: the ensemble folder (``run_<seed>/`` inside).
         jobs: worker processes.
+        init: seed -> the weights a member starts from (fine-tuning); random weights if None.
+            Called in the worker, so it must pickle (a module-level class or function).
         progress: called with the number of epochs finished, as they finish.
         should_stop: polled; True stops the workers at their next batch (checkpoints stay).
 
@@ -117,14 +124,14 @@ def train_local(
             if should_stop is not None and should_stop():
                 outcomes[seed] = MemberOutcome(seed, "interrupted", "not started")
                 continue
-            outcomes[seed] = _train_one(traj, config, seed, runs, device, str(data_path), progress, should_stop)
+            outcomes[seed] = _train_one(traj, config, seed, runs, device, str(data_path), progress, should_stop, init)
         return [outcomes[s] for s in seeds]
 
     ctx = mp.get_context("spawn")  # fork after torch has started its thread pools can deadlock
     ticks = ctx.Queue()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, ticks)) as pool:
         pending: dict[Future, int] = {
-            pool.submit(_worker_train, str(data_path), config.to_json(), seed, str(runs), device): seed for seed in todo
+            pool.submit(_worker_train, str(data_path), config.to_json(), seed, str(runs), device, init): seed for seed in todo
         }
         stopping = False
         while pending:
@@ -148,7 +155,7 @@ def train_local(
     return [outcomes[s] for s in seeds]
 
 
-def _train_one(traj, config, seed, runs, device, data_path, progress, should_stop) -> MemberOutcome:
+def _train_one(traj, config, seed, runs, device, data_path, progress, should_stop, init=None) -> MemberOutcome:
     from qdgap.core.files import LockHeld
     from qdgap.core.train import train_member
 
@@ -161,6 +168,7 @@ def _train_one(traj, config, seed, runs, device, data_path, progress, should_sto
             run_dir=run,
             device=device,
             cache_dir=runs / rf.CACHE_DIR,
+            init=None if init is None else init(seed),
             data_path=data_path,
             progress=progress,
             should_stop=should_stop,
@@ -206,7 +214,7 @@ def _worker_init(threads: int, ticks) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _worker_train(data_path: str, config_json: dict, seed: int, runs: str, device: str) -> MemberOutcome:
+def _worker_train(data_path: str, config_json: dict, seed: int, runs: str, device: str, init=None) -> MemberOutcome:
     from qdgap.core.data import read_trajectory
 
     traj = read_trajectory(data_path)
@@ -220,6 +228,7 @@ def _worker_train(data_path: str, config_json: dict, seed: int, runs: str, devic
         data_path,
         progress=lambda n: ticks.put(n),
         should_stop=lambda: _WORKER["stop"],
+        init=init,
     )
 
 

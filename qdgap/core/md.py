@@ -286,7 +286,9 @@ class SimulationConfig:
         if self.thermalise_steps < 0:
             raise QdgapError(f"--thermalise-steps must be 0 or more, got {self.thermalise_steps}")
         if not self.friction_per_fs > 0:
-            raise QdgapError(f"--friction must be positive (1/fs), got {self.friction_per_fs}")
+            raise QdgapError(
+                f"the Langevin friction must be positive (1/fs), got {self.friction_per_fs}"
+            )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -451,14 +453,20 @@ def simulate(
     lock = output.with_name(output.name + ".lock")
     # Two runs appending to one partial file would interleave frames: the second one stops at once.
     with exclusive_lock(lock, what=f"the simulation of {output}"):
-        _simulate_locked(start, output, steps, config, force, factory, progress or (lambda n: None))
-    lock.unlink(missing_ok=True)
+        try:
+            _simulate_locked(
+                start, output, steps, config, force, factory, progress or (lambda n: None)
+            )
+        finally:
+            # A killed run leaves the file behind; harmless, the kernel has freed the lock.
+            lock.unlink(missing_ok=True)
     return output
 
 
 def _simulate_locked(
     start: Start, output: Path, steps: int, config: SimulationConfig, force: bool, factory, advance
 ) -> None:
+    """``simulate`` once the lock is held: start or resume, run NVE, write the finished file."""
     from qdgap.core.data import (
         TrajectoryAppender,
         make_trajectory,

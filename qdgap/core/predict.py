@@ -60,10 +60,16 @@ class EnsemblePrediction:
 def check_members_fit(members: Sequence[Member], traj: Trajectory, *, data_path: Path | None, allow_data_change: bool) -> None:
     """Refuse members trained on another composition, or on this very file before it changed.
 
+    A member whose training composition is unknown (imported from upstream
+    ALIGNN) is checked only for input features of every element (``check_features``).
+
     Raises:
         QdgapError: naming the member and the mismatch.
     """
     for m in members:
+        if m.numbers is None:  # imported from upstream ALIGNN: its training composition is unknown
+            check_features(m, traj)
+            continue
         if not np.array_equal(m.numbers, traj.numbers):
             what = (
                 f"{formula(m.numbers)} ({len(m.numbers)} atoms)"
@@ -78,6 +84,26 @@ def check_members_fit(members: Sequence[Member], traj: Trajectory, *, data_path:
                 f"{data_path}: changed since {m.path.name} was trained on it (sha256 differs); "
                 "pass --allow-data-change to use it anyway"
             )
+
+
+def check_features(member: Member, traj: Trajectory) -> None:
+    """Refuse data with an element the member's model has no input features for (a feature size mismatch included).
+
+    Raises:
+        QdgapError: naming the member and the elements.
+    """
+    from ase.data import chemical_symbols
+
+    from qdgap.core.model import species_table
+
+    mc = member.config.model
+    table = species_table(mc.atom_features, mc.atom_input_features)
+    missing = [int(z) for z in np.unique(traj.numbers) if z >= len(table) or not table[z].any()]
+    if missing:
+        raise QdgapError(
+            f"{member.path}: its model takes {mc.atom_input_features} {mc.atom_features} features per atom, "
+            f"which {', '.join(chemical_symbols[z] for z in missing)} of the data do not have"
+        )
 
 
 def select_frames(members: Sequence[Member], traj: Trajectory, which: str) -> np.ndarray:

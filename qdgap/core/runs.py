@@ -101,12 +101,16 @@ class Member:
         return self.path / MODEL_TS
 
     @property
-    def numbers(self) -> np.ndarray:
-        return np.asarray(self.record["data"]["numbers"], dtype=np.int64)
+    def numbers(self) -> np.ndarray | None:
+        """(N,) atomic numbers trained on; None when unknown (a model imported from upstream ALIGNN)."""
+        numbers = self.record["data"]["numbers"]
+        return None if numbers is None else np.asarray(numbers, dtype=np.int64)
 
     @property
-    def data_sha256(self) -> str:
-        return str(self.record["data"]["sha256"])
+    def data_sha256(self) -> str | None:
+        """sha256 of the training data; None when unknown (so it equals no data's)."""
+        sha = self.record["data"]["sha256"]
+        return None if sha is None else str(sha)
 
 
 def load_member(run: Path) -> Member:

@@ -136,3 +136,13 @@ def test_simulate_continue_from_foreign_file(run_cli, tmp_path, synthetic_h5):
         "data", "simulate", "--continue-from", synthetic_h5, "-o", tmp_path / "t.h5", "--steps", 2
     )
     assert_one_line_error(r, str(synthetic_h5), "no final velocities")
+
+
+def test_simulate_without_tblite(run_cli, tmp_path, qd_xyz, monkeypatch):
+    monkeypatch.setitem(
+        sys.modules, "tblite.interface", None
+    )  # import fails as if tblite were absent
+    out = tmp_path / "t.h5"
+    r = run_cli("data", "simulate", qd_xyz, "-o", out, "--steps", 2)
+    assert_one_line_error(r, "tblite")
+    assert list(tmp_path.glob("t.h5*")) == []  # no output, partial file or lock left behind
