@@ -110,6 +110,10 @@ def finetune(
         raise ui.usage_error("--dry-run and --wait belong to --backend slurm")
     if not data.is_file():
         raise ui.usage_error(f"{data}: no such trajectory file")
+    if backend == "local":
+        from qdgap.core.train import resolve_device
+
+        resolve_device(device)  # a bad --device is refused here, not by every worker
     paths = ft.output_paths(output, report=report)
     _check_distinct(runs, paths, baselines=baselines and seed is None)
 

@@ -19,10 +19,14 @@ CheckpointArg = Annotated[
     ),
 ]
 ConfigArg = Annotated[
-    Path, typer.Argument(help="The config.json upstream ALIGNN (train_alignn.py) wrote beside the weights.", show_default=False)
+    Path,
+    typer.Argument(
+        help="The config.json upstream ALIGNN (train_alignn.py) wrote beside the weights.", show_default=False
+    ),
 ]
 RunOut = Annotated[
-    Path, typer.Option("--output", "-o", help="Run folder to create, e.g. runs/run_0 (run_<seed> joins an ensemble folder).")
+    Path,
+    typer.Option("--output", "-o", help="Run folder to create, e.g. runs/run_0 (run_<seed> joins an ensemble folder)."),
 ]
 ImportSeed = Annotated[
     int | None, typer.Option("--seed", "-s", help="Member seed to record (default: the number in run_<seed>, else 0).")
@@ -45,7 +49,7 @@ def import_alignn(
     force: Force = False,
     allow_other_graphs: AllowOtherGraphs = False,
 ) -> None:
-    """Import upstream ALIGNN weights as a finished member (config mapped, model.ts exported, DONE) for predict, fna and finetune."""
+    """Import upstream ALIGNN weights as a finished member (model.ts exported, DONE) for predict, fna and finetune."""
     if seed is not None and seed < 0:
         raise ui.usage_error(f"--seed must be a non-negative integer, got {seed}")
     for path, what in ((checkpoint, "checkpoint"), (config_json, "config")):
@@ -60,9 +64,8 @@ def import_alignn(
     out = ui.stdout_console()
     out.print(
         f"{result.run_dir}: imported {result.upstream_name} from {checkpoint.name} as seed {result.seed}: "
-        f"{mc.alignn_layers} ALIGNN + {mc.gcn_layers} GCN layers, hidden {mc.hidden_features}, {result.num_params:,} parameters; "
-        f"graphs: cutoff {gc.cutoff_ang:g} Å, {gc.max_neighbors} neighbours, angles within {gc.three_body_cutoff_ang:g} Å"
+        f"{mc.alignn_layers} ALIGNN + {mc.gcn_layers} GCN layers, hidden {mc.hidden_features}, "
+        f"{result.num_params:,} parameters; graphs: cutoff {gc.cutoff_ang:g} Å, {gc.max_neighbors} neighbours, "
+        f"angles within {gc.three_body_cutoff_ang:g} Å"
     )
     out.print("  training data unknown: predict treats every frame as unseen; no test metrics")
-    if result.graph_note:
-        out.print(f"  note: {result.graph_note}")

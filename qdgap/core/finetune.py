@@ -250,6 +250,7 @@ def load_pretrained(member: Member) -> dict:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    wrong.sort(key=lambda k: k.startswith("_"))  # name a layer before the internal feature table
     if missing or unexpected or wrong:
         if wrong:
             k = wrong[0]

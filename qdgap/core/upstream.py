@@ -63,7 +63,8 @@ log = logging.getLogger(__name__)
 IMPORTED_PRESET = "imported"  # the ``preset`` an imported member records
 PURE_TORCH_STRATEGY = "pure_torch"  # upstream's neighbour strategy that qdgap's graph builder reproduces
 _DERIVED_KEYS = ("_species_table", "target_mean", "target_std")  # buffers not learned from data; qdgap fills them
-_TRAIN_DEFAULTS = {"epochs": 300, "batch_size": 64, "learning_rate": 1e-2, "weight_decay": 0.0}  # upstream TrainingConfig's
+# Upstream TrainingConfig's defaults, for configs that leave these out.
+_TRAIN_DEFAULTS = {"epochs": 300, "batch_size": 64, "learning_rate": 1e-2, "weight_decay": 0.0}
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ def import_alignn(
     load_upstream_weights(model, state, checkpoint=checkpoint, config_json=config_json)
     model.eval()
     num_params = sum(p.numel() for p in model.parameters())
+    stats = "from the checkpoint" if "target_mean" in state else "none: upstream trains on raw targets (eV)"
     # ---------------------------------------------------------------- the run folder
     record = {
         "seed": seed,
@@ -149,7 +151,7 @@ def import_alignn(
             "upstream_version": upstream.get("version"),
             "neighbor_strategy": upstream.get("neighbor_strategy"),
             "target": upstream.get("target"),
-            "target_stats": "from the checkpoint" if "target_mean" in state else "none: upstream trains on raw targets (eV)",
+            "target_stats": stats,
             "graph_note": graph_note,
             "upstream_config": upstream,
         },
@@ -166,8 +168,13 @@ def import_alignn(
         with atomic_output(folder / rf.BEST_PT, force=True) as tmp:  # the weights, as train writes best.pt
             torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, tmp)
         digest = export_torchscript(model, folder / rf.MODEL_TS, meta=model_meta(record))
-        done = {"model_sha256": digest, "imported_from": str(checkpoint.resolve()), "trainable_params": num_params,
-                "frozen_params": 0, **provenance()}
+        done = {
+            "model_sha256": digest,
+            "imported_from": str(checkpoint.resolve()),
+            "trainable_params": num_params,
+            "frozen_params": 0,
+            **provenance(),
+        }
         rf.write_json(folder / rf.DONE, done)  # last: the member is complete
         return digest
 
@@ -201,7 +208,9 @@ def read_upstream_config(path: Path) -> dict[str, Any]:
         raise QdgapError(f"{path}: no such config file")
     record = rf.read_json(path)
     if not isinstance(record, dict) or not isinstance(record.get("model"), dict):
-        raise QdgapError(f"{path}: not an ALIGNN training config (no 'model' section); pass the config.json train_alignn.py wrote")
+        raise QdgapError(
+            f"{path}: not an ALIGNN training config (no 'model' section); pass the config.json train_alignn.py wrote"
+        )
     return record
 
 
@@ -230,10 +239,13 @@ def map_upstream_config(
     _refuse_unsupported(model, upstream, source)
     features = upstream.get("atom_features", "cgcnn")
     if features != "cgcnn":
-        raise QdgapError(f"{source}: atom_features={features!r} is not supported; qdgap's model reads CGCNN features (92 per atom)")
+        raise QdgapError(
+            f"{source}: atom_features={features!r} is not supported; qdgap's model reads CGCNN features (92 per atom)"
+        )
     if model_config.atom_input_features != CGCNN_FEATURES:
         raise QdgapError(
-            f"{source}: atom_input_features={model_config.atom_input_features}, but CGCNN features have {CGCNN_FEATURES} per atom"
+            f"{source}: atom_input_features={model_config.atom_input_features}, "
+            f"but CGCNN features have {CGCNN_FEATURES} per atom"
         )
     graph, note = _graph_config(upstream, source, allow_other_graphs)
     epochs = int(upstream.get("epochs") or _TRAIN_DEFAULTS["epochs"])
@@ -262,19 +274,26 @@ def _with_upstream_defaults(model: dict[str, Any]) -> dict[str, Any]:
 
 def _refuse_unsupported(model: dict[str, Any], upstream: dict[str, Any], source: Path) -> None:
     """Refuse settings under which upstream's graph output is not ``fc(mean over atoms)`` of a band gap in eV."""
-    force_field = bool(model.get("calculate_gradient")) and float(model.get("gradwise_weight") or 0.0) != 0.0
+    get = model.get
+    gradwise = get("gradwise_weight")
+    factor = upstream.get("target_multiplication_factor")
     checks = [
-        (force_field, f"a force field (calculate_gradient with gradwise_weight={model.get('gradwise_weight')}): its output is an energy, not a band gap"),
-        (bool(model.get("classification")) or upstream.get("classification_threshold") is not None, "a classifier, not a band-gap regression"),
-        (model.get("link", "identity") != "identity", f"link={model.get('link')!r}: qdgap's output has no link function"),
-        (bool(model.get("use_cutoff_function")), "use_cutoff_function: qdgap's bond embedding has no smooth cutoff"),
-        (int(model.get("extra_features") or 0) != 0, f"extra_features={model.get('extra_features')}: qdgap's readout takes none"),
-        (int(model.get("atomwise_output_features") or 0) != 0, "an atom-wise output head: qdgap predicts one number per structure"),
-        (int(model.get("additional_output_features") or 0) != 0, "an additional output head: qdgap predicts one number per structure"),
-        (upstream.get("target_multiplication_factor") not in (None, 1, 1.0),
-         f"targets scaled by target_multiplication_factor={upstream.get('target_multiplication_factor')}: the output's unit is unknown"),
-        (bool(upstream.get("standard_scalar_and_pca")), "standard_scalar_and_pca: its target scaling lives in a pickle (sc.pkl) qdgap does not load"),
-    ]
+        (bool(get("calculate_gradient")) and float(gradwise or 0.0) != 0.0,
+         f"a force field (calculate_gradient with gradwise_weight={gradwise}): it predicts energies, not a band gap"),
+        (bool(get("classification")) or upstream.get("classification_threshold") is not None,
+         "a classifier, not a band-gap regression"),
+        (get("link", "identity") != "identity", f"link={get('link')!r}: qdgap's output has no link function"),
+        (bool(get("use_cutoff_function")), "use_cutoff_function: qdgap's bond embedding has no smooth cutoff"),
+        (int(get("extra_features") or 0) != 0, f"extra_features={get('extra_features')}: qdgap's readout takes none"),
+        (int(get("atomwise_output_features") or 0) != 0,
+         "an atom-wise output head: qdgap predicts one number per structure"),
+        (int(get("additional_output_features") or 0) != 0,
+         "an additional output head: qdgap predicts one number per structure"),
+        (factor not in (None, 1, 1.0),
+         f"targets scaled by target_multiplication_factor={factor}: the output's unit is unknown"),
+        (bool(upstream.get("standard_scalar_and_pca")),
+         "standard_scalar_and_pca: its target scaling lives in a pickle (sc.pkl) qdgap does not load"),
+    ]  # fmt: skip
     for bad, why in checks:
         if bad:
             raise QdgapError(f"{source}: {why}; only graph-level band-gap models import")
@@ -283,7 +302,9 @@ def _refuse_unsupported(model: dict[str, Any], upstream: dict[str, Any], source:
 def _graph_config(upstream: dict[str, Any], source: Path, allow_other_graphs: bool) -> tuple[GraphConfig, str | None]:
     for key in ("cutoff", "max_neighbors"):
         if upstream.get(key) is None:
-            raise QdgapError(f"{source}: no {key!r} setting; qdgap needs it to rebuild the graphs the model was trained on")
+            raise QdgapError(
+                f"{source}: no {key!r} setting; qdgap needs it to rebuild the graphs the model was trained on"
+            )
     cutoff = float(upstream["cutoff"])
     strategy = upstream.get("neighbor_strategy", "k-nearest")
     if strategy == PURE_TORCH_STRATEGY:
@@ -294,17 +315,23 @@ def _graph_config(upstream: dict[str, Any], source: Path, allow_other_graphs: bo
     else:
         if not allow_other_graphs:
             raise QdgapError(
-                f"{source}: trained on neighbor_strategy={strategy!r} graphs, qdgap builds upstream's 'pure_torch' ones, "
-                "so its predictions would differ; pass --allow-other-graphs to import it anyway (e.g. to fine-tune it)"
+                f"{source}: trained on neighbor_strategy={strategy!r} graphs, qdgap builds upstream's 'pure_torch' "
+                "ones, so its predictions would differ; pass --allow-other-graphs to import it anyway "
+                "(e.g. to fine-tune it)"
             )
         three_body = cutoff  # the other strategies form angles between all bonds
         note = (
             f"trained on neighbor_strategy={strategy!r} graphs; qdgap rebuilds them with upstream's pure_torch builder "
-            f"(cutoff {cutoff:g} Å, {upstream['max_neighbors']} neighbours, angles between all bonds), so predictions differ from upstream's"
+            f"(cutoff {cutoff:g} Å, {upstream['max_neighbors']} neighbours, angles between all bonds), "
+            "so predictions differ from upstream's"
         )
     if three_body > cutoff:
-        raise QdgapError(f"{source}: three_body_cutoff={three_body:g} exceeds cutoff={cutoff:g}; upstream refuses that too")
-    return GraphConfig(cutoff_ang=cutoff, max_neighbors=int(upstream["max_neighbors"]), three_body_cutoff_ang=three_body), note
+        raise QdgapError(
+            f"{source}: three_body_cutoff={three_body:g} exceeds cutoff={cutoff:g}; upstream refuses that too"
+        )
+    return GraphConfig(
+        cutoff_ang=cutoff, max_neighbors=int(upstream["max_neighbors"]), three_body_cutoff_ang=three_body
+    ), note
 
 
 # ==========================================================================
@@ -341,14 +368,20 @@ def read_upstream_weights(path: Path) -> dict[str, torch.Tensor]:
         raise QdgapError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:100]})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # checkpoint_<N>.pt: {"model": ..., "optimizer": ..., ...}
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
         raise QdgapError(f"{path}: not a state dict of tensors (nor a checkpoint holding one under 'model')")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 
-def load_upstream_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], *, checkpoint: Path, config_json: Path) -> None:
+def load_upstream_weights(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], *, checkpoint: Path, config_json: Path
+) -> None:
     """Load upstream weights into ``model`` after checking every key and shape against it.
 
     ``_species_table`` (a derived buffer that upstream leaves empty until export)
@@ -364,17 +397,23 @@ def load_upstream_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]
     mismatch = f"{checkpoint}: does not fit {config_json}"
     missing = [k for k in expected if k not in given]
     if missing:
-        raise QdgapError(f"{mismatch}: no weights for {missing[0]}{_more(missing)}; the config asks for more or other layers")
+        raise QdgapError(
+            f"{mismatch}: no weights for {missing[0]}{_more(missing)}; the config asks for more or other layers"
+        )
     unexpected = [k for k in given if k not in mine]
     if unexpected:
-        raise QdgapError(f"{mismatch}: unexpected {unexpected[0]}{_more(unexpected)}; the checkpoint has layers the config lacks")
+        raise QdgapError(
+            f"{mismatch}: unexpected {unexpected[0]}{_more(unexpected)}; the checkpoint has layers the config lacks"
+        )
     for k in expected:
         if tuple(given[k].shape) != tuple(mine[k].shape):
             raise QdgapError(
                 f"{mismatch}: {k} is {tuple(given[k].shape)} in the checkpoint but {tuple(mine[k].shape)} by the config"
             )
         if given[k].is_floating_point() and not bool(torch.isfinite(given[k]).all()):
-            raise QdgapError(f"{checkpoint}: {k} holds NaN or infinite values; the model diverged or the file is damaged")
+            raise QdgapError(
+                f"{checkpoint}: {k} holds NaN or infinite values; the model diverged or the file is damaged"
+            )
     full = dict(mine)
     full.update(given)
     for k in ("target_mean", "target_std"):
@@ -399,7 +438,9 @@ def _resolve_seed(run_dir: Path, seed: int | None) -> int:
     if seed is not None and seed < 0:
         raise QdgapError(f"--seed must be a non-negative integer, got {seed}")
     if seed is not None and named is not None and seed != named:
-        raise QdgapError(f"{run_dir}: the folder is named for seed {named} but --seed is {seed}; name it run_{seed} or drop --seed")
+        raise QdgapError(
+            f"{run_dir}: the folder is named for seed {named} but --seed is {seed}; name it run_{seed} or drop --seed"
+        )
     if seed is None and named is None:
         log.info("%s: not named run_<seed>; recording seed 0", run_dir)
     return seed if seed is not None else (named if named is not None else 0)

@@ -44,14 +44,22 @@ def test_import_alignn_then_predict(run_cli, tmp_path, synthetic_h5, synthetic_t
 def test_import_alignn_rejects_bad_input(run_cli, tmp_path):
     ckpt, cfg, net = write_upstream_run(tmp_path / "upstream")
     out = tmp_path / "runs" / "run_0"
-    assert_one_line_error(run_cli("import-alignn", tmp_path / "none.pt", cfg, "-o", out), "none.pt", "no such checkpoint file")
-    assert_one_line_error(run_cli("import-alignn", ckpt, cfg, "-o", out, "--seed", "-2"), "--seed must be a non-negative integer")
+    assert_one_line_error(
+        run_cli("import-alignn", tmp_path / "none.pt", cfg, "-o", out), "none.pt", "no such checkpoint file"
+    )
+    assert_one_line_error(
+        run_cli("import-alignn", ckpt, cfg, "-o", out, "--seed", "-2"), "--seed must be a non-negative integer"
+    )
     _, small_cfg, _ = write_upstream_run(tmp_path / "small", model={"hidden_features": 8})
     assert_one_line_error(
-        run_cli("import-alignn", ckpt, small_cfg, "-o", out), "does not fit", "(32, 92) in the checkpoint but (8, 92) by the config"
+        run_cli("import-alignn", ckpt, small_cfg, "-o", out),
+        "does not fit",
+        "(32, 92) in the checkpoint but (8, 92) by the config",
     )
     torch.save({"model": net.state_dict(), "saved_at": datetime.datetime(2025, 5, 7)}, tmp_path / "pickled.pt")
-    assert_one_line_error(run_cli("import-alignn", tmp_path / "pickled.pt", cfg, "-o", out), "pickled Python objects (datetime.datetime)")
+    assert_one_line_error(
+        run_cli("import-alignn", tmp_path / "pickled.pt", cfg, "-o", out), "pickled Python objects (datetime.datetime)"
+    )
     assert not out.exists()
     assert run_cli("import-alignn", ckpt, cfg, "-o", out).exit_code == 0
     assert_one_line_error(run_cli("import-alignn", ckpt, cfg, "-o", out), "run_0: exists", "--force")

@@ -126,7 +126,7 @@ def test_import_matches_upstream_forward(tmp_path, boxed):
 
 
 def test_import_dgl_era_checkpoint_dict(tmp_path, boxed):
-    """An alignn_atomwise (DGL-era) checkpoint_<N>.pt: no species table, weights under 'model', a DDP 'module.' prefix."""
+    """A DGL-era alignn_atomwise checkpoint_<N>.pt: no species table, weights under 'model', a 'module.' prefix."""
     ckpt, cfg, net = write_upstream_run(tmp_path / "upstream", name="alignn_atomwise")
     state = {f"module.{k}": v for k, v in net.state_dict().items() if k != "_species_table"}
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -150,7 +150,10 @@ def test_import_keeps_checkpoint_target_stats(tmp_path, boxed):
 @pytest.mark.parametrize(
     ("config_sizes", "fragments"),
     [
-        ({"hidden_features": 48}, ["atom_embedding.layer.0.weight is (32, 92) in the checkpoint but (48, 92) by the config"]),
+        (
+            {"hidden_features": 48},
+            ["atom_embedding.layer.0.weight is (32, 92) in the checkpoint but (48, 92) by the config"],
+        ),
         ({"edge_input_features": 40}, ["edge_embedding.0.centers is (24,) in the checkpoint but (40,) by the config"]),
         ({"alignn_layers": 3}, ["no weights for alignn_layers.2.", "more"]),
         ({"gcn_layers": 0}, ["unexpected gcn_layers.0."]),
@@ -197,7 +200,11 @@ def _edit_config(cfg: Path, *, model: dict | None = None, **top) -> None:
         ({"name": "alignn"}, {}, "model type 'alignn' is not supported"),
         ({"name": "ealignn_atomwise"}, {}, "model type 'ealignn_atomwise' is not supported"),
         ({"conv_type": "t_alignn"}, {}, "conv_type 't_alignn' is not supported"),
-        ({"calculate_gradient": True, "gradwise_weight": 1.0}, {}, "a force field (calculate_gradient with gradwise_weight=1.0)"),
+        (
+            {"calculate_gradient": True, "gradwise_weight": 1.0},
+            {},
+            "a force field (calculate_gradient with gradwise_weight=1.0): it predicts energies",
+        ),
         ({"link": "log"}, {}, "link='log'"),
         ({"classification": True}, {}, "a classifier"),
         ({}, {"classification_threshold": 1.5}, "a classifier"),
@@ -262,3 +269,18 @@ def test_imported_member_fits_any_composition_with_features(tmp_path, synthetic_
     odd = make_trajectory(numbers, synthetic_traj.positions_ang[:2], time_fs=synthetic_traj.time_fs[:2])
     with pytest.raises(QdgapError, match="features per atom, which Lr of the data do not have"):
         check_members_fit([member], odd, data_path=None, allow_data_change=False)
+
+
+def test_import_paper_size_matches_upstream_on_published_frames(tmp_path, seed_data):
+    """Upstream ALIGNN's default sizes with 4 + 4 layers and hidden 256, on the published Cd28Se17Cl22 POSCARs."""
+    from qdgap.core.data import import_trajectory
+
+    traj = import_trajectory([seed_data / "cl_qd" / "structures"], gaps_csv=None)
+    paper = {"alignn_layers": 4, "gcn_layers": 4, "edge_input_features": 80, "triplet_input_features": 40}
+    paper |= {"embedding_features": 64, "hidden_features": 256}
+    ckpt, cfg, net = write_upstream_run(tmp_path / "upstream", model=paper, seed=1)
+    result = import_alignn(ckpt, cfg, run_dir=tmp_path / "run_0")
+    frames = [0, 24, 49]
+    theirs = _upstream_out(net, traj, frames, result.config.graph)
+    assert theirs.std() > 10 * TOL_EV
+    torch.testing.assert_close(_imported_out(result.run_dir, traj, frames), theirs, rtol=0, atol=TOL_EV)
