@@ -15,8 +15,17 @@ $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV) dev
 	@touch $(STAMP)
 
+DEMO_DATA := data/cd28se17cl22_demo.h5
+DEMO_EXT  := data/cd28se17cl22_demo_ext.h5
+
+# The main job: the whole study on the demo trajectory, ending with the report's path.
 demo: $(STAMP)
-	$(QDGAP) data info data/cd28se17cl22_demo.h5 2>/dev/null || $(QDGAP) --help
+	$(QDGAP) pipeline --data $(DEMO_DATA) --extended $(DEMO_EXT) --workdir $(WORK) --preset demo --members 20
+
+# Atom importance on the demo work folder (trains the demo ensemble first if it is missing).
+fna: $(STAMP)
+	$(QDGAP) ensemble train --members 20 --preset demo --data $(DEMO_DATA) -o $(WORK)/runs
+	$(QDGAP) fna --runs $(WORK)/runs --data $(DEMO_DATA) --every 10 -o $(WORK)/fna.h5
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from qdgap import __version__
-from qdgap.cli import data, ensemble, finetune, predict, report, train, ui, upstream
+from qdgap.cli import data, ensemble, workflow, finetune, predict, report, train, ui, upstream
 
 app = typer.Typer(
     name="qdgap",
@@ -33,6 +33,7 @@ app.command("import-alignn", rich_help_panel="Model")(upstream.import_alignn)
 app.command("predict", rich_help_panel="Analysis")(predict.predict)
 app.command("fna", rich_help_panel="Analysis")(predict.fna)
 app.command("report", rich_help_panel="Workflow")(report.report)
+app.command("pipeline", rich_help_panel="Workflow")(workflow.pipeline)
 
 
 def _version(value: bool) -> None:

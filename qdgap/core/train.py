@@ -28,7 +28,7 @@ from qdgap.core.data import Trajectory
 from qdgap.core.errors import Interrupted, QdgapError
 from qdgap.core.files import atomic_output, exclusive_lock, provenance
 from qdgap.core.graphs import load_or_build_graphs
-from qdgap.core.model import GapModel
+from qdgap.core.model import GapModel, fast_cpu_math
 from qdgap.core.splits import split_frames
 from qdgap.kernels.batch import PackedGraphs, gather_frames
 
@@ -135,6 +135,7 @@ def _train(
     tc = config.train
     # ---------------------------------------------------------------- config and seed
     torch.manual_seed(seed)
+    fast_cpu_math()
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     record = _run_record(traj, config, seed, data_path, init)
     _check_or_write_record(run_dir, record)

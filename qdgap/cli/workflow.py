@@ -1,0 +1,209 @@
+"""``qdgap pipeline``: the whole study in one resumable command.
+
+The pipeline sequences the commands themselves (ensemble train, predict,
+fna, finetune, predict, report) rather than re-implementing them, so every
+stage behaves exactly as its command does. A stage is skipped when its
+outputs exist, are readable and are newer than what they were made from
+(make's rule); ``--from STAGE`` removes that stage's outputs and those of
+every later stage, then runs them again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qdgap.cli import ui
+from qdgap.cli.types import DEMO_DATA, DEMO_EXTENDED, Preset
+
+STAGES = ("train", "predict", "fna", "finetune", "predict-ext", "report")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    outputs: Callable[[], list[Path]]  # what the stage makes (removed by --from)
+    inputs: Callable[[], list[Path]]  # what it is made from (newer inputs make it stale)
+    complete: Callable[[], bool]
+    run: Callable[[], None]
+
+
+def pipeline(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Trajectory to train on (1 fs frames, gaps where known).")] = DEMO_DATA,
+    extended: Annotated[
+        Path | None, typer.Option("--extended", "-e", help="Later stretch of the trajectory for transfer learning; none skips it.")
+    ] = DEMO_EXTENDED,
+    workdir: Annotated[Path, typer.Option("--workdir", "-w", help="Where every output goes.")] = Path("work/demo"),
+    preset: Preset = "demo",
+    members: Annotated[int, typer.Option("--members", "-m", help="Ensemble members.")] = 20,
+    backend: Annotated[str, typer.Option("--backend", help="local or slurm (training and fine-tuning as job arrays).")] = "local",
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="local: members trained at once (default: one per core).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    fna_every: Annotated[int, typer.Option("--fna-every", help="FNA on every k-th unseen labelled frame (each costs N + 1 forwards per member).")] = 10,
+    fna_mask: Annotated[str, typer.Option("--fna-mask", help="full or seed (see `qdgap fna --help`).")] = "full",
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Most epochs of fine-tuning (and of the scratch baseline).")] = 50,
+    from_stage: Annotated[
+        str | None, typer.Option("--from", help=f"Redo from this stage: {', '.join(STAGES)}.")
+    ] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="slurm: Apptainer image each task runs in.")] = None,
+    partition: Annotated[str | None, typer.Option("--partition", help="slurm: partition.")] = None,
+    account: Annotated[str | None, typer.Option("--account", help="slurm: account.")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", help="slurm: GPUs per member.")] = 0,
+) -> None:
+    """Train the ensemble, predict the trajectory, rank atoms (FNA), fine-tune on the extension and write the report."""
+    from qdgap.core.layout import Workdir
+
+    if from_stage is not None and from_stage not in STAGES:
+        raise ui.usage_error(f"--from must be one of {', '.join(STAGES)}, got {from_stage!r}")
+    if backend not in ("local", "slurm"):
+        raise ui.usage_error(f"--backend must be local or slurm, got {backend!r}")
+    if members < 1:
+        raise ui.usage_error(f"--members must be at least 1, got {members}")
+    if fna_every < 1:
+        raise ui.usage_error(f"--fna-every must be at least 1, got {fna_every}")
+    _check_inputs(data, extended)
+    wd = Workdir(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ui.add_logfile(wd.log)
+    slurm = {"image": image, "partition": partition, "account": account, "gpus": gpus} if backend == "slurm" else {}
+    stages = _stages(wd, data, extended, preset, members, backend, jobs, device, fna_every, fna_mask, finetune_epochs, slurm)
+    if from_stage is not None:
+        for stage in stages[STAGES.index(from_stage) :]:
+            for path in stage.outputs():
+                _remove(path)
+    out = ui.stdout_console()
+    t_all = time.perf_counter()
+    for stage in stages:
+        if stage.complete() and not _stale(stage):
+            out.print(f"[dim]{stage.name:<12} up to date[/dim]")
+            continue
+        t0 = time.perf_counter()
+        stage.run()
+        out.print(f"[bold green]{stage.name:<12}[/bold green] done in {_fmt_s(time.perf_counter() - t0)}")
+    out.print(f"pipeline done in {_fmt_s(time.perf_counter() - t_all)}: open {wd.report_html}")
+
+
+def _stages(wd, data, extended, preset, members, backend, jobs, device, fna_every, fna_mask, finetune_epochs, slurm) -> list[Stage]:
+    from qdgap.cli import ensemble, finetune, predict, report
+    from qdgap.core import runs as rf
+
+    def members_done(runs: Path) -> bool:
+        dirs = rf.member_dirs(runs)
+        return len(dirs) >= members and all((d / rf.DONE).exists() for d in dirs)
+
+    def done_markers(runs: Path) -> list[Path]:
+        return [d / rf.DONE for d in rf.member_dirs(runs)]
+
+    def train() -> None:
+        ensemble.train(
+            members=members, data=data, preset=preset, output=wd.runs, backend=backend, jobs=jobs, device=device,
+            wait=backend == "slurm", **slurm,
+        )  # fmt: skip
+
+    def predict_all() -> None:
+        predict.predict(runs=wd.runs, data=data, frames="all", output=wd.predictions, device=device)
+
+    def fna() -> None:
+        predict.fna(runs=wd.runs, data=data, frames="unseen", every=fna_every, mask=fna_mask, output=wd.fna, csv=wd.fna_csv, device=device)
+
+    def finetune_all() -> None:
+        finetune.finetune(
+            runs=wd.runs, data=extended, output=wd.runs_finetuned, epochs=finetune_epochs, backend=backend, jobs=jobs,
+            device=device, wait=backend == "slurm", **slurm,
+        )  # fmt: skip
+
+    def predict_ext() -> None:
+        predict.predict(runs=wd.runs_finetuned, data=extended, frames="all", output=wd.predictions_extended, device=device)
+
+    def write_report() -> None:
+        report.report(workdir=wd.root, data=data)
+
+    stages = [
+        Stage("train", lambda: [wd.runs], lambda: [data], lambda: members_done(wd.runs), train),
+        Stage(
+            "predict",
+            lambda: [wd.predictions, wd.predictions_csv],
+            lambda: [data, *done_markers(wd.runs)],
+            lambda: _readable(wd.predictions, "predictions"),
+            predict_all,
+        ),
+        Stage("fna", lambda: [wd.fna, wd.fna_csv], lambda: [data, *done_markers(wd.runs)], lambda: _readable(wd.fna, "fna"), fna),
+    ]
+    if extended is not None:
+        stages += [
+            Stage(
+                "finetune",
+                lambda: [wd.runs_finetuned, wd.runs_scratch, wd.finetune_csv, wd.finetune_json],
+                lambda: [extended, *done_markers(wd.runs)],
+                lambda: members_done(wd.runs_finetuned) and wd.finetune_csv.exists(),
+                finetune_all,
+            ),
+            Stage(
+                "predict-ext",
+                lambda: [wd.predictions_extended, wd.predictions_extended.with_suffix(".csv")],
+                lambda: [extended, *done_markers(wd.runs_finetuned)],
+                lambda: _readable(wd.predictions_extended, "predictions"),
+                predict_ext,
+            ),
+        ]
+    stages.append(
+        Stage(
+            "report",
+            lambda: [wd.report_html, wd.figures],
+            lambda: [p for p in (wd.predictions, wd.fna, wd.finetune_csv, wd.predictions_extended) if p.exists()],
+            lambda: wd.report_html.exists(),
+            write_report,
+        )
+    )
+    return stages
+
+
+def _check_inputs(data: Path, extended: Path | None) -> None:
+    from qdgap.core.data import read_trajectory
+
+    traj = read_trajectory(data)
+    if not traj.labelled.any():
+        raise ui.usage_error(f"{data}: no labelled frames; the ensemble has nothing to learn from")
+    if extended is not None:
+        ext = read_trajectory(extended)
+        if ext.formula != traj.formula or ext.num_atoms != traj.num_atoms:
+            raise ui.usage_error(f"{extended}: {ext.formula} does not continue {data} ({traj.formula})")
+
+
+def _readable(path: Path, kind: str) -> bool:
+    from qdgap.core import schema
+    from qdgap.core.errors import QdgapError
+    from qdgap.core.results import read_results
+
+    fmt = {"predictions": schema.PREDICTIONS_FORMAT, "fna": schema.FNA_FORMAT}[kind]
+    try:
+        read_results(path, fmt=fmt)
+    except QdgapError:
+        return False
+    return True
+
+
+def _stale(stage: Stage) -> bool:
+    """An input newer than the oldest output means the stage must run again."""
+    outputs = [p for p in stage.outputs() if p.exists() and p.is_file()]
+    inputs = [p for p in stage.inputs() if p.exists()]
+    if not outputs or not inputs:
+        return False
+    return max(p.stat().st_mtime for p in inputs) > min(p.stat().st_mtime for p in outputs)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
