@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from qdgap import __version__
-from qdgap.cli import data, ensemble, workflow, finetune, predict, report, train, ui, upstream
+from qdgap.cli import data, ensemble, export, workflow, finetune, predict, report, train, ui, upstream
 
 app = typer.Typer(
     name="qdgap",
@@ -30,6 +30,7 @@ app.command("train", rich_help_panel="Model")(train.train)
 app.add_typer(ensemble.app, name="ensemble", rich_help_panel="Model")
 app.command("finetune", rich_help_panel="Model")(finetune.finetune)
 app.command("import-alignn", rich_help_panel="Model")(upstream.import_alignn)
+app.command("export", rich_help_panel="Model")(export.export)
 app.command("predict", rich_help_panel="Analysis")(predict.predict)
 app.command("fna", rich_help_panel="Analysis")(predict.fna)
 app.command("report", rich_help_panel="Workflow")(report.report)

@@ -19,6 +19,15 @@ AllowDataChange = Annotated[
     bool, typer.Option("--allow-data-change", help="Use the data file even if it changed since the members were trained on it.")
 ]
 InferenceDevice = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (CUDA when present).")]
+Backend = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="torchscript (model.ts) or onnxruntime (model.onnx, exported on first use; needs the onnx extra). "
+        "Default: the faster one in bench/results.md.",
+        show_default=False,
+    ),
+]
 
 
 def predict(
@@ -27,18 +36,21 @@ def predict(
     frames: Frames = "unseen",
     output: OutPath = Path("predictions.h5"),
     device: InferenceDevice = "auto",
+    backend: Backend = None,
     allow_data_change: AllowDataChange = False,
 ) -> None:
     """Predict band gaps with every member; write predictions.h5 (+ .csv) and print the errors."""
     from qdgap.core import predict as pr
     from qdgap.core import schema
     from qdgap.core.data import read_trajectory
+    from qdgap.core.export import check_backend
     from qdgap.core.files import exclusive_lock
     from qdgap.core.runs import load_members
     from qdgap.core.train import resolve_device
 
     if frames not in pr.FRAME_SETS:
         raise ui.usage_error(f"--frames must be one of {', '.join(pr.FRAME_SETS)}, got {frames!r}")
+    backend = check_backend(backend)
     dev = resolve_device(device)
     members = load_members(runs)
     traj = read_trajectory(data)
@@ -46,12 +58,15 @@ def predict(
     chosen = pr.select_frames(members, traj, frames)
     with exclusive_lock(output.parent / f".{output.name}.lock", what=f"output {output}"):
         with ui.progress(f"predict ({len(members)} members)", len(members) * len(chosen), unit="frame") as advance:
-            pred = pr.predict_ensemble(members, traj, chosen, cache_dir=pr.runs_cache_dir(runs), device=str(dev), progress=advance)
+            pred = pr.predict_ensemble(
+                members, traj, chosen, cache_dir=pr.runs_cache_dir(runs), device=str(dev), backend=backend, progress=advance
+            )
         summary = pr.summarise(pred)
         attrs = {
             schema.ATTR_INPUT_SHA256: traj.sha256,
             schema.ATTR_INPUT_PATH: str(data.resolve()),
             "frames": frames,
+            "backend": backend,
             **{k: v for k, v in summary.items() if not isinstance(v, list)},
         }
         pr.write_predictions(pred, output, attrs=attrs)
@@ -81,6 +96,7 @@ def fna(
     output: OutPath = Path("fna.h5"),
     csv: Annotated[Path | None, typer.Option("--csv", help="Importance table (default: average_rmse_results.csv beside the output).")] = None,
     device: InferenceDevice = "auto",
+    backend: Backend = None,
     allow_data_change: AllowDataChange = False,
 ) -> None:
     """Rank atoms by Feature Nullification Analysis: nullify each atom, re-predict, compare with the true gaps."""
@@ -88,6 +104,7 @@ def fna(
     from qdgap.core import predict as pr
     from qdgap.core import schema
     from qdgap.core.data import read_trajectory
+    from qdgap.core.export import check_backend
     from qdgap.core.files import exclusive_lock
     from qdgap.core.runs import load_members
     from qdgap.core.train import resolve_device
@@ -101,6 +118,7 @@ def fna(
         raise ui.usage_error(f"--every must be at least 1, got {every}")
     if chunk is not None and chunk < 1:
         raise ui.usage_error(f"--chunk must be at least 1, got {chunk}")
+    backend = check_backend(backend)
     dev = resolve_device(device)
     csv_path = csv or output.parent / "average_rmse_results.csv"
     members = load_members(runs)
@@ -120,6 +138,7 @@ def fna(
                 mode=mask,
                 chunk=chunk,
                 device=str(dev),
+                backend=backend,
                 cache_dir=pr.runs_cache_dir(runs),
                 partial_dir=output.parent / f".{output.name}.partial",
                 progress=advance,
@@ -130,6 +149,7 @@ def fna(
             "mask": mask,
             "frames": frames,
             "every": every,
+            "backend": backend,
         }
         table = fn.write_fna(result, output, csv_path, attrs=attrs)
         shutil.rmtree(output.parent / f".{output.name}.partial", ignore_errors=True)

@@ -85,6 +85,7 @@ def run_fna(
     mode: str = "full",
     chunk: int | None = None,
     device: str = "cpu",
+    backend: str | None = None,
     cache_dir: Path | None = None,
     partial_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
@@ -98,6 +99,7 @@ def run_fna(
         mode: ``full`` or ``seed`` (see ``kernels.fna``).
         chunk: masked copies per forward; a device-dependent default if None.
         device: torch device.
+        backend: ``torchscript`` or ``onnxruntime`` (``export.load_model``); None: ``export.DEFAULT_BACKEND``.
         cache_dir: graph cache folder.
         partial_dir: where each finished member's numbers are kept, so a rerun
             skips it; nothing is kept if None.
@@ -106,13 +108,17 @@ def run_fna(
     Returns:
         The masked and unmasked predictions.
     """
-    from qdgap.core.export import load_torchscript
+    from qdgap.core.export import check_backend, load_model
     from qdgap.core.graphs import load_or_build_graphs
 
+    backend = check_backend(backend)
     if mode not in MODES:
         raise QdgapError(f"--mask must be one of {', '.join(MODES)}, got {mode!r}")
     if chunk is not None and chunk < 1:
         raise QdgapError(f"--chunk must be at least 1, got {chunk}")
+    from qdgap.core.model import fast_cpu_math
+
+    fast_cpu_math()
     frames = np.asarray(frames, dtype=np.int64)
     if frames.size == 0:
         raise QdgapError("no frames chosen for FNA; try --frames all or a smaller --every")
@@ -134,7 +140,7 @@ def run_fna(
             packed = load_or_build_graphs(traj, member.config.graph, cache_dir=cache_dir)
             graphs_by_config[gkey] = PackedGraphs(*(t.to(dev) for t in packed))
         graphs = graphs_by_config[gkey]
-        model = load_torchscript(member.model_ts, device=dev, sha256=member.model_sha256 or None).module
+        model = load_model(member, backend=backend, device=dev)
         edges_per_frame = float(graphs.edge_ptr[-1]) / max(1, graphs.num_frames)
         size = chunk or chunk_for(dev, edges_per_frame, member.config.model.hidden_features)
         index = torch.from_numpy(frames).to(dev)

@@ -1,7 +1,8 @@
 """Ensemble prediction of a trajectory from exported members (``model.ts``; no training code needed).
 
-Every member's artifact is loaded through ``export.load_torchscript``, which
-checks it against the sha256 its run folder recorded. Graphs come from the
+Every member's artifact (``model.ts``, or ``model.onnx`` for ONNX Runtime) is
+loaded through ``export.load_model``, which checks it against the sha256 its
+run folder recorded. Graphs come from the
 cache; many frames go through each forward.
 """
 
@@ -139,9 +140,10 @@ def predict_ensemble(
     *,
     cache_dir: Path | None,
     device: str = "cpu",
+    backend: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EnsemblePrediction:
-    """Predict ``frames`` of ``traj`` with every member's ``model.ts``.
+    """Predict ``frames`` of ``traj`` with every member's exported model.
 
     Args:
         members: finished members (``runs.load_members``).
@@ -149,14 +151,20 @@ def predict_ensemble(
         frames: (F,) frame indices.
         cache_dir: graph cache folder.
         device: torch device for inference.
+        backend: ``torchscript`` (``model.ts``) or ``onnxruntime`` (``model.onnx``); None: ``export.DEFAULT_BACKEND``.
         progress: called with the number of frames predicted, per member and batch.
 
     Returns:
         Per-member predictions (M, F) in eV, with true gaps and times.
     """
-    from qdgap.core.export import load_torchscript
+    from qdgap.core.export import check_backend, load_model
     from qdgap.core.graphs import load_or_build_graphs
 
+    from qdgap.core.model import fast_cpu_math
+
+    backend = check_backend(backend)
+
+    fast_cpu_math()
     frames = np.asarray(frames, dtype=np.int64)
     if frames.size == 0:
         raise QdgapError("no frames to predict (the selection is empty); try --frames all")
@@ -170,12 +178,12 @@ def predict_ensemble(
             packed = load_or_build_graphs(traj, member.config.graph, cache_dir=cache_dir)
             graphs_by_config[key] = PackedGraphs(*(t.to(dev) for t in packed))
         graphs = graphs_by_config[key]
-        model = load_torchscript(member.model_ts, device=dev, sha256=member.model_sha256 or None)
+        model = load_model(member, backend=backend, device=dev)
         step = frames_per_batch(graphs, member.config.model.hidden_features)
         with torch.inference_mode():
             for start in range(0, len(frames), step):
                 chunk = index[start : start + step]
-                out = model.module(*gather_frames(graphs, chunk))
+                out = model(*gather_frames(graphs, chunk))
                 preds[i, start : start + len(chunk)] = out.float().cpu().numpy()  # device sync, once per batch
                 if progress is not None:
                     progress(len(chunk))
