@@ -33,6 +33,14 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# Side-by-side benchmarks against upstream alignn (not tests; never in CI): bench/results.md.
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+# A small smoke run of the same benchmarks: bench/_out/results-quick.md.
+bench-quick: $(STAMP)
+	$(PY) bench/run_all.py --quick
+
 clean:
 	rm -rf $(WORK) .pytest_cache
 

@@ -40,7 +40,12 @@ FreezeEmbeddings = Annotated[
 ]
 FtEpochs = Annotated[int, typer.Option("--epochs", help="Most epochs of fine-tuning, and of the scratch baseline.")]
 FtLearningRate = Annotated[
-    float, typer.Option("--lr", help="Peak learning rate of the fine-tuning's one-cycle schedule (the baseline keeps the members' own).")
+    float | None,
+    typer.Option(
+        "--lr",
+        help="Peak learning rate of the fine-tuning's one-cycle schedule (default: the members' own; the baseline always keeps theirs).",
+        show_default=False,
+    ),
 ]
 OneSeed = Annotated[
     int | None,
@@ -66,7 +71,7 @@ def finetune(
     freeze_blocks: FreezeBlocks = None,
     freeze_embeddings: FreezeEmbeddings = True,
     epochs: FtEpochs = 50,
-    lr: FtLearningRate = 1e-3,
+    lr: FtLearningRate = None,
     patience: Patience = None,
     stride: Stride = None,
     batch_size: BatchSize = None,

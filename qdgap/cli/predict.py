@@ -44,7 +44,7 @@ def predict(
     from qdgap.core import schema
     from qdgap.core.data import read_trajectory
     from qdgap.core.export import check_backend
-    from qdgap.core.files import exclusive_lock
+    from qdgap.core.files import check_output_file, exclusive_lock
     from qdgap.core.runs import load_members
     from qdgap.core.train import resolve_device
 
@@ -56,6 +56,7 @@ def predict(
     traj = read_trajectory(data)
     pr.check_members_fit(members, traj, data_path=data, allow_data_change=allow_data_change)
     chosen = pr.select_frames(members, traj, frames)
+    check_output_file(output)  # a folder, or an unwritable place: refused before the work, not after
     with exclusive_lock(output.parent / f".{output.name}.lock", what=f"output {output}"):
         with ui.progress(f"predict ({len(members)} members)", len(members) * len(chosen), unit="frame") as advance:
             pred = pr.predict_ensemble(
@@ -105,7 +106,7 @@ def fna(
     from qdgap.core import schema
     from qdgap.core.data import read_trajectory
     from qdgap.core.export import check_backend
-    from qdgap.core.files import exclusive_lock
+    from qdgap.core.files import check_output_file, exclusive_lock
     from qdgap.core.runs import load_members
     from qdgap.core.train import resolve_device
     from qdgap.kernels.fna import MODES
@@ -129,6 +130,8 @@ def fna(
     if chosen.size == 0:
         raise ui.usage_error(f"{data}: none of the chosen frames has a true gap; FNA needs labelled frames")
     evaluations = len(members) * len(chosen) * (traj.num_atoms + 1)
+    check_output_file(output)  # a folder, or an unwritable place: refused before the work, not after
+    check_output_file(csv_path)
     with exclusive_lock(output.parent / f".{output.name}.lock", what=f"output {output}"):
         with ui.progress(f"FNA ({len(members)} members, {len(chosen)} frames)", evaluations, unit="masked") as advance:
             result = fn.run_fna(

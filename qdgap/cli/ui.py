@@ -34,12 +34,13 @@ state = _State()
 
 
 def stderr_console() -> Console:
-    # Made on demand so that tests capturing sys.stderr see what is printed.
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    # No file= : rich then looks sys.stderr up at every write, so a log handler set up under a test
+    # runner's captured stream never writes to that stream after it is closed.
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def stdout_console() -> Console:
-    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True)
 
 
 def setup_logging(*, quiet: bool, debug: bool, logfile: Path | None = None) -> None:

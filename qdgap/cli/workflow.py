@@ -130,10 +130,10 @@ def _stages(wd, data, extended, preset, members, backend, jobs, device, fna_ever
             "predict",
             lambda: [wd.predictions, wd.predictions_csv],
             lambda: [data, *done_markers(wd.runs)],
-            lambda: _readable(wd.predictions, "predictions"),
+            lambda: _readable(wd.predictions, "predictions") and wd.predictions_csv.is_file(),
             predict_all,
         ),
-        Stage("fna", lambda: [wd.fna, wd.fna_csv], lambda: [data, *done_markers(wd.runs)], lambda: _readable(wd.fna, "fna"), fna),
+        Stage("fna", lambda: [wd.fna, wd.fna_csv], lambda: [data, *done_markers(wd.runs)], lambda: _readable(wd.fna, "fna") and wd.fna_csv.is_file(), fna),
     ]
     if extended is not None:
         stages += [
@@ -141,14 +141,14 @@ def _stages(wd, data, extended, preset, members, backend, jobs, device, fna_ever
                 "finetune",
                 lambda: [wd.runs_finetuned, wd.runs_scratch, wd.finetune_csv, wd.finetune_json],
                 lambda: [extended, *done_markers(wd.runs)],
-                lambda: members_done(wd.runs_finetuned) and wd.finetune_csv.exists(),
+                lambda: members_done(wd.runs_finetuned) and wd.finetune_csv.is_file() and wd.finetune_json.is_file(),
                 finetune_all,
             ),
             Stage(
                 "predict-ext",
                 lambda: [wd.predictions_extended, wd.predictions_extended.with_suffix(".csv")],
                 lambda: [extended, *done_markers(wd.runs_finetuned)],
-                lambda: _readable(wd.predictions_extended, "predictions"),
+                lambda: _readable(wd.predictions_extended, "predictions") and wd.predictions_extended.with_suffix(".csv").is_file(),
                 predict_ext,
             ),
         ]

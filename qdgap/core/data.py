@@ -10,6 +10,7 @@ Conventions: lengths in Å, time in fs, gaps in eV, cell vectors as rows.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import re
@@ -233,14 +234,18 @@ def write_trajectory(
     """
     import h5py
 
+    # Built in memory, then written in one go: a full disk is then one plain OSError on the write,
+    # not an HDF5 library error from every object it still had to flush.
+    image = io.BytesIO()
     with atomic_output(path, force=force) as tmp:
-        with h5py.File(tmp, "w") as h5:
+        with h5py.File(image, "w") as h5:
             _create_datasets(h5, traj, growable=False)
             if extras:
                 group = h5.create_group(EXTRAS_GROUP)
                 for key, value in extras.items():
                     group.create_dataset(key, data=np.asarray(value))
             _write_attrs(h5, {**traj.attrs, **provenance(), **attrs}, complete=True)
+        tmp.write_bytes(image.getbuffer())
 
 
 def read_trajectory_extras(path: str | Path) -> dict[str, np.ndarray]:
@@ -700,7 +705,10 @@ def _read_multiframe(path: Path, fmt: str | None) -> _Frames:
     try:
         frames = read(path, index=":", format=fmt)
     except Exception as exc:  # ASE raises many types for unknown or broken files
-        what = "unknown file format" if "format" in str(exc).lower() else "cannot read it"
+        from ase.io.formats import UnknownFileTypeError
+
+        unknown = isinstance(exc, UnknownFileTypeError) or "format" in str(exc).lower()
+        what = "unknown file format" if unknown else "cannot read it"
         hint = "; name the format with --format (an ASE format name)" if fmt is None else ""
         raise QdgapError(f"{path}: {what} ({_short(exc)}){hint}") from exc
     if not isinstance(frames, list):

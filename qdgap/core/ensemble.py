@@ -62,6 +62,21 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def threads_per_job(jobs: int) -> int:
+    """Torch threads for each of ``jobs`` parallel members: the usable cores shared out, but never
+    more than ``OMP_NUM_THREADS`` when the user (or Slurm's ``--cpus-per-task`` recipe) set it.
+
+    More threads than free cores do not just waste time: on a loaded machine the threads of
+    one small-graph member wait on each other and an epoch can take a hundred times longer.
+    """
+    threads = max(1, usable_cores() // jobs)
+    try:
+        cap = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return threads
+    return max(1, min(threads, cap)) if cap >= 1 else threads
+
+
 def default_jobs(n_members: int, device: str) -> int:
     """Parallel members: one per core on the CPU (small graphs scale poorly across threads), one on a GPU."""
     if device.startswith("cuda"):
@@ -112,10 +127,17 @@ def train_local(
     outcomes = {s: MemberOutcome(s, "done", "already finished") for s in seeds if s not in todo}
     if not todo:
         return [outcomes[s] for s in seeds]
+    from qdgap.core.train import check_splittable
+
+    for seed in todo:  # too few labelled frames: one error now, not a failed member (and a graph cache) per seed
+        check_splittable(traj, seed=seed, stride=config.train.stride, data_path=str(data_path))
+    from qdgap.core.files import check_writable_dir
+
+    check_writable_dir(Path(runs))  # an unwritable place: one error now, not a failed member per seed
     # Build the graphs once here, so the workers find them in the cache instead of racing to build them.
     load_or_build_graphs(traj, config.graph, cache_dir=runs / rf.CACHE_DIR)
     jobs = min(jobs, len(todo))
-    threads = max(1, usable_cores() // jobs)
+    threads = threads_per_job(jobs)
     if jobs == 1:
         import torch
 
@@ -160,6 +182,8 @@ def _train_one(traj, config, seed, runs, device, data_path, progress, should_sto
     from qdgap.core.train import train_member
 
     run = rf.run_dir(runs, seed)
+    if (run / rf.DONE).exists():  # finished by another process since this one made its list
+        return MemberOutcome(seed, "done", "finished by another process")
     try:
         result = train_member(
             traj,
@@ -178,6 +202,8 @@ def _train_one(traj, config, seed, runs, device, data_path, progress, should_sto
     except Interrupted as exc:
         return MemberOutcome(seed, "interrupted", str(exc))
     except QdgapError as exc:
+        if (run / rf.DONE).exists():  # another process finished it between the check above and the lock
+            return MemberOutcome(seed, "done", "finished by another process")
         _mark_failed(run, str(exc))
         return MemberOutcome(seed, "failed", str(exc))
     except Exception as exc:  # a bug: keep the traceback beside the member

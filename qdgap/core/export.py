@@ -622,7 +622,9 @@ def load_model(member: Any, *, backend: str | None = None, device: str | torch.d
     """
     backend = check_backend(backend)
     if backend == "torchscript":
-        return TorchScriptModel(load_torchscript(member.model_ts, device=device, sha256=member.model_sha256 or None))
+        loaded = load_torchscript(member.model_ts, device=device, sha256=member.model_sha256 or None)
+        _check_meta(member, loaded.meta, loaded.path)
+        return TorchScriptModel(loaded)
     run = Path(member.path)
     path = run / MODEL_ONNX
     record = _onnx_record(run)
@@ -643,7 +645,26 @@ def load_model(member: Any, *, backend: str | None = None, device: str | torch.d
                 "where the folder is writable, or use --backend torchscript"
             ) from exc
     assert record is not None
-    return load_onnx(path, device=device, sha256=str(record.get("sha256", "")) or "missing")
+    model = load_onnx(path, device=device, sha256=str(record.get("sha256", "")) or "missing")
+    _check_meta(member, model.meta, path)
+    return model
+
+
+def _check_meta(member: Any, meta: dict[str, Any], path: Path) -> None:
+    """Refuse an artifact made for another composition, model or graph than its run folder's
+    ``config.json`` records (copied in from another run, with its sha256)."""
+    from qdgap.core.labels import formula
+
+    record = getattr(member, "record", None) or {}
+    want, got = (record.get("data") or {}).get("numbers"), meta.get("numbers")
+    if want is not None and got is not None and list(got) != list(want):
+        raise QdgapError(
+            f"{path}: made for {formula(np.asarray(got))} ({len(got)} atoms), but its run folder records "
+            f"{formula(np.asarray(want))} ({len(want)} atoms); the file belongs to another run"
+        )
+    for key, what in (("model", "model settings (feature sizes, layers)"), ("graph", "graph cutoffs")):
+        if key in meta and key in record and meta[key] != record[key]:
+            raise QdgapError(f"{path}: its {what} differ from {Path(member.path) / 'config.json'}; the file belongs to another run")
 
 
 def export_run(run: str | Path, *, fmt: str, output: str | Path | None = None, exporter: str = "auto", locked: bool = False) -> ExportResult:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from qdgap.core.errors import QdgapError
+from qdgap.core.faults import fault_point
 
 _HASH_BLOCK = 1 << 20
 
@@ -42,6 +43,15 @@ def check_writable_dir(folder: Path) -> None:
         raise QdgapError(f"{folder}: the output folder is not writable")
 
 
+def check_output_file(path: str | os.PathLike) -> None:
+    """Refuse an output file name that cannot be written, before any work: a folder, or a place
+    whose folder cannot be made or written to."""
+    path = Path(path)
+    if path.is_dir():
+        raise QdgapError(f"{path}: is a folder, expected a file name")
+    check_writable_dir(path.parent)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
@@ -56,10 +66,14 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
     path = Path(path)
     if path.exists() and not force:
         raise QdgapError(f"{path}: output exists; choose another name or pass --force")
-    if path.is_dir():
-        raise QdgapError(f"{path}: is a folder, expected a file name")
-    check_writable_dir(path.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_output_file(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        error = _write_error(path, exc)
+        if error is None:
+            raise
+        raise error from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -68,17 +82,43 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        fault_point("write", path.name)  # tests only: see core/faults.py
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        # h5py and torch.save report a full disk as RuntimeError too (errno only in the text, or not at all)
+        error = _write_error(path, exc)
         tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise QdgapError(f"{path}: no space left on the device; nothing was written") from exc
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise QdgapError(f"{path}: permission denied; nothing was written") from exc
-        raise
+        if error is None:
+            raise
+        raise error from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_LOW_SPACE_BYTES = 1 << 20  # a write that fails with less than this free was most likely stopped by a full disk
+
+
+def _write_error(path: Path, exc: BaseException) -> QdgapError | None:
+    """The one-line error for a write that failed on a full disk or a forbidden folder; None for other failures.
+
+    Called before the temporary file is removed, so a disk it filled still reads as full.
+    """
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return QdgapError(f"{path}: permission denied; nothing was written")
+    full = code in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text or "errno = 28" in text
+    if not full:
+        try:
+            st = os.statvfs(path.parent)
+            free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+            full = free < _LOW_SPACE_BYTES
+        except OSError:
+            pass
+    if full:
+        return QdgapError(f"{path}: no space left on the device; nothing was written (free some space and rerun)")
+    return None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -115,8 +155,11 @@ def exclusive_lock(path: str | os.PathLike, *, what: str) -> Iterator[None]:
         what: what the lock protects, for the error message.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+    except OSError as exc:
+        raise QdgapError(f"{path}: cannot create the lock file ({exc.strerror}); is the folder writable?") from exc
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,6 +20,7 @@ import torch
 from qdgap.core import schema
 from qdgap.core.data import Trajectory
 from qdgap.core.errors import QdgapError
+from qdgap.core.faults import fault_point
 from qdgap.core.files import atomic_output
 from qdgap.core.runs import Member
 from qdgap.kernels.batch import PackedGraphs, gather_frames
@@ -147,6 +148,7 @@ def run_fna(
         out = []
         for start in range(0, len(frames), FRAMES_PER_CALL):
             base = gather_frames(graphs, index[start : start + FRAMES_PER_CALL])
+            fault_point("forward")  # tests only: see core/faults.py
             out.append(fna_masked_gaps(model, base, num_atoms=n, mode=mode, chunk_size=size, progress=progress).cpu())
         values = torch.cat(out).numpy()  # (F, N + 1)
         baseline[i], masked[i] = values[:, 0], values[:, 1:]

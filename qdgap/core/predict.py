@@ -19,6 +19,7 @@ import torch
 from qdgap.core import runs as rf
 from qdgap.core.data import Trajectory
 from qdgap.core.errors import QdgapError
+from qdgap.core.faults import fault_point
 from qdgap.core.labels import formula
 from qdgap.core.runs import Member
 from qdgap.kernels.batch import PackedGraphs, gather_frames
@@ -183,6 +184,7 @@ def predict_ensemble(
         with torch.inference_mode():
             for start in range(0, len(frames), step):
                 chunk = index[start : start + step]
+                fault_point("forward")  # tests only: see core/faults.py
                 out = model(*gather_frames(graphs, chunk))
                 preds[i, start : start + len(chunk)] = out.float().cpu().numpy()  # device sync, once per batch
                 if progress is not None:

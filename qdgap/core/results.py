@@ -9,6 +9,7 @@ half-written file for a result.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,11 @@ def write_results(
     """
     import h5py
 
+    # Built in memory, then written in one go: a full disk is then one plain OSError on the write,
+    # not an HDF5 library error from every object it still had to flush.
+    image = io.BytesIO()
     with atomic_output(path, force=force) as tmp:
-        with h5py.File(tmp, "w") as h5:
+        with h5py.File(image, "w") as h5:
             for name, value in datasets.items():
                 if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
                     h5.create_dataset(name, data=np.array(value, dtype=object), dtype=h5py.string_dtype())
@@ -54,6 +58,7 @@ def write_results(
                     h5.attrs[key] = value
             h5.attrs[schema.ATTR_VERSION] = version
             h5.attrs[schema.ATTR_FORMAT] = fmt  # last
+        tmp.write_bytes(image.getbuffer())
 
 
 def read_results(path: str | Path, *, fmt: str, version: int = 1) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -127,6 +127,8 @@ def load_member(run: Path) -> Member:
     split = read_json(run / SPLIT_JSON)
     if not (run / MODEL_TS).is_file():
         raise QdgapError(f"{run / MODEL_TS}: missing; re-export it with `qdgap export {run}`")
+    if not isinstance(done, dict) or not done.get("model_sha256"):
+        raise QdgapError(f"{run / DONE}: records no model_sha256 to check {MODEL_TS} against; re-export it with `qdgap export {run}`")
     seed = record.get("seed", seed_of(run))
     if "data" not in record or "numbers" not in record["data"]:
         raise QdgapError(f"{run / CONFIG_JSON}: no record of the training data; not a qdgap run folder")
@@ -136,7 +138,7 @@ def load_member(run: Path) -> Member:
         config=RunConfig.from_json(record),
         record=record,
         split=split,
-        model_sha256=str(done.get("model_sha256", "")),
+        model_sha256=str(done["model_sha256"]),
     )
 
 

@@ -26,7 +26,8 @@ from qdgap.core import runs as rf
 from qdgap.core.config import RunConfig
 from qdgap.core.data import Trajectory
 from qdgap.core.errors import Interrupted, QdgapError
-from qdgap.core.files import atomic_output, exclusive_lock, provenance
+from qdgap.core.faults import fault_point
+from qdgap.core.files import atomic_output, check_writable_dir, exclusive_lock, provenance
 from qdgap.core.graphs import load_or_build_graphs
 from qdgap.core.model import GapModel, fast_cpu_math
 from qdgap.core.splits import split_frames
@@ -110,13 +111,28 @@ def train_member(
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_splittable(traj, seed=seed, stride=config.train.stride, data_path=data_path)  # before any folder is made
+    check_writable_dir(run_dir)
     with exclusive_lock(run_dir / rf.LOCK, what=f"member {run_dir}"):
         if (run_dir / rf.DONE).exists():
             raise QdgapError(f"{run_dir}: already finished (DONE); remove the folder to train it again")
+        for stale in run_dir.glob(".*.tmp"):  # left by a process killed mid-write; the lock says none is ours now
+            stale.unlink(missing_ok=True)
         result = _train(traj, config, seed, run_dir, resolve_device(device), cache_dir, init, data_path, progress, should_stop)
     log.info("%s: done in %.1f s, test RMSE %.1f meV", run_dir, time.perf_counter() - t_start, result.test_rmse_mev)
     return result
+
+
+def check_splittable(traj: Trajectory, *, seed: int, stride: int, data_path: str = "") -> None:
+    """Refuse data whose labelled pool is too small for member ``seed``'s split, naming the file.
+
+    Raises:
+        QdgapError: too few (or no) labelled frames.
+    """
+    try:
+        split_frames(traj.gap_ev, seed=seed, stride=stride)
+    except QdgapError as exc:
+        raise QdgapError(f"{data_path}: {exc}" if data_path else str(exc)) from None
 
 
 def _train(
@@ -137,6 +153,8 @@ def _train(
     torch.manual_seed(seed)
     fast_cpu_math()
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    ckpt_path = run_dir / rf.CHECKPOINT_PT
+    ckpt = _load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None  # a bad one is refused before any write
     record = _run_record(traj, config, seed, data_path, init)
     _check_or_write_record(run_dir, record)
 
@@ -170,14 +188,18 @@ def _train(
         optimizer, max_lr=tc.learning_rate, epochs=max(1, tc.epochs), steps_per_epoch=steps_per_epoch, pct_start=tc.pct_start
     )
     start_epoch, best_val, best_epoch, best_state, metrics = 0, math.inf, -1, None, []
-    ckpt_path = run_dir / rf.CHECKPOINT_PT
-    if ckpt_path.exists():
-        ckpt = _load_checkpoint(ckpt_path, device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, best_val, best_epoch = int(ckpt["epoch"]), float(ckpt["best_val_mae_mev"]), int(ckpt["best_epoch"])
-        best_state, metrics = ckpt["best_state"], list(ckpt["metrics"])
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            start_epoch, best_val, best_epoch = int(ckpt["epoch"]), float(ckpt["best_val_mae_mev"]), int(ckpt["best_epoch"])
+            best_state, metrics = ckpt["best_state"], list(ckpt["metrics"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # tensors only, but not our layout
+            raise QdgapError(
+                f"{ckpt_path}: not a checkpoint of this member ({type(exc).__name__}: {str(exc).splitlines()[0][:80]}); "
+                "remove it to start the member afresh"
+            ) from exc
         log.info("%s: resuming after epoch %d", run_dir, start_epoch)
     resumed_from = start_epoch
 
@@ -199,6 +221,7 @@ def _train(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            fault_point("step")  # tests only: see core/faults.py
             train_loss += float(loss.detach()) * len(frames)  # CPU-GPU sync point, once per batch
             seen += len(frames)
             if should_stop is not None and should_stop():
@@ -384,12 +407,24 @@ def _save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     # weights_only: nothing but tensors and plain containers is ever unpickled from a user's file.
+    import pickle
+    import re
+    import warnings
+
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises pickle, runtime and zip errors alike
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"holds pickled Python objects ({found.group(1)}), not plain tensors" if found else "holds a pickle qdgap does not load"
+        raise QdgapError(f"{path}: unsafe checkpoint: {what}; qdgap loads tensors only. Remove it (or retrain the member)") from None
+    except Exception as exc:  # torch raises runtime, zip and EOF errors alike for damaged files
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
         raise QdgapError(
-            f"{path}: unreadable or unsafe checkpoint ({str(exc).splitlines()[0][:100]}); remove it to start the member afresh"
-        ) from exc
+            f"{path}: unreadable checkpoint ({(first[0] if first else type(exc).__name__)[:100]}); "
+            "remove it to start the member afresh"
+        ) from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

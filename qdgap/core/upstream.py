@@ -47,6 +47,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,7 +354,9 @@ def read_upstream_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise QdgapError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         if found is None:  # damaged, or not written by torch.save

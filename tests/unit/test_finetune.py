@@ -256,6 +256,7 @@ def test_finetune_configs_and_paths():
     assert (f.train.epochs, f.train.learning_rate, f.train.stride, f.train.patience) == (7, 2e-4, 5, demo.train.patience)
     assert (sc.train.epochs, sc.train.learning_rate, sc.train.stride) == (7, demo.train.learning_rate, 5)
     assert f.model == demo.model and sc.model == demo.model and f.train.batch_size == demo.train.batch_size
+    assert ft.finetune_config(demo, ft.FinetuneSettings()).train.learning_rate == demo.train.learning_rate  # the default
     p = ft.output_paths(Path("work/runs_ft"))
     assert (p.scratch, p.report_csv, p.report_json) == (Path("work/runs_scratch"), Path("work/finetune_report.csv"), Path("work/finetune_report.json"))
     assert ft.output_paths(Path("work/runs_ft"), report=Path("k2.csv")).report_json == Path("k2.json")
@@ -278,6 +279,8 @@ def test_finetune_argv_round_trips_through_the_cli():
     assert (params["seed"], params["freeze_blocks"], params["freeze_embeddings"], params["epochs"]) == (3, 2, False, 9)
     assert (params["lr"], params["patience"], params["stride"], params["batch_size"]) == (3e-4, 4, 6, None)
     assert Path(params["runs"]).is_absolute() and Path(params["output"]).is_absolute()
+    plain = ft.finetune_argv(0, runs=Path("r"), data=Path("d.h5"), output=Path("o"), settings=ft.FinetuneSettings(), device="auto")
+    assert "--lr" not in plain and "--freeze-blocks" not in plain  # defaults resolve the same way in the task
 
 
 def test_scratch_overrides_rebuild_scratch_config(tiny_runs):
