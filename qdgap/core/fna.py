@@ -23,15 +23,13 @@ from qdgap.core.errors import QdgapError
 from qdgap.core.faults import fault_point
 from qdgap.core.files import atomic_output
 from qdgap.core.runs import Member
-from qdgap.kernels.batch import PackedGraphs, gather_frames
+from qdgap.kernels.batch import PackedGraphs, gather_frames, graphs_per_forward
 from qdgap.kernels.fna import MODES, fna_masked_gaps
 
 log = logging.getLogger(__name__)
 
 MEV_PER_EV = 1000.0
 FRAMES_PER_CALL = 64  # frames handed to the kernel at once; it chunks their masked copies itself
-CPU_CHUNK_BUDGET = 2_000_000  # bonds x features per forward on a CPU: keeps activations in cache
-GPU_CHUNK_BUDGET = 64_000_000  # on a GPU: large enough to keep the device busy
 
 
 @dataclass(frozen=True)
@@ -73,9 +71,8 @@ class FnaResult:
 
 
 def chunk_for(device: torch.device, edges_per_frame: float, hidden: int) -> int:
-    """Default masked copies per forward: a budget of bonds x features that suits the device."""
-    budget = GPU_CHUNK_BUDGET if device.type == "cuda" else CPU_CHUNK_BUDGET
-    return int(max(1, budget // (max(1.0, edges_per_frame) * hidden)))
+    """Default masked copies per forward (``kernels.batch.graphs_per_forward``)."""
+    return graphs_per_forward(device.type, edges_per_frame, hidden)
 
 
 def run_fna(

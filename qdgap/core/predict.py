@@ -22,13 +22,12 @@ from qdgap.core.errors import QdgapError
 from qdgap.core.faults import fault_point
 from qdgap.core.labels import formula
 from qdgap.core.runs import Member
-from qdgap.kernels.batch import PackedGraphs, gather_frames
+from qdgap.kernels.batch import PackedGraphs, gather_frames, graphs_per_forward
 
 log = logging.getLogger(__name__)
 
 FRAME_SETS = ("unseen", "test", "all")
 MEV_PER_EV = 1000.0
-_BATCH_FEATURE_BUDGET = 24_000_000  # bonds x hidden features per forward: bounds activation memory
 
 
 @dataclass(frozen=True)
@@ -128,10 +127,9 @@ def select_frames(members: Sequence[Member], traj: Trajectory, which: str) -> np
     return np.setdiff1d(all_frames, np.concatenate(pooled)) if pooled else all_frames
 
 
-def frames_per_batch(graphs: PackedGraphs, hidden_features: int) -> int:
-    """Frames per forward so that bonds x features stays within the activation budget."""
-    mean_edges = max(1.0, float(graphs.edge_ptr[-1]) / max(1, graphs.num_frames))
-    return int(max(1, min(1024, _BATCH_FEATURE_BUDGET // (mean_edges * hidden_features))))
+def frames_per_batch(graphs: PackedGraphs, hidden_features: int, device: torch.device) -> int:
+    """Frames per forward (``kernels.batch.graphs_per_forward``)."""
+    return graphs_per_forward(device.type, float(graphs.edge_ptr[-1]) / max(1, graphs.num_frames), hidden_features)
 
 
 def predict_ensemble(
@@ -180,7 +178,7 @@ def predict_ensemble(
             graphs_by_config[key] = PackedGraphs(*(t.to(dev) for t in packed))
         graphs = graphs_by_config[key]
         model = load_model(member, backend=backend, device=dev)
-        step = frames_per_batch(graphs, member.config.model.hidden_features)
+        step = frames_per_batch(graphs, member.config.model.hidden_features, dev)
         with torch.inference_mode():
             for start in range(0, len(frames), step):
                 chunk = index[start : start + step]

@@ -101,3 +101,24 @@ def gather_frames(packed: PackedGraphs, frames: Tensor) -> GraphBatch:
         node_graph=torch.repeat_interleave(graph_ids, num_atoms),
         num_graphs=b,
     )
+
+
+# Bonds x hidden features per forward. On a CPU the elementwise work of the message passing is
+# memory-bound: once a layer's tensors leave the cache, a larger batch is slower per frame. Measured
+# in bench/results.md (2 cores): demo model 1,597 frames/s at batch 16 vs 445 at 256; paper model
+# 38 frames/s at batch 1 vs 13 at 64; FNA best at 17 (demo) and 1-10 (paper) masked copies per
+# forward. 400k puts both presets at those sizes. A GPU wants the opposite: enough work per launch.
+CPU_FEATURE_BUDGET = 400_000
+GPU_FEATURE_BUDGET = 64_000_000
+
+
+def graphs_per_forward(device_type: str, edges_per_graph: float, hidden_features: int) -> int:
+    """Graphs (frames, or masked copies of one) per forward so that bonds x features fits the device.
+
+    Args:
+        device_type: ``"cpu"`` or ``"cuda"``.
+        edges_per_graph: mean bonds per graph.
+        hidden_features: the model's hidden width.
+    """
+    budget = GPU_FEATURE_BUDGET if device_type == "cuda" else CPU_FEATURE_BUDGET
+    return int(max(1, min(4096, budget // (max(1.0, edges_per_graph) * hidden_features))))

@@ -99,12 +99,6 @@ def tile_masked(base: GraphBatch, copy_graph: Tensor, masked_atom: Tensor, num_a
     return MaskedBatch(batch, node_keep, bond_keep, angle_keep)
 
 
-def default_chunk(base: GraphBatch, hidden_features: int, *, budget: int = 24_000_000) -> int:
-    """Masked copies per forward so that bonds x hidden features stays near ``budget`` (bounds memory)."""
-    edges_per_graph = max(1.0, base.edge_src.numel() / max(1, base.num_graphs))
-    return int(max(1, budget // (edges_per_graph * hidden_features)))
-
-
 def fna_masked_gaps(
     model: Callable[..., Tensor],
     base: GraphBatch,
