@@ -34,8 +34,8 @@ def make_extxyz(path: Path, num_frames: int) -> None:
     from qdgap.core.synthetic import synthetic_trajectory
 
     demo = read_trajectory(DEMO_DATA)
-    traj = synthetic_trajectory(num_frames, base=(demo.numbers, demo.positions[0]), amplitude_ang=0.05, seed=0)
-    frames = [Atoms(numbers=traj.numbers, positions=traj.positions[f], info={"gap": float(traj.gap_ev[f])}) for f in range(num_frames)]
+    traj = synthetic_trajectory(num_frames, base=(demo.numbers, demo.positions_ang[0]), amplitude_ang=0.05, seed=0)
+    frames = [Atoms(numbers=traj.numbers, positions=traj.positions_ang[f], info={"gap": float(traj.gap_ev[f])}) for f in range(num_frames)]
     tmp = path.with_suffix(".tmp.xyz")
     write(tmp, frames, format="extxyz")
     tmp.replace(path)
