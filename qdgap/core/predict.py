@@ -127,11 +127,6 @@ def select_frames(members: Sequence[Member], traj: Trajectory, which: str) -> np
     return np.setdiff1d(all_frames, np.concatenate(pooled)) if pooled else all_frames
 
 
-def frames_per_batch(graphs: PackedGraphs, hidden_features: int, device: torch.device) -> int:
-    """Frames per forward (``kernels.batch.graphs_per_forward``)."""
-    return graphs_per_forward(device.type, float(graphs.edge_ptr[-1]) / max(1, graphs.num_frames), hidden_features)
-
-
 def predict_ensemble(
     members: Sequence[Member],
     traj: Trajectory,
@@ -178,7 +173,8 @@ def predict_ensemble(
             graphs_by_config[key] = PackedGraphs(*(t.to(dev) for t in packed))
         graphs = graphs_by_config[key]
         model = load_model(member, backend=backend, device=dev)
-        step = frames_per_batch(graphs, member.config.model.hidden_features, dev)
+        edges_per_frame = float(graphs.edge_ptr[-1]) / max(1, graphs.num_frames)
+        step = graphs_per_forward(dev.type, edges_per_frame, member.config.model.hidden_features)
         with torch.inference_mode():
             for start in range(0, len(frames), step):
                 chunk = index[start : start + step]
