@@ -30,7 +30,7 @@ from qdgap.kernels.batch import PackedGraphs
 log = logging.getLogger(__name__)
 
 GRAPH_CACHE_VERSION = 1
-_PAIR_BUDGET = 1 << 18  # max (frames x atoms x candidate neighbours) held at once, bounds memory
+_PAIR_BUDGET = 1 << 20  # max (frames x atoms x candidate neighbours) held at once, bounds memory
 
 
 def build_graphs(
@@ -133,38 +133,52 @@ def _frame_graphs(
     kk = min(params.max_neighbors, k * n)
     # Ranking by squared distance is ranking by distance; the result is each atom's neighbour table.
     nearest, cand_idx = torch.topk(key, kk, dim=2, largest=False, sorted=True)  # (C, N, kk)
-    keep = torch.isfinite(nearest)  # (C, N, kk)
-    nb_atom = cand_idx % n  # (C, N, kk)
+    keep = torch.isfinite(nearest).reshape(-1)  # (C*N*kk,) the neighbour table, flat: (frame, atom, slot)
+    nb_atom = (cand_idx % n).reshape(-1)
+    # Flat indices throughout: one index_select per lookup instead of multi-tensor advanced indexing.
     # Bond ids local to each frame, in (source atom, distance) order: upstream's edge order.
-    nb_edge = (torch.cumsum(keep.reshape(c, n * kk), 1) - 1).reshape(c, n, kk)
-    frame, src, slot = torch.nonzero(keep, as_tuple=True)  # (E,) row-major
-    dst = nb_atom[frame, src, slot]
+    nb_edge = (torch.cumsum(keep.view(c, n * kk), 1) - 1).reshape(-1)
+    bond_at = torch.nonzero(keep).squeeze(1)  # (E,) table position of each bond, row-major
+    frame = torch.div(bond_at, n * kk, rounding_mode="floor")
+    src = torch.div(bond_at, kk, rounding_mode="floor") - frame * n
+    dst = nb_atom.index_select(0, bond_at)
     # Bond vectors exactly as upstream: r = pos[dst] - pos[src] + shift @ lattice.
-    shift_of_bond = cand_idx[frame, src, slot] // n
-    r = pos[frame, dst] - pos[frame, src] + offsets[frame, shift_of_bond]  # (E, 3) Å
+    flat_pos = pos.reshape(c * n, 3)
+    r = flat_pos.index_select(0, frame * n + dst) - flat_pos.index_select(0, frame * n + src)  # (E, 3) Å
+    if k > 1:
+        shift_of_bond = torch.div(cand_idx.reshape(-1).index_select(0, bond_at), n, rounding_mode="floor")
+        r = r + offsets.reshape(c * k, 3).index_select(0, frame * k + shift_of_bond)
     bond_len = torch.linalg.vector_norm(r, dim=1)
-    edge_counts = keep.sum(dim=(1, 2))
+    edge_counts = keep.view(c, n * kk).sum(dim=1)
     edge_base = torch.cumsum(edge_counts, 0) - edge_counts  # (C,) first bond of each frame in r
 
     # Line graph: bond A = (u -> v) joins every allowed bond B = (v -> w), read from v's row of the table.
     allowed = torch.zeros_like(keep)
-    allowed[frame, src, slot] = bond_len <= params.three_body_cutoff_ang
-    a_frame, a_src, a_slot = torch.nonzero(allowed, as_tuple=True)  # (A,) in bond order
-    a_v = nb_atom[a_frame, a_src, a_slot]
-    a_row, b_slot = torch.nonzero(allowed[a_frame, a_v], as_tuple=True)  # (T,) A-major, then B in bond order
-    t_frame = a_frame[a_row]
-    lg_src = nb_edge[a_frame, a_src, a_slot][a_row]
-    lg_dst = nb_edge[t_frame, a_v[a_row], b_slot]
-    angle_cos = _bond_cosines(r[edge_base[t_frame] + lg_src], r[edge_base[t_frame] + lg_dst])
+    allowed[bond_at] = bond_len <= params.three_body_cutoff_ang
+    a_at = torch.nonzero(allowed).squeeze(1)  # (A,) in bond order
+    a_frame = torch.div(a_at, n * kk, rounding_mode="floor")
+    a_v_row = a_frame * n + nb_atom.index_select(0, a_at)  # (A,) row (frame, v) of the table
+    a_row, b_slot = torch.nonzero(allowed.view(c * n, kk).index_select(0, a_v_row), as_tuple=True)  # (T,) A-major
+    t_frame = a_frame.index_select(0, a_row)
+    lg_src = nb_edge.index_select(0, a_at).index_select(0, a_row)
+    lg_dst = nb_edge.index_select(0, a_v_row.index_select(0, a_row) * kk + b_slot)
+    base = edge_base.index_select(0, t_frame)
+    ia, ib = base + lg_src, base + lg_dst
+    # The norms are the bond lengths already computed from the same vectors (bit for bit).
+    angle_cos = _bond_cosines(r.index_select(0, ia), r.index_select(0, ib), bond_len.index_select(0, ia), bond_len.index_select(0, ib))
     lg_counts = torch.bincount(t_frame, minlength=c)
     return src, dst, bond_len, edge_counts, lg_src, lg_dst, angle_cos, lg_counts
 
 
-def _bond_cosines(r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
-    """Cosine of the angle at the shared atom between bonds (u -> v) and (v -> w): upstream's convention."""
+def _bond_cosines(r_a: torch.Tensor, r_b: torch.Tensor, len_a: torch.Tensor, len_b: torch.Tensor) -> torch.Tensor:
+    """Cosine of the angle at the shared atom between bonds (u -> v) and (v -> w): upstream's convention.
+
+    Args:
+        r_a, r_b: (T, 3) bond vectors, Å.
+        len_a, len_b: (T,) their lengths, Å.
+    """
     num = -(r_a * r_b).sum(-1)
-    den = torch.linalg.vector_norm(r_a, dim=-1).clamp_min(1e-12) * torch.linalg.vector_norm(r_b, dim=-1).clamp_min(1e-12)
-    return (num / den).clamp(-1.0, 1.0)
+    return (num / (len_a.clamp_min(1e-12) * len_b.clamp_min(1e-12))).clamp(-1.0, 1.0)
 
 
 # ==========================================================================

@@ -63,7 +63,9 @@ class EdgeGatedConv(EdgeGatedGraphConvPure):
     upstream's ``forward_tensors`` line for line (tested to float tolerance).
     """
 
-    def forward_tensors(self, src: Tensor, dst: Tensor, num_nodes: int, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward_tensors(
+        self, src: Tensor, dst: Tensor, num_nodes: int, x: Tensor, y: Tensor, update_edges: bool = True
+    ) -> Tuple[Tensor, Tensor]:
         """One convolution.
 
         Args:
@@ -71,6 +73,7 @@ class EdgeGatedConv(EdgeGatedGraphConvPure):
             num_nodes: N.
             x: (N, H) node features.
             y: (E, H) edge features.
+            update_edges: False returns ``y`` as it came, for a last layer whose edges nothing reads.
 
         Returns:
             Updated (x (N, H), y (E, H)).
@@ -89,9 +92,12 @@ class EdgeGatedConv(EdgeGatedGraphConvPure):
         summed, norm = agg.chunk(2, 1)
         x_new = x_self + summed / (norm + 1e-6)
         x_new = F.silu(self.bn_nodes(x_new))
-        y_new = F.silu(self.bn_edges(m))
         if self.residual:
             x_new = x + x_new
+        if not update_edges:
+            return x_new, y
+        y_new = F.silu(self.bn_edges(m))
+        if self.residual:
             y_new = y + y_new
         return x_new, y_new
 
@@ -230,8 +236,10 @@ class GapModel(nn.Module):
         a = self.angle_embedding[2](self.angle_embedding[1](angle_in))  # (t, H)
         for layer in self.alignn_layers:
             x, y, a = layer.forward_tensors(edge_src, edge_dst, num_nodes, lg_src, lg_dst, num_edges, x, y, a)
-        for layer in self.gcn_layers:
-            x, y = layer.forward_tensors(edge_src, edge_dst, num_nodes, x, y)
+        last = len(self.gcn_layers) - 1
+        for i, layer in enumerate(self.gcn_layers):
+            # The readout sees atoms only: the last layer's bond update (E x H of norm and SiLU) is skipped.
+            x, y = layer.forward_tensors(edge_src, edge_dst, num_nodes, x, y, i < last)
         h = scatter_mean(x, node_graph, num_graphs)  # (B, H)
         out = self.fc(h).squeeze(1)  # (B,)
         return out * self.target_std + self.target_mean

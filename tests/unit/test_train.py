@@ -17,7 +17,8 @@ from qdgap.core.data import read_trajectory
 from qdgap.core.errors import Interrupted, QdgapError
 from qdgap.core.graphs import build_graphs
 from qdgap.core.splits import split_frames
-from qdgap.core.train import load_weights, train_member
+from qdgap.core.model import GapModel
+from qdgap.core.train import accumulate_gradient, load_weights, train_member
 from qdgap.kernels.batch import gather_frames
 
 TINY = PRESETS["tiny"]
@@ -49,6 +50,34 @@ def test_train_is_deterministic_on_cpu(tmp_path, synthetic_traj):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     wc = (train_member(synthetic_traj, TINY, seed=4, run_dir=tmp_path / "c", device="cpu"), _weights(tmp_path / "c"))[1]
     assert not torch.equal(wa["fc.weight"], wc["fc.weight"])
+
+
+@pytest.mark.parametrize("micro", [1, 3, 7])
+def test_micro_batched_gradient_equals_whole_batch(synthetic_traj, micro):
+    """In float64 the gradient summed over micro-batches is the whole batch's to 1e-10 (relative)."""
+    torch.manual_seed(0)
+    model = GapModel(TINY.model).double()
+    model.set_target_stats(1.2, 0.1)
+    graphs = build_graphs(synthetic_traj, TINY.graph)
+    graphs = graphs._replace(bond_len=graphs.bond_len.double(), angle_cos=graphs.angle_cos.double())
+    gaps = torch.from_numpy(synthetic_traj.gap_ev.astype(np.float64))
+    frames = torch.tensor([5, 0, 17, 3, 9, 11, 2])
+
+    def grads(micro_batch):
+        model.zero_grad(set_to_none=True)
+        loss = accumulate_gradient(model, graphs, frames, gaps, target_std=0.1, micro_batch=micro_batch)
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole_loss, whole = grads(len(frames))
+    with torch.no_grad():
+        expected = (model(*gather_frames(graphs, frames)) - gaps[frames]).abs().mean() / 0.1
+    assert torch.allclose(whole_loss, expected, rtol=1e-12)
+    part_loss, parts = grads(micro)
+    assert torch.allclose(part_loss, whole_loss, rtol=1e-12)
+    assert parts.keys() == whole.keys() and len(whole) > 10
+    for name, g in whole.items():
+        assert torch.allclose(parts[name], g, rtol=1e-10, atol=1e-12 * float(g.abs().max())), name
+    assert any(float(g.abs().max()) > 0 for g in whole.values())
 
 
 def test_train_resume_after_interruption_gives_same_weights(tmp_path, synthetic_traj):
