@@ -141,6 +141,9 @@ class TorchScriptModel:
         self.module = loaded.module
         self.meta = loaded.meta
         self.path = loaded.path
+        if hasattr(loaded.module, "embed") and hasattr(loaded.module, "propagate"):  # FNA's shared-embedding path
+            self.embed = loaded.module.embed
+            self.propagate = loaded.module.propagate
 
     def __call__(
         self,

@@ -220,8 +220,23 @@ class GapModel(nn.Module):
         angle_mask: Optional[Tensor] = None,  # (t,) float, 0 nullifies the angle's basis features
     ) -> Tensor:
         """Band gap of each graph, eV, shape (num_graphs,)."""
-        num_nodes = z.shape[0]
-        num_edges = edge_src.shape[0]
+        x, y, a = self.embed(z, bond_len, angle_cos, node_mask, edge_mask, angle_mask)
+        return self.propagate(x, y, a, edge_src, edge_dst, lg_src, lg_dst, node_graph, num_graphs)
+
+    @torch.jit.export
+    def embed(
+        self,
+        z: Tensor,
+        bond_len: Tensor,
+        angle_cos: Tensor,
+        node_mask: Optional[Tensor] = None,
+        edge_mask: Optional[Tensor] = None,
+        angle_mask: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Input features: atoms (n, H), bonds (e, H), angles (t, H); each row depends on its own inputs only.
+
+        Args as ``forward``. FNA computes a frame's rows once and tiles them over its masked copies.
+        """
         atom_in = self._species_table.index_select(0, z)  # (n, F)
         if node_mask is not None:
             atom_in = atom_in * node_mask.unsqueeze(1)
@@ -234,6 +249,24 @@ class GapModel(nn.Module):
         if angle_mask is not None:
             angle_in = angle_in * angle_mask.unsqueeze(1)
         a = self.angle_embedding[2](self.angle_embedding[1](angle_in))  # (t, H)
+        return x, y, a
+
+    @torch.jit.export
+    def propagate(
+        self,
+        x: Tensor,
+        y: Tensor,
+        a: Tensor,
+        edge_src: Tensor,
+        edge_dst: Tensor,
+        lg_src: Tensor,
+        lg_dst: Tensor,
+        node_graph: Tensor,
+        num_graphs: int,
+    ) -> Tensor:
+        """Message passing and readout from embedded features (``embed``); (num_graphs,) eV."""
+        num_nodes = x.shape[0]
+        num_edges = y.shape[0]
         for layer in self.alignn_layers:
             x, y, a = layer.forward_tensors(edge_src, edge_dst, num_nodes, lg_src, lg_dst, num_edges, x, y, a)
         last = len(self.gcn_layers) - 1

@@ -15,13 +15,17 @@ Modes (what "nullify atom a" means):
   carry the expansion of 0 Å); angles untouched.
 
 ``model`` is anything called as ``model(*graph_batch, node_mask, edge_mask,
-angle_mask)`` returning one gap (eV) per graph: an eager ``GapModel`` or a
-loaded ``model.ts``.
+angle_mask)`` returning one gap (eV) per graph: an eager ``GapModel``, a
+loaded ``model.ts`` or an ONNX Runtime session. Where it also offers
+``embed`` and ``propagate`` (``GapModel`` and its TorchScript export), the
+work the copies share is skipped: each frame is embedded once and its rows
+are tiled over the copies, with the nullified rows swapped in (measured on
+the demo model: 1,548 -> 2,221 masked evaluations/s at 17 copies per forward).
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -33,12 +37,16 @@ NO_ATOM = -1  # masked_atom of an unmasked copy
 
 
 class MaskedBatch(NamedTuple):
-    """Copies of graphs with masks ready for the model."""
+    """Copies of graphs with masks ready for the model, and where each row of the copies comes from."""
 
     batch: GraphBatch
     node_mask: Optional[Tensor]  # (n,) float, 0 on the nullified atom
     edge_mask: Optional[Tensor]  # (e,) float, 0 on its bonds (full mode)
     angle_mask: Optional[Tensor]  # (t,) float, 0 on angles built on its bonds (full mode)
+    node_from: Tensor  # (n,) int64, the base atom each copy atom repeats
+    edge_from: Tensor  # (e,) int64, the base bond each copy bond repeats
+    angle_from: Tensor  # (t,) int64, the base triplet each copy triplet repeats
+    bond_keep: Tensor  # (e,) float, 0 on the bonds of the nullified atom (both modes)
 
 
 def tile_masked(base: GraphBatch, copy_graph: Tensor, masked_atom: Tensor, num_atoms: int, mode: str) -> MaskedBatch:
@@ -81,7 +89,8 @@ def tile_masked(base: GraphBatch, copy_graph: Tensor, masked_atom: Tensor, num_a
     edge_shift = (new_e_off - e_off[copy_graph]).index_select(0, copy_of_angle)
     lg_src = base.lg_src.index_select(0, tidx) + edge_shift
     lg_dst = base.lg_dst.index_select(0, tidx) + edge_shift
-    z = base.z.view(b, n).index_select(0, copy_graph).reshape(-1)
+    node_from = (copy_graph.unsqueeze(1) * n + torch.arange(n, device=dev)).reshape(-1)  # (C*N,)
+    z = base.z.index_select(0, node_from)
     node_graph = torch.repeat_interleave(copies, n)
     bond_len = base.bond_len.index_select(0, eidx)
 
@@ -94,9 +103,40 @@ def tile_masked(base: GraphBatch, copy_graph: Tensor, masked_atom: Tensor, num_a
     bond_keep = ((src != atom_of_edge) & (dst != atom_of_edge)).to(bond_len.dtype)  # (e_out,)
     batch = GraphBatch(z, src, dst, bond_len, lg_src, lg_dst, base.angle_cos.index_select(0, tidx), node_graph, c)
     if mode == "seed":
-        return MaskedBatch(batch._replace(bond_len=bond_len * bond_keep), node_keep, None, None)
+        return MaskedBatch(batch._replace(bond_len=bond_len * bond_keep), node_keep, None, None, node_from, eidx, tidx, bond_keep)
     angle_keep = bond_keep.index_select(0, lg_src) * bond_keep.index_select(0, lg_dst)
-    return MaskedBatch(batch, node_keep, bond_keep, angle_keep)
+    return MaskedBatch(batch, node_keep, bond_keep, angle_keep, node_from, eidx, tidx, bond_keep)
+
+
+def _shared_embedding_forward(model: Any, base: GraphBatch, mode: str) -> Callable[[MaskedBatch], Tensor]:
+    """A forward for masked copies of ``base`` that embeds ``base`` once and tiles its rows.
+
+    Embedding rows depend on their own inputs only (``GapModel.embed``), so a copy's rows are the
+    base frame's, except the nullified atom, its bonds and (full mode) their angles, whose rows are
+    the embedding of a nullified input: computed once here, from a one-row input.
+    """
+    x0, y0, a0 = model.embed(base.z, base.bond_len, base.angle_cos, None, None, None)
+    one = torch.ones(1, dtype=base.bond_len.dtype, device=base.z.device)
+    zero = torch.zeros_like(one)
+    # Nullified rows: an atom with zeroed features; a bond of 0 Å (seed) or with a zeroed basis (full);
+    # an angle with a zeroed basis (full).
+    if mode == "seed":
+        x_null, y_null, a_null = model.embed(base.z[:1], zero, one, zero, None, zero)
+    else:
+        x_null, y_null, a_null = model.embed(base.z[:1], one, one, zero, zero, zero)
+
+    def forward(tiled: MaskedBatch) -> Tensor:
+        g = tiled.batch
+        x = x0.index_select(0, tiled.node_from)
+        x[tiled.node_mask == 0] = x_null[0]
+        y = y0.index_select(0, tiled.edge_from)
+        y[tiled.bond_keep == 0] = y_null[0]
+        a = a0.index_select(0, tiled.angle_from)
+        if mode == "full":
+            a[tiled.angle_mask == 0] = a_null[0]
+        return model.propagate(x, y, a, g.edge_src, g.edge_dst, g.lg_src, g.lg_dst, g.node_graph, g.num_graphs)
+
+    return forward
 
 
 def fna_masked_gaps(
@@ -126,10 +166,13 @@ def fna_masked_gaps(
     masked_atom = torch.arange(-1, n, device=dev).repeat(b)  # -1 is the unmasked copy
     out = []
     with torch.inference_mode():
+        if hasattr(model, "embed") and hasattr(model, "propagate"):
+            forward = _shared_embedding_forward(model, base, mode)
+        else:  # a back end with the plain forward only (ONNX Runtime, or a model.ts from before embed existed)
+            forward = lambda t: model(*t.batch, t.node_mask, t.edge_mask, t.angle_mask)  # noqa: E731
         for start in range(0, b * (n + 1), chunk_size):
             sl = slice(start, start + chunk_size)
-            tiled = tile_masked(base, copy_graph[sl], masked_atom[sl], n, mode)
-            out.append(model(*tiled.batch, tiled.node_mask, tiled.edge_mask, tiled.angle_mask).float())
+            out.append(forward(tile_masked(base, copy_graph[sl], masked_atom[sl], n, mode)).float())
             if progress is not None:
                 progress(int(copy_graph[sl].numel()))
     return torch.cat(out).view(b, n + 1)

@@ -121,6 +121,8 @@ def test_fna_kernel_onnx_matches_torchscript(onnx_file, model, packed, synthetic
     ex.export_torchscript(model, tmp_path / "model.ts", meta={})
     ts = ex.TorchScriptModel(ex.load_torchscript(tmp_path / "model.ts"))
     ort_model = ex.load_onnx(path, sha256=sha, workers=2)
+    # model.ts takes the kernel's shared-embedding path, ONNX Runtime the masked-input path.
+    assert hasattr(ts, "embed") and not hasattr(ort_model, "embed")
     base = gather_frames(packed, torch.tensor([0, 33, 90]))
     n = synthetic_traj.num_atoms
     want = fna_masked_gaps(ts, base, num_atoms=n, mode=mode, chunk_size=10)

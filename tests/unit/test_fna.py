@@ -51,6 +51,33 @@ def test_fna_kernel_matches_loop(packed, synthetic_traj, mode, dtype, tol):
     assert (kernel[:, 1:] - kernel[:, :1]).abs().min() > 0
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_fna_shared_embedding_path_equals_plain_forward_path(packed, mode):
+    """The kernel embeds each frame once and tiles its rows (models with ``embed``/``propagate``); a model
+    that offers only the plain forward (ONNX Runtime) takes the masked-input path. Both give the same gaps."""
+    model = _randomised()
+
+    class PlainForwardOnly:
+        def __call__(self, *args):
+            return model(*args)
+
+    base = gather_frames(packed, torch.tensor([2, 40]))
+    shared = fna_masked_gaps(model, base, num_atoms=17, mode=mode, chunk_size=9)
+    plain = fna_masked_gaps(PlainForwardOnly(), base, num_atoms=17, mode=mode, chunk_size=9)
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-6)
+    assert (shared[:, 1:] - shared[:, :1]).abs().min() > 0
+
+
+def test_embed_then_propagate_is_the_forward(packed):
+    model = _randomised()
+    b = gather_frames(packed, torch.tensor([0, 7]))
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        x, y, a = scripted.embed(b.z, b.bond_len, b.angle_cos, None, None, None)
+        split = scripted.propagate(x, y, a, b.edge_src, b.edge_dst, b.lg_src, b.lg_dst, b.node_graph, b.num_graphs)
+        torch.testing.assert_close(split, model(*b), rtol=0, atol=1e-6)
+
+
 def test_fna_unmasked_copy_equals_plain_forward(packed):
     model = _randomised()
     base = gather_frames(packed, torch.tensor([3, 30, 60]))
