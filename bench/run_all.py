@@ -25,6 +25,7 @@ import bench_ceiling  # noqa: E402
 import bench_fna  # noqa: E402
 import bench_graphs  # noqa: E402
 import bench_inference  # noqa: E402
+import bench_profile  # noqa: E402
 import bench_train  # noqa: E402
 import common as C  # noqa: E402
 
@@ -34,6 +35,7 @@ BENCHES = {
     "train": bench_train,
     "inference": bench_inference,
     "fna": bench_fna,
+    "profile": bench_profile,
 }
 
 
@@ -200,7 +202,9 @@ CAVEATS = """\
   that is why the "train pass" column is the headline and the "full epoch" column is given beside it.
   qdgap's loss is L1 on standardised targets, upstream's L1 on eV (same arithmetic). qdgap runs with
   `torch.use_deterministic_algorithms(True)` on the CPU and flushes subnormals, as `qdgap train` does;
-  upstream runs its defaults. Peak memory covers the whole call (graph or LMDB building, training,
+  upstream runs its defaults. Both take one optimiser step per batch of the same size; qdgap computes a
+  batch's gradient in micro-batches (8 frames of the paper model on a CPU; demo batches whole), upstream
+  in one forward of the whole batch. Peak memory covers the whole call (graph or LMDB building, training,
   qdgap's TorchScript export at the end). Upstream's `num_workers` is 0 (its default is 4), matching qdgap,
   which has no loader workers; on two cores workers would compete with the compute threads.
 - **Inference.** Graphs are prebuilt on both sides; each timed call includes each side's batch assembly
@@ -213,7 +217,9 @@ CAVEATS = """\
   can be compared; the original ran upstream's model with precomputed angle cosines, reproduced here with
   `lg_on_fly=False` (with upstream's default `lg_on_fly=True`, zeroed bond vectors would also zero the
   cosines of their angles). The original workflow additionally paid, per atom and model, a job start, a
-  model load and file reads, not counted here, so the real original was slower than its row.
+  model load and file reads, not counted here, so the real original was slower than its row. The kernel
+  embeds each frame once and tiles the rows over its copies (the one-atom loop embeds every copy); the
+  ONNX Runtime rows run the masked forward of every copy, embeddings included.
 - **FLOPs.** `FlopCounterMode` counts matrix products only (2 per multiply-add): element-wise work, gathers
   and scatters are free in this count, so GFLOP/s figures say how close the matrix work gets to the
   machine's matmul rate, not how busy the cores are.
