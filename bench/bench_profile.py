@@ -150,7 +150,8 @@ def case_train(a: C.CaseArgs) -> dict:
         opt.zero_grad(set_to_none=True)
 
     row = _profile(step, 1, bs, a, flops)
-    return {"rows": [{"name": f"training step, batch {bs} in micro-batches of {micro}", **row}]}
+    how = "one forward" if micro >= bs else f"micro-batches of {micro}"
+    return {"rows": [{"name": f"training step, batch {bs} in {how}", **row}]}
 
 
 CASES = {"inference": case_inference, "fna": case_fna, "train": case_train}

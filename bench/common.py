@@ -83,6 +83,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_idle_fraction(seconds: float = 1.0) -> float | None:
+    """Fraction of all CPUs' time spent idle over the next ``seconds`` (Linux ``/proc/stat``; None elsewhere).
+
+    Unlike the load average, which trails by minutes and counts the benchmark's own threads,
+    this says whether something else is using the cores right before a run.
+    """
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except (OSError, ValueError, IndexError):
+            return None
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)  # total, idle + iowait
+
+    a = sample()
+    time.sleep(seconds)
+    b = sample()
+    if a is None or b is None or b[0] == a[0]:
+        return None
+    return (b[1] - a[1]) / (b[0] - a[0])
+
+
 def machine_info(threads: int, device: str) -> dict[str, Any]:
     import alignn
 
@@ -99,6 +121,7 @@ def machine_info(threads: int, device: str) -> dict[str, Any]:
         "alignn": getattr(alignn, "__version__", "?"),
         "numpy": np.__version__,
         "load_avg_1_5_15": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "cpu_idle_start": cpu_idle_fraction(),
     }
     try:
         from qdgap import __version__ as qv

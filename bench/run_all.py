@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         "--presets", default=",".join(C.PRESET_NAMES), help="comma-separated presets (demo, paper)"
     )
     parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: rewrite the results file from a run's raw records (bench/_out/results.json)",
+    )
+    parser.add_argument(
         "-o",
         "--output",
         type=Path,
@@ -84,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         C.OUT_DIR / "results-quick.md" if args.quick else C.BENCH_DIR / "results.md"
     )
     C.OUT_DIR.mkdir(parents=True, exist_ok=True)
+    if args.render is not None:
+        raw = json.loads(args.render.read_text())
+        text = render(raw["results"], raw["ceiling_end"], bench_ceiling.ceiling_of(raw["results"]["ceiling"]),
+                      raw["machine"], command=raw["machine"].get("command", "python bench/run_all.py"), quick=args.quick)
+        _write(output, text)
+        _log(f"wrote {output} from {args.render}")
+        return 0
 
     info = C.machine_info(args.threads, args.device)
     _log(
@@ -109,10 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         "python bench/run_all.py"
         + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     )
+    info["command"] = command
     text = render(results, end, ceiling, info, command=command, quick=args.quick)
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, output)
+    _write(output, text)
     (C.OUT_DIR / ("results-quick.json" if args.quick else "results.json")).write_text(
         json.dumps(
             {"machine": info, "results": results, "ceiling_end": end},
@@ -122,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     _log(f"wrote {output} ({info['wall_s'] / 60:.1f} min)")
     return 0
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def render(
@@ -142,17 +160,22 @@ def render(
         f"- Software: Python {info['python']}, torch {info['torch']}, alignn {info['alignn']}, qdgap {info['qdgap']} (git {info['git']}), numpy {info['numpy']}",
         f"- Load average (1, 5, 15 min) at start {_load(info.get('load_avg_1_5_15'))}, at end {_load(info.get('load_avg_end'))}",
     ]
-    busy = max((info.get("load_avg_1_5_15") or [0])[0], (info.get("load_avg_end") or [0])[0])
-    if busy > 0.5 * info["usable_cores"]:
-        lines.append(
-            f"- **The machine was busy** (load {busy:.1f} on {info['usable_cores']} cores): other processes shared the cores, "
-            "so throughputs are low and noisy, and multi-threaded runs suffer most (threads wait for each other)."
-        )
     sq_start = ceiling["square_gflops"] if ceiling else None
     sq_end = end["rows"][0]["gflops_best"] if "rows" in end else None
     if sq_start and sq_end:
         lines.append(
             f"- Square-2048 matmul ceiling: {sq_start:.1f} GFLOP/s at the start, {sq_end:.1f} at the end of the run."
+        )
+    # The load average trails by minutes and counts the benchmark's own threads; the idle share of the
+    # cores just before the run and the ceiling's drift over it say whether anything else competed.
+    idle = info.get("cpu_idle_start")
+    drift = abs(sq_end / sq_start - 1) if sq_start and sq_end else None
+    if idle is not None:
+        lines.append(f"- CPU idle in the second before the run: {100 * idle:.0f} %")
+    if (idle is not None and idle < 0.8) or (drift is not None and drift > 0.1):
+        lines.append(
+            "- **The machine was busy** (cores not idle before the run, or the ceiling moved by more than 10 %): "
+            "other processes shared the cores, so throughputs are low and noisy."
         )
     lines += [
         "",

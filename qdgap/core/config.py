@@ -132,7 +132,9 @@ PRESETS: dict[str, RunConfig] = {
     # Small enough that 20 members train on the demo's ~80 training frames within `make demo` on two
     # CPU cores. On this data a member sits near the mean for ~50 epochs before it starts to learn
     # (the frames differ by hundredths of an Å), so patience must outlast that plateau; a fine bond
-    # basis (80 functions over 0-8 Å) and small batches shorten it.
+    # basis (80 functions over 0-8 Å) and small batches shorten it. Batch 4 vs 8, 20 members each, on
+    # the 900 unlabelled demo frames: ensemble RMSE 16.4 vs 28.7 meV, worst member 56 vs 91 meV
+    # (lr 3e-3 at batch 8: 24.1 and 61 meV).
     "demo": RunConfig(
         preset="demo",
         model=ModelConfig(
@@ -143,7 +145,7 @@ PRESETS: dict[str, RunConfig] = {
             embedding_features=16,
             hidden_features=32,
         ),
-        train=TrainConfig(epochs=100, batch_size=8, learning_rate=1e-2, patience=60),
+        train=TrainConfig(epochs=100, batch_size=4, learning_rate=1e-2, patience=60),
     ),
     # For smoke tests and CI: trains in about a second; not meant for science.
     "tiny": RunConfig(
