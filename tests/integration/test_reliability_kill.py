@@ -96,11 +96,24 @@ ENSEMBLE_CHAINS = {
     # member 0 mid-epoch 2; after the resume, member 0 with every file but DONE written; then
     # member 1 mid-write of its model.ts
     "fast": ["step@3", "write/DONE@1", "write/model.ts@1"],
-    # early (first step), then every file of the run-folder contract mid-write in turn
+    # Every file of the run-folder contract mid-write, and steps early, mid-epoch and at an epoch's
+    # start, over both members. Each run resumes the last; with --jobs 1 a run trains member 0, then
+    # member 1, and a fault point counts within one run. The comments say where each kill lands.
     "full": [
-        "step@1", "write/config.json@1", "write/split.json@1", "write/checkpoint.pt@1", "write/metrics.csv@1",
-        "write/metrics.csv@2", f"step@{2 * STEPS_PER_EPOCH + 1}", "write/best.pt@1", "write/model.ts@1",
-        "write/test_metrics.json@1", "write/DONE@1", "step@3", "write/checkpoint.pt@3", "write/best.pt@1", "write/DONE@1",
+        "step@1",  # member 0's first step: only config.json and split.json exist
+        "write/checkpoint.pt@1",  # epoch 1 again (no checkpoint yet), killed writing its checkpoint
+        "write/metrics.csv@1",  # epoch 1 again, checkpoint kept, killed writing metrics.csv
+        "write/metrics.csv@2",  # resumed after epoch 1: epoch 2 fine, killed writing epoch 3's metrics.csv
+        f"step@{STEPS_PER_EPOCH}",  # resumed after epoch 3: killed at the last step of epoch 4
+        "write/best.pt@1",  # epoch 4 done, killed writing best.pt
+        "write/model.ts@1",  # no epoch left: best.pt written again, killed writing model.ts
+        "write/test_metrics.json@1",
+        "write/DONE@1",  # member 0 complete but for DONE
+        "write/config.json@1",  # member 0 done and skipped; member 1 killed writing its config.json
+        "write/split.json@1",
+        f"step@{2 * STEPS_PER_EPOCH + 1}",  # member 1 from scratch: killed at the first step of epoch 3
+        "write/checkpoint.pt@2",  # resumed after epoch 2: killed writing epoch 4's checkpoint
+        "write/DONE@1",
     ],  # fmt: skip
 }
 
