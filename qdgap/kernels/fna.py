@@ -152,7 +152,8 @@ def fna_masked_gaps(
 
     Args:
         model: one trained ensemble member, in eval mode.
-        base: B frames of N = ``num_atoms`` atoms, E bonds and T angle triplets.
+        base: B frames of N = ``num_atoms`` atoms, E bonds and T angle triplets. With a model that
+            offers ``embed``, the embeddings of all B frames ((N + E + T) x hidden) are held during the call.
         mode: ``full`` or ``seed`` (module docstring).
         chunk_size: masked copies per forward; bounds peak memory.
         progress: called with the number of copies evaluated after each forward.
