@@ -229,8 +229,7 @@ def report(results: list[dict], ceiling: dict | None) -> str:
             "rates use the forward count; training rates use the counted forward + backward of the L1 loss "
             "(counted, not assumed to be 3x the forward).",
         ]
-    errs = C.errors_of(results)
-    return "\n".join(text + (["", "Failed cases:", *errs] if errs else []))
+    return "\n".join(text + C.failed_cases(results))
 
 
 if __name__ == "__main__":

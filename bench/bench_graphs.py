@@ -158,12 +158,7 @@ def report(results: list[dict], ceiling: dict | None) -> str:
         "",
         f"Aim (issue 4): qdgap at least {AIM:.0f}x upstream's builder.",
     ]
-    return "\n".join(text + _errors(results))
-
-
-def _errors(results):
-    errs = C.errors_of(results)
-    return ["", "Failed cases:", *errs] if errs else []
+    return "\n".join(text + C.failed_cases(results))
 
 
 if __name__ == "__main__":

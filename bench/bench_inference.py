@@ -344,8 +344,7 @@ def report(results: list[dict], ceiling: dict | None) -> str:
     ]
     if skipped:
         text += ["", *skipped]
-    errs = C.errors_of(results)
-    return "\n".join(text + (["", "Failed cases:", *errs] if errs else []))
+    return "\n".join(text + C.failed_cases(results))
 
 
 if __name__ == "__main__":

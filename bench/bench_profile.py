@@ -199,8 +199,7 @@ def report(results: list[dict], ceiling: dict | None) -> str:
         "such as torch.compile/Inductor; on this machine its CPU code was slower for the demo model and failed "
         "to compile the paper model with dynamic shapes, so qdgap does not use it).",
     ]
-    errs = C.errors_of(results)
-    return "\n".join(text + (["", "Failed cases:", *errs] if errs else []))
+    return "\n".join(text + C.failed_cases(results))
 
 
 if __name__ == "__main__":

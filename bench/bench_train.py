@@ -356,8 +356,7 @@ def report(results: list[dict], ceiling: dict | None) -> str:
         "micro-batches sized for the cache (`kernels.batch.graphs_per_forward`); same batch, same optimiser steps. "
         f"Aim (issue 4): qdgap's epoch at least {AIM}x upstream's.",
     ]
-    errs = C.errors_of(results)
-    return "\n".join(text + (["", "Failed cases:", *errs] if errs else []))
+    return "\n".join(text + C.failed_cases(results))
 
 
 if __name__ == "__main__":

@@ -664,12 +664,10 @@ def fmt_mb(row: dict[str, Any]) -> str:
     return text
 
 
-def errors_of(results: Iterable[dict[str, Any]]) -> list[str]:
-    return [
-        f"- `{r.get('case')}` [{r.get('preset')}]: {r['error'].splitlines()[0]}"
-        for r in results
-        if "error" in r
-    ]
+def failed_cases(results: Iterable[dict[str, Any]]) -> list[str]:
+    """A report section's closing lines naming its failed cases (one line each); none when all ran."""
+    errs = [f"- `{r.get('case')}` [{r.get('preset')}]: {r['error'].splitlines()[0]}" for r in results if "error" in r]
+    return ["", "Failed cases:", *errs] if errs else []
 
 
 def find(
