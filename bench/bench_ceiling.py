@@ -38,9 +38,7 @@ FLOP_FRAMES = 16
 def graph_stats(frames: int = 101) -> dict[str, float]:
     """Mean atoms, bonds and angle triplets per frame of the demo trajectory (every 10th frame)."""
     traj = C.load_demo()
-    packed = build_graphs(
-        traj.select(np.arange(0, traj.num_frames, traj.num_frames // frames or 1)), GraphConfig()
-    )
+    packed = build_graphs(traj.select(np.arange(0, traj.num_frames, traj.num_frames // frames or 1)), GraphConfig())
     return {
         "atoms": float(packed.z.numel()),
         "bonds": float(packed.edge_ptr[-1]) / packed.num_frames,
@@ -150,11 +148,7 @@ def ceiling_of(results: list[dict]) -> dict | None:
     out = {"square_gflops": mm["rows"][0]["gflops_best"], "presets": {}}
     for preset in C.PRESET_NAMES:
         fl = C.find(results, "flops", preset)
-        shaped = [
-            r
-            for r in mm["rows"]
-            if r.get("preset") == preset and r["name"].startswith("bonds: 4 fused")
-        ]
+        shaped = [r for r in mm["rows"] if r.get("preset") == preset and r["name"].startswith("bonds: 4 fused")]
         out["presets"][preset] = {
             "fwd_flops_per_frame": fl["fwd_flops_per_frame"] if fl else None,
             "train_flops_per_frame": fl["train_flops_per_frame"] if fl else None,
@@ -163,9 +157,7 @@ def ceiling_of(results: list[dict]) -> dict | None:
     return out
 
 
-def fractions(
-    gflops: float | None, ceiling: dict | None, preset: str
-) -> tuple[float | None, float | None]:
+def fractions(gflops: float | None, ceiling: dict | None, preset: str) -> tuple[float | None, float | None]:
     """Achieved GFLOP/s as a fraction of the square-2048 ceiling and of the model-shape ceiling."""
     if gflops is None or ceiling is None:
         return None, None
@@ -177,10 +169,7 @@ def report(results: list[dict], ceiling: dict | None) -> str:
     text = ["## The ceiling: float32 matrix multiply", ""]
     mm = C.find(results, "matmul")
     if mm:
-        rows = [
-            [r["name"], r["preset"], r["shape"], r["gflops_best"], r["gflops_median"]]
-            for r in mm["rows"]
-        ]
+        rows = [[r["name"], r["preset"], r["shape"], r["gflops_best"], r["gflops_median"]] for r in mm["rows"]]
         text += [
             C.md_table(["product", "preset", "shape", "GFLOP/s best", "GFLOP/s median"], rows),
             "",

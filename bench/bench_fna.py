@@ -186,9 +186,7 @@ def case_loop(a: C.CaseArgs) -> dict:
     out = {}
 
     def call():
-        out["y"] = fna_loop(
-            model, gather_frames(packed, torch.arange(1, device=a.device)), num_atoms=n, mode="seed"
-        )
+        out["y"] = fna_loop(model, gather_frames(packed, torch.arange(1, device=a.device)), num_atoms=n, mode="seed")
 
     t = C.time_calls(call, warmup=0, repeats=_repeats(a), device=a.device)
     row = {

@@ -29,13 +29,16 @@ def make_extxyz(path: Path, num_frames: int) -> None:
     from ase import Atoms
     from ase.io import write
 
-    from qdgap.cli.types import DEMO_DATA
+    from qdgap.cli.options import DEMO_DATA
     from qdgap.core.data import read_trajectory
     from qdgap.core.synthetic import synthetic_trajectory
 
     demo = read_trajectory(DEMO_DATA)
     traj = synthetic_trajectory(num_frames, base=(demo.numbers, demo.positions_ang[0]), amplitude_ang=0.05, seed=0)
-    frames = [Atoms(numbers=traj.numbers, positions=traj.positions_ang[f], info={"gap": float(traj.gap_ev[f])}) for f in range(num_frames)]
+    frames = [
+        Atoms(numbers=traj.numbers, positions=traj.positions_ang[f], info={"gap": float(traj.gap_ev[f])})
+        for f in range(num_frames)
+    ]
     tmp = path.with_suffix(".tmp.xyz")
     write(tmp, frames, format="extxyz")
     tmp.replace(path)
@@ -57,8 +60,10 @@ def main() -> int:
     t = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t
-    print(f"import: {wall:.1f} s wall for {args.frames} frames ({args.frames / wall:,.0f} frames/s); "
-          f"{out.stat().st_size / 1e6:.1f} MB HDF5; command: {' '.join(cmd[1:])}")
+    print(
+        f"import: {wall:.1f} s wall for {args.frames} frames ({args.frames / wall:,.0f} frames/s); "
+        f"{out.stat().st_size / 1e6:.1f} MB HDF5; command: {' '.join(cmd[1:])}"
+    )
     import h5py
 
     t = time.perf_counter()

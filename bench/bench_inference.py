@@ -87,9 +87,7 @@ def _measure(a: C.CaseArgs, name: str, run_single, run_batch) -> dict:
     rows = []
     a.probe.reset()  # setup (graphs, export, scripting) is not part of the measured thing
     if run_single is not None:
-        t = C.time_calls(
-            lambda: [run_single(i) for i in range(k)], warmup=1, repeats=repeats, device=a.device
-        )
+        t = C.time_calls(lambda: [run_single(i) for i in range(k)], warmup=1, repeats=repeats, device=a.device)
         rows.append({"name": name, "batch": 1, **C.rate_stats(k, t), **a.probe.mark()})
     if run_batch is None:
         return {"rows": rows}
@@ -183,9 +181,7 @@ def case_qdgap_onnx(a: C.CaseArgs) -> dict:
     loaded = export.load_onnx(path, **lkw)
     runner = loaded if callable(loaded) else getattr(loaded, "module", None)
     if not callable(runner):
-        raise Skip(
-            f"load_onnx returned {type(loaded).__name__}, which the benchmark does not know how to call"
-        )
+        raise Skip(f"load_onnx returned {type(loaded).__name__}, which the benchmark does not know how to call")
     return _qdgap_case(a, "qdgap ONNX Runtime", runner)
 
 
@@ -237,9 +233,7 @@ def case_upstream_ts(a: C.CaseArgs) -> dict:
 
     def single(i):
         pos, src, dst, shift = inputs[i]
-        return scripted(pos.clone().requires_grad_(True), lat, z, src, dst, shift, False)[
-            "energy"
-        ].detach()
+        return scripted(pos.clone().requires_grad_(True), lat, z, src, dst, shift, False)["energy"].detach()
 
     row = _measure(a, "upstream TorchScript export (forces too)", single, None)
     row["rows"][0]["outputs"] = [float(single(i)) for i in range(min(8, len(inputs)))]

@@ -39,12 +39,57 @@ from qdgap.kernels.batch import gather_frames, graphs_per_forward  # noqa: E402
 from qdgap.kernels.fna import fna_masked_gaps  # noqa: E402
 
 MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
-GATHER = {"aten::index_select", "aten::index_add_", "aten::scatter_add_", "aten::index", "aten::index_put_",
-          "aten::_index_put_impl_", "aten::index_select_backward", "aten::embedding", "aten::gather"}
-COPY = {"aten::cat", "aten::copy_", "aten::clone", "aten::contiguous", "aten::to", "aten::_to_copy", "aten::fill_",
-        "aten::zero_", "aten::zeros", "aten::empty", "aten::empty_strided", "aten::split", "aten::chunk"}
-ELEMENTWISE = ("add", "sub", "mul", "div", "silu", "sigmoid", "exp", "pow", "clamp", "neg", "layer_norm", "where",
-               "sum", "mean", "sign", "abs", "sqrt", "lerp", "addcmul", "addcdiv", "_foreach", "l1_loss", "threshold")
+GATHER = {
+    "aten::index_select",
+    "aten::index_add_",
+    "aten::scatter_add_",
+    "aten::index",
+    "aten::index_put_",
+    "aten::_index_put_impl_",
+    "aten::index_select_backward",
+    "aten::embedding",
+    "aten::gather",
+}
+COPY = {
+    "aten::cat",
+    "aten::copy_",
+    "aten::clone",
+    "aten::contiguous",
+    "aten::to",
+    "aten::_to_copy",
+    "aten::fill_",
+    "aten::zero_",
+    "aten::zeros",
+    "aten::empty",
+    "aten::empty_strided",
+    "aten::split",
+    "aten::chunk",
+}
+ELEMENTWISE = (
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "silu",
+    "sigmoid",
+    "exp",
+    "pow",
+    "clamp",
+    "neg",
+    "layer_norm",
+    "where",
+    "sum",
+    "mean",
+    "sign",
+    "abs",
+    "sqrt",
+    "lerp",
+    "addcmul",
+    "addcdiv",
+    "_foreach",
+    "l1_loss",
+    "threshold",
+)
 CLASSES = ("matrix products", "gathers/scatters", "element-wise + norms", "copies/cat/fill", "other")
 
 
@@ -125,7 +170,9 @@ def case_fna(a: C.CaseArgs) -> dict:
     def call():
         fna_masked_gaps(scripted, base, num_atoms=67, mode="full", chunk_size=chunk)
 
-    row = _profile(call, 1 if a.quick else 2, 68, a, lambda: fna_masked_gaps(model, base, num_atoms=67, chunk_size=chunk))
+    row = _profile(
+        call, 1 if a.quick else 2, 68, a, lambda: fna_masked_gaps(model, base, num_atoms=67, chunk_size=chunk)
+    )
     return {"rows": [{"name": f"FNA kernel, one frame (68 copies), chunk {chunk}", **row}]}
 
 
@@ -190,7 +237,7 @@ def report(results: list[dict], ceiling: dict | None) -> str:
         ),
         "",
         "Shares of the operators' own time (children excluded), over a few profiled calls after warm-up. "
-        "\"Matmul GFLOP/s inside the products\" is the counted matrix-product FLOPs of those calls over the time "
+        '"Matmul GFLOP/s inside the products" is the counted matrix-product FLOPs of those calls over the time '
         "spent in the products themselves: the rate the model would run at if everything else took no time. "
         "The rest (element-wise arithmetic, activations and layer norms, gathers and scatters over bonds and "
         "angles, concatenation) moves whole (bonds or angles) x hidden tensors through memory for a few "

@@ -82,9 +82,7 @@ def _setup(a: C.CaseArgs):
     return sub, config, split, warm
 
 
-def _summary(
-    train_s: list[float], full_s: list[float], warm: int, n_train: int, batches: int
-) -> dict:
+def _summary(train_s: list[float], full_s: list[float], warm: int, n_train: int, batches: int) -> dict:
     train_s, full_s = train_s[warm:], full_s[warm:]
     return {
         "epochs_timed": len(train_s),
@@ -132,9 +130,7 @@ def case_qdgap(a: C.CaseArgs) -> dict:
     with open(a.tmp / f"run_{SEED}" / "metrics.csv") as fh:
         csv_s = [float(r["seconds"]) for r in csv.DictReader(fh)]
     starts = [t0, *end_marks[: epochs - 1]]
-    full_s = (
-        [end_marks[e] - starts[e] for e in range(epochs)] if len(end_marks) >= epochs else csv_s
-    )
+    full_s = [end_marks[e] - starts[e] for e in range(epochs)] if len(end_marks) >= epochs else csv_s
     if len(val_marks) > epochs:  # one validation call per epoch, then the test split's
         train_s, train_from = [val_marks[e] - starts[e] for e in range(epochs)], "hook"
     else:  # the loop no longer validates through predict_frames: fall back to its own epoch seconds
@@ -219,10 +215,7 @@ def case_upstream(a: C.CaseArgs) -> dict:
             dtype="float32",
         )
     loader_s = time.perf_counter() - t_load
-    marks = {
-        k: []
-        for k in ("train_start", "train_end", "val_start", "val_end", "test_start", "test_end")
-    }
+    marks = {k: [] for k in ("train_start", "train_end", "val_start", "val_end", "test_start", "test_end")}
     loaders = [
         _TimedLoader(train_loader, marks["train_start"], marks["train_end"]),
         _TimedLoader(val_loader, marks["val_start"], marks["val_end"]),
@@ -272,10 +265,7 @@ def case_upstream(a: C.CaseArgs) -> dict:
         val_s=val_s[warm:],
         loader_build_s=loader_s,
         batch_size=tc.batch_size,
-        params=sum(
-            p.numel()
-            for p in ALIGNNAtomWisePure(ALIGNNAtomWisePureConfig(**model_section)).parameters()
-        ),
+        params=sum(p.numel() for p in ALIGNNAtomWisePure(ALIGNNAtomWisePureConfig(**model_section)).parameters()),
         **a.probe.mark(),
     )
     return {"rows": [out]}
@@ -315,7 +305,11 @@ def report(results: list[dict], ceiling: dict | None) -> str:
                         else " (train pass: metrics.csv seconds, incl. validation)"
                     ),
                     f"{row['train_frames']} ({row['train_batches']} x {row['batch_size']}"
-                    + (f", micro-batches of {row['micro_batch']}" if row.get("micro_batch", row["batch_size"]) < row["batch_size"] else "")
+                    + (
+                        f", micro-batches of {row['micro_batch']}"
+                        if row.get("micro_batch", row["batch_size"]) < row["batch_size"]
+                        else ""
+                    )
                     + ")",
                     f"{row['train_s_median']:.2f} ({min(row['train_s']):.2f}–{max(row['train_s']):.2f})",
                     C.fmt_ratio(ratio),

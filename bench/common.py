@@ -36,9 +36,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 OUT_DIR = BENCH_DIR / "_out"  # raw per-case JSON and logs (git-ignored)
 DEMO_DATA = REPO / "data" / "cd28se17cl22_demo.h5"
-BOX_ANG = (
-    22.0  # cubic box the published POSCARs put the cluster in; upstream's builder needs a cell
-)
+BOX_ANG = 22.0  # cubic box the published POSCARs put the cluster in; upstream's builder needs a cell
 PRESET_NAMES = ("demo", "paper")
 CASE_TIMEOUT_S = 900
 
@@ -130,17 +128,13 @@ def machine_info(threads: int, device: str) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - informational only
         info["qdgap"] = "?"
     try:
-        rev = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        )
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         dirty = subprocess.run(
             ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
         )
-        info["git"] = rev.stdout.strip() + (
-            " (+ uncommitted changes)" if dirty.stdout.strip() else ""
-        )
+        info["git"] = rev.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
     except OSError:
         info["git"] = "?"
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -467,11 +461,7 @@ def case_main(cases: dict[str, Callable[[CaseArgs], dict[str, Any]]]) -> None:
     with tempfile.TemporaryDirectory(prefix="qdgap-bench-") as tmp:
         try:
             record.update(
-                cases[args.case](
-                    CaseArgs(
-                        args.case, args.preset, args.quick, device, args.threads, probe, Path(tmp)
-                    )
-                )
+                cases[args.case](CaseArgs(args.case, args.preset, args.quick, device, args.threads, probe, Path(tmp)))
             )
         except Exception as exc:  # noqa: BLE001 - reported in the table, the run goes on
             record["error"] = f"{type(exc).__name__}: {exc}"
@@ -495,9 +485,7 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def case_command(
-    script: Path, case: str, preset: str, *, quick: bool, device: str, threads: int
-) -> list[str]:
+def case_command(script: Path, case: str, preset: str, *, quick: bool, device: str, threads: int) -> list[str]:
     cmd = [
         sys.executable,
         str(script.relative_to(REPO)),
@@ -539,9 +527,7 @@ def run_case(
         PYTHONWARNINGS="ignore",
     )
     if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = (
-            ""  # upstream's train_dgl picks CUDA by itself whenever it sees one
-        )
+        env["CUDA_VISIBLE_DEVICES"] = ""  # upstream's train_dgl picks CUDA by itself whenever it sees one
     t0 = time.perf_counter()
     with open(logfile, "w") as fh:
         try:
@@ -583,8 +569,7 @@ def run_plan(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     return [
-        run_case(script, case, preset, quick=quick, device=device, threads=threads, log=log)
-        for case, preset in plan
+        run_case(script, case, preset, quick=quick, device=device, threads=threads, log=log) for case, preset in plan
     ]
 
 
@@ -670,15 +655,9 @@ def failed_cases(results: Iterable[dict[str, Any]]) -> list[str]:
     return ["", "Failed cases:", *errs] if errs else []
 
 
-def find(
-    results: Iterable[dict[str, Any]], case: str, preset: str | None = None
-) -> dict[str, Any] | None:
+def find(results: Iterable[dict[str, Any]], case: str, preset: str | None = None) -> dict[str, Any] | None:
     for r in results:
-        if (
-            r.get("case") == case
-            and (preset is None or r.get("preset") == preset)
-            and "error" not in r
-        ):
+        if r.get("case") == case and (preset is None or r.get("preset") == preset) and "error" not in r:
             return r
     return None
 

@@ -57,12 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         default=C.usable_cores(),
         help="torch threads for every case (default: usable cores)",
     )
-    parser.add_argument(
-        "--only", default=",".join(BENCHES), help=f"comma-separated subset of: {', '.join(BENCHES)}"
-    )
-    parser.add_argument(
-        "--presets", default=",".join(C.PRESET_NAMES), help="comma-separated presets (demo, paper)"
-    )
+    parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of: {', '.join(BENCHES)}")
+    parser.add_argument("--presets", default=",".join(C.PRESET_NAMES), help="comma-separated presets (demo, paper)")
     parser.add_argument(
         "--render",
         type=Path,
@@ -86,14 +82,18 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             parser.error("--device cuda: torch sees no CUDA device here")
-    output = args.output or (
-        C.OUT_DIR / "results-quick.md" if args.quick else C.BENCH_DIR / "results.md"
-    )
+    output = args.output or (C.OUT_DIR / "results-quick.md" if args.quick else C.BENCH_DIR / "results.md")
     C.OUT_DIR.mkdir(parents=True, exist_ok=True)
     if args.render is not None:
         raw = json.loads(args.render.read_text())
-        text = render(raw["results"], raw["ceiling_end"], bench_ceiling.ceiling_of(raw["results"]["ceiling"]),
-                      raw["machine"], command=raw["machine"].get("command", "python bench/run_all.py"), quick=args.quick)
+        text = render(
+            raw["results"],
+            raw["ceiling_end"],
+            bench_ceiling.ceiling_of(raw["results"]["ceiling"]),
+            raw["machine"],
+            command=raw["machine"].get("command", "python bench/run_all.py"),
+            quick=args.quick,
+        )
         _write(output, text)
         _log(f"wrote {output} from {args.render}")
         return 0
@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     # The ceiling first: the fractions of every other section divide by it.
     for name, module in BENCHES.items():
         if name == "ceiling" or name in only:
-            results[name] = C.run_plan(
-                Path(module.__file__), module.plan(args.quick, presets), **kw
-            )
+            results[name] = C.run_plan(Path(module.__file__), module.plan(args.quick, presets), **kw)
     # The ceiling again at the end: if it moved, the machine's state changed during the run.
     end = C.run_case(Path(bench_ceiling.__file__), "matmul", "demo", **kw)
     end["when"] = "end"
@@ -118,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     info["wall_s"] = time.perf_counter() - t0
     ceiling = bench_ceiling.ceiling_of(results["ceiling"])
 
-    command = (
-        "python bench/run_all.py"
-        + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-    )
+    command = "python bench/run_all.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     info["command"] = command
     text = render(results, end, ceiling, info, command=command, quick=args.quick)
     _write(output, text)
@@ -142,9 +137,7 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def render(
-    results: dict, end: dict, ceiling: dict | None, info: dict, *, command: str, quick: bool
-) -> str:
+def render(results: dict, end: dict, ceiling: dict | None, info: dict, *, command: str, quick: bool) -> str:
     lines = [
         "# qdgap benchmarks: side by side with upstream ALIGNN",
         "",

@@ -15,7 +15,8 @@ from typing import Annotated
 import typer
 
 from qdgap import __version__
-from qdgap.cli import data, ensemble, export, workflow, finetune, predict, report, train, ui, upstream
+from qdgap.cli import data, ensemble, export, finetune, predict, report, train, ui, upstream, workflow
+from qdgap.cli import select as select_cmd
 
 app = typer.Typer(
     name="qdgap",
@@ -33,8 +34,11 @@ app.command("import-alignn", rich_help_panel="Model")(upstream.import_alignn)
 app.command("export", rich_help_panel="Model")(export.export)
 app.command("predict", rich_help_panel="Analysis")(predict.predict)
 app.command("fna", rich_help_panel="Analysis")(predict.fna)
+app.command("select", rich_help_panel="Analysis")(select_cmd.select)
+app.command("label", rich_help_panel="Data")(select_cmd.label)
 app.command("report", rich_help_panel="Workflow")(report.report)
 app.command("pipeline", rich_help_panel="Workflow")(workflow.pipeline)
+app.command("reproduce", rich_help_panel="Workflow")(workflow.reproduce)
 
 
 def _version(value: bool) -> None:

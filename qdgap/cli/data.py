@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from qdgap.cli import ui
-from qdgap.cli.types import Force, OutPath, TrajArg
+from qdgap.cli.options import Force, OutPath, TrajArg, parse_range
 
 app = typer.Typer(no_args_is_help=True, help="Import, inspect and make trajectories.")
 
@@ -20,7 +20,8 @@ def import_(
         list[Path],
         typer.Argument(
             help="Structure files or folders: extended XYZ, ASE .traj, VASP XDATCAR or vasprun.xml, "
-            "or a folder of st<N>.vasp POSCAR files.",
+            "a folder of st<N>.vasp POSCAR files, or a tar archive of them (.tar, .tar.gz, .tar.xz; read "
+            "as a stream, not unpacked).",
             show_default=False,
         ),
     ],
@@ -33,25 +34,47 @@ def import_(
             "or one gap (eV) per line. A folder's id_prop.csv is used by default.",
         ),
     ] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="ASE format name, when the file name does not tell.")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="ASE format name, when the file name does not tell.")
+    ] = None,
     gap_key: Annotated[
-        str | None, typer.Option("--gap-key", help="Frame info key holding the gap in eV (default: gap, band_gap, bandgap).")
+        str | None,
+        typer.Option("--gap-key", help="Frame info key holding the gap in eV (default: gap, band_gap, bandgap)."),
     ] = None,
     gap_column: Annotated[
-        str | None, typer.Option("--gap-column", help="CSV column holding the gap in eV (default: a Bandgap-like column).")
+        str | None,
+        typer.Option("--gap-column", help="CSV column holding the gap in eV (default: a Bandgap-like column)."),
     ] = None,
     stride: Annotated[int, typer.Option("--stride", help="Keep every k-th frame.")] = 1,
     dt_fs: Annotated[float, typer.Option("--dt-fs", help="Time between consecutive frame numbers, fs.")] = 1.0,
+    numbers: Annotated[
+        str | None,
+        typer.Option(
+            "--numbers",
+            help="Keep the st<N> structures with A <= N <= B (inclusive), e.g. 1-10001, of folders and archives.",
+            metavar="A-B",
+        ),
+    ] = None,
     force: Force = False,
 ) -> None:
     """Import structures and band gaps into a trajectory HDF5 file."""
     if output.exists() and not force:
         raise_error(f"{output}: output exists; choose another name or pass --force")
+    numbers_range = parse_range(numbers, option="--numbers") if numbers is not None else None
     from qdgap.core.data import import_trajectory, write_trajectory
 
-    traj = import_trajectory(
-        sources, fmt=fmt, gaps_csv=gaps, gap_key=gap_key, gap_column=gap_column, stride=stride, dt_fs=dt_fs
-    )
+    with ui.progress("import", None, unit="structures") as advance:
+        traj = import_trajectory(
+            sources,
+            fmt=fmt,
+            gaps_csv=gaps,
+            gap_key=gap_key,
+            gap_column=gap_column,
+            stride=stride,
+            dt_fs=dt_fs,
+            numbers_range=numbers_range,
+            progress=advance,
+        )
     write_trajectory(traj, output, force=force)
     ui.stdout_console().print(
         f"wrote {output}: {traj.formula}, {traj.num_frames} frames "
@@ -76,7 +99,9 @@ def info(
     out.print(f"  formula       {summary['formula']} ({summary['atoms']} atoms)")
     step = summary["time_step_fs"]
     step_text = f", step {step:g} fs" + ("" if summary["uniform_step"] else " (median; not uniform)") if step else ""
-    out.print(f"  frames        {summary['frames']}, {summary['time_start_fs']:g}-{summary['time_end_fs']:g} fs{step_text}")
+    out.print(
+        f"  frames        {summary['frames']}, {summary['time_start_fs']:g}-{summary['time_end_fs']:g} fs{step_text}"
+    )
     out.print(f"  labelled      {summary['labelled_frames']} ({summary['unlabelled_frames']} without a gap)")
     if "gap_mean_ev" in summary:
         out.print(
@@ -97,7 +122,9 @@ def build_qd(
         bool, typer.Option("--relax/--no-relax", help="Relax with GFN-xTB (needs the `xtb` extra: tblite).")
     ] = True,
     method: Annotated[str, typer.Option("--method", help="GFN2-xTB or GFN1-xTB.")] = "GFN1-xTB",
-    fmax: Annotated[float, typer.Option("--fmax", help="Stop relaxing when the largest force is below this, eV/Å.")] = 0.05,
+    fmax: Annotated[
+        float, typer.Option("--fmax", help="Stop relaxing when the largest force is below this, eV/Å.")
+    ] = 0.05,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Optimiser steps before giving up.")] = 1000,
     force: Force = False,
 ) -> None:
@@ -117,7 +144,9 @@ def build_qd(
     if relax:
         qd.import_tblite_ase()  # fail before any work when the extra is missing
         with ui.progress(f"relax ({method})", None, unit="steps") as advance:
-            relaxed = qd.relax_cluster(numbers, positions, method=method, fmax_ev_ang=fmax, max_steps=max_steps, progress=advance)
+            relaxed = qd.relax_cluster(
+                numbers, positions, method=method, fmax_ev_ang=fmax, max_steps=max_steps, progress=advance
+            )
         positions = relaxed.positions_ang
         comment = (
             f"Cd28Se17Cl22 relaxed with {method}: E = {relaxed.energy_ev:.6f} eV, "
@@ -138,7 +167,9 @@ def simulate(
         typer.Argument(help="The cluster to simulate (e.g. qd.xyz from `qdgap data build-qd`).", show_default=False),
     ] = None,
     output: OutPath = Path("traj.h5"),
-    steps: Annotated[int, typer.Option("--steps", help="NVE steps to record after frame 0 (frames = steps + 1).")] = 1000,
+    steps: Annotated[
+        int, typer.Option("--steps", help="NVE steps to record after frame 0 (frames = steps + 1).")
+    ] = 1000,
     temperature: Annotated[float, typer.Option("--temperature", help="Thermostat temperature, K.")] = 300.0,
     thermalise_steps: Annotated[
         int, typer.Option("--thermalise-steps", help="Unrecorded Langevin steps before the NVE part.")

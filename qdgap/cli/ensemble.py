@@ -9,36 +9,35 @@ from typing import Annotated
 import typer
 
 from qdgap.cli import ui
-from qdgap.cli.train import BatchSize, Epochs, LearningRate, Patience
-from qdgap.cli.types import DEMO_DATA, Device, OutDir, Preset, Stride, TrajPath
+from qdgap.cli.options import (
+    DEMO_DATA,
+    Backend,
+    BatchSize,
+    Device,
+    Epochs,
+    FramesFrom,
+    Jobs,
+    LearningRate,
+    Members,
+    OutDir,
+    Patience,
+    Preset,
+    SeedBase,
+    SlurmAccount,
+    SlurmCpus,
+    SlurmDryRun,
+    SlurmGpus,
+    SlurmImage,
+    SlurmMaxParallel,
+    SlurmMem,
+    SlurmPartition,
+    SlurmTime,
+    SlurmWait,
+    Stride,
+    TrajPath,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Train an ensemble of members and follow it.")
-
-Members = Annotated[int, typer.Option("--members", "-m", help="Number of members; member i trains with seed base + i.")]
-SeedBase = Annotated[int, typer.Option("--seed-base", help="Seed of the first member.")]
-Backend = Annotated[str, typer.Option("--backend", help="local (worker processes here) or slurm (one job array).")]
-Jobs = Annotated[
-    int | None, typer.Option("--jobs", "-j", help="local: members trained at once (default: one per core; 1 on CUDA).")
-]
-
-
-def _slurm_panel(text: str) -> dict:
-    return {"help": text, "rich_help_panel": "Slurm backend"}
-
-
-# The Slurm backend's options, shared by every command that trains members (ensemble train, finetune).
-SlurmPartition = Annotated[str | None, typer.Option(**_slurm_panel("Partition."))]
-SlurmAccount = Annotated[str | None, typer.Option(**_slurm_panel("Account to charge."))]
-SlurmTime = Annotated[int, typer.Option("--time", **_slurm_panel("Wall time per member, minutes."))]
-SlurmCpus = Annotated[int, typer.Option("--cpus", **_slurm_panel("CPU cores per member."))]
-SlurmGpus = Annotated[int, typer.Option("--gpus", **_slurm_panel("GPUs per member."))]
-SlurmMem = Annotated[float | None, typer.Option("--mem", **_slurm_panel("Memory per member, GB."))]
-SlurmImage = Annotated[
-    Path | None, typer.Option("--image", **_slurm_panel("Apptainer image: tasks run `apptainer run --nv IMAGE <command> ...`."))
-]
-SlurmMaxParallel = Annotated[int | None, typer.Option("--max-parallel", **_slurm_panel("Most members running at once."))]
-SlurmWait = Annotated[bool, typer.Option("--wait", **_slurm_panel("Follow the job array until every member has finished."))]
-SlurmDryRun = Annotated[bool, typer.Option("--dry-run", **_slurm_panel("Print the sbatch script; submit nothing."))]
 
 
 @app.command("train")
@@ -55,6 +54,7 @@ def train(
     batch_size: BatchSize = None,
     lr: LearningRate = None,
     stride: Stride = None,
+    frames_from: FramesFrom = None,
     device: Device = "auto",
     partition: SlurmPartition = None,
     account: SlurmAccount = None,
@@ -72,21 +72,50 @@ def train(
     from qdgap.core.ensemble import member_seeds
 
     seeds = member_seeds(members, seed_base)
-    overrides = {"epochs": epochs, "patience": patience, "batch_size": batch_size, "learning_rate": lr, "stride": stride}
+    overrides = {
+        "epochs": epochs,
+        "patience": patience,
+        "batch_size": batch_size,
+        "learning_rate": lr,
+        "stride": stride,
+    }
     config = resolve_config(preset, **overrides)
     if backend not in ("local", "slurm"):
         raise ui.usage_error(f"--backend must be local or slurm, got {backend!r}")
     if not data.is_file():
         raise ui.usage_error(f"{data}: no such trajectory file")
+    if frames_from is not None:
+        from qdgap.core.select import with_pool_from
+
+        config = with_pool_from(config, frames_from, data)
     if backend == "slurm":
         cli_overrides = {"epochs": epochs, "patience": patience, "batch_size": batch_size, "lr": lr, "stride": stride}
-        _train_slurm(seeds, data, preset, output, device, cli_overrides, partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel, wait, dry_run)
+        if frames_from is not None:
+            cli_overrides["frames_from"] = str(frames_from.absolute())
+        _train_slurm(
+            seeds,
+            data,
+            preset,
+            output,
+            device,
+            cli_overrides,
+            partition,
+            account,
+            time_min,
+            cpus,
+            gpus,
+            mem_gb,
+            image,
+            max_parallel,
+            wait,
+            dry_run,
+        )
         return
     if dry_run or wait:
         raise ui.usage_error("--dry-run and --wait belong to --backend slurm")
     from qdgap.cli.signals import stop_requested
-    from qdgap.core.errors import Interrupted
     from qdgap.core.ensemble import default_jobs, train_local
+    from qdgap.core.errors import Interrupted
 
     n_jobs = jobs if jobs is not None else default_jobs(len(seeds), device)
     total = len(seeds) * config.train.epochs
@@ -94,28 +123,34 @@ def train(
         outcomes = train_local(
             data, config, seeds=seeds, runs=output, jobs=n_jobs, device=device, progress=advance, should_stop=stop
         )
-    _print_outcomes(outcomes, output)
+    ui.print_outcomes(outcomes, output)
     failed = [o for o in outcomes if o.outcome == "failed"]
     if stop():
         raise Interrupted("ensemble stopped; rerun the same command to finish it", exit_code=stop.exit_code)
     if failed:
-        raise ui.usage_error(f"{len(failed)} member(s) failed (seeds {', '.join(str(o.seed) for o in failed)}): {failed[0].message}")
+        raise ui.usage_error(
+            f"{len(failed)} member(s) failed (seeds {', '.join(str(o.seed) for o in failed)}): {failed[0].message}"
+        )
 
 
-def _print_outcomes(outcomes, output: Path) -> None:
-    out = ui.stdout_console()
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        counts[o.outcome] = counts.get(o.outcome, 0) + 1
-        if o.outcome in ("failed", "busy", "interrupted"):
-            out.print(f"  seed {o.seed}: {o.outcome} — {o.message}")
-    trained = [o for o in outcomes if o.outcome == "trained"]
-    rmse = ", mean test RMSE {:.1f} meV".format(sum(o.test_rmse_mev for o in trained) / len(trained)) if trained else ""
-    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
-    out.print(f"{output}: {summary}{rmse}")
-
-
-def _train_slurm(seeds, data, preset, output, device, overrides, partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel, wait, dry_run) -> None:
+def _train_slurm(
+    seeds,
+    data,
+    preset,
+    output,
+    device,
+    overrides,
+    partition,
+    account,
+    time_min,
+    cpus,
+    gpus,
+    mem_gb,
+    image,
+    max_parallel,
+    wait,
+    dry_run,
+) -> None:
     from qdgap.core import slurm
     from qdgap.core.ensemble import train_argv
 
@@ -147,14 +182,20 @@ def slurm_submit(seeds, output: Path, argv_of, resources, *, dry_run: bool, wait
     from qdgap.core.ensemble import ensemble_status
 
     if dry_run:
-        typer.echo(slurm.dry_run([argv_of(s) for s in seeds], folder=slurm.slurm_folder(output), resources=resources, members=seeds))
+        typer.echo(
+            slurm.dry_run(
+                [argv_of(s) for s in seeds], folder=slurm.slurm_folder(output), resources=resources, members=seeds
+            )
+        )
         return None
     status = {row.seed: row.state for row in ensemble_status(output, seeds=seeds)}
     todo = [s for s in seeds if status.get(s) not in ("done", "running", "pending")]
     busy = [s for s in seeds if status.get(s) in ("running", "pending")]
     out = ui.stdout_console()
     if busy:
-        out.print(f"{output}: {len(busy)} member(s) already queued or running (seeds {_ranges(busy)}); not submitted again")
+        out.print(
+            f"{output}: {len(busy)} member(s) already queued or running (seeds {_ranges(busy)}); not submitted again"
+        )
     if not todo:
         out.print(f"{output}: nothing to submit ({len(seeds) - len(busy)} done)")
         return None
@@ -216,7 +257,9 @@ def status(
         table.add_column(col, justify="right" if col != "note" and col != "state" else "left")
     for r in rows:
         fmt = lambda v: "" if math.isnan(v) else f"{v:.1f}"  # noqa: E731
-        table.add_row(str(r.seed), r.state, str(r.epochs), fmt(r.best_val_mae_mev), fmt(r.test_rmse_mev), r.message[:80])
+        table.add_row(
+            str(r.seed), r.state, str(r.epochs), fmt(r.best_val_mae_mev), fmt(r.test_rmse_mev), r.message[:80]
+        )
     ui.stdout_console().print(table)
     counts: dict[str, int] = {}
     for r in rows:

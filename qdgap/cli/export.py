@@ -13,12 +13,25 @@ FORMATS = ("torchscript", "onnx")  # as core.export.FORMATS, checked here before
 
 RunArg = Annotated[
     Path,
-    typer.Argument(help="A finished member's folder (runs/run_<seed>/), or a runs folder to export every member.", show_default=False),
+    typer.Argument(
+        help="A finished member's folder (runs/run_<seed>/), or a runs folder to export every member.",
+        show_default=False,
+    ),
 ]
-Format = Annotated[str, typer.Option("--format", "-f", help="torchscript (model.ts) or onnx (model.onnx, opset 18; needs the onnx extra).", show_default=False)]
+Format = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        "-f",
+        help="torchscript (model.ts) or onnx (model.onnx, opset 18; needs the onnx extra).",
+        show_default=False,
+    ),
+]
 ExportOut = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Write the file here instead of into the run folder (then nothing is recorded there)."),
+    typer.Option(
+        "--output", "-o", help="Write the file here instead of into the run folder (then nothing is recorded there)."
+    ),
 ]
 
 
@@ -33,12 +46,18 @@ def export(run: RunArg, fmt: Format, output: ExportOut = None) -> None:
         raise QdgapError(f"{run}: no such run folder")
     members = [run] if (run / rf.DONE).exists() or (run / rf.CONFIG_JSON).exists() else rf.member_dirs(run)
     if not members:
-        raise QdgapError(f"{run}: not a finished member (no DONE marker) and no run_<seed>/ folders in it; train it with `qdgap train`")
+        raise QdgapError(
+            f"{run}: not a finished member (no DONE marker) and no run_<seed>/ folders in it; train it with `qdgap train`"
+        )
     if output is not None and len(members) > 1:
-        raise ui.usage_error(f"--output names one file, but {run} holds {len(members)} members; export them into their run folders")
+        raise ui.usage_error(
+            f"--output names one file, but {run} holds {len(members)} members; export them into their run folders"
+        )
     unfinished = [m.name for m in members if not (m / rf.DONE).exists()]
     if unfinished and len(members) > 1:
-        raise QdgapError(f"{run}: {len(unfinished)} member(s) not finished ({', '.join(unfinished[:5])}); finish them with `qdgap ensemble train` first")
+        raise QdgapError(
+            f"{run}: {len(unfinished)} member(s) not finished ({', '.join(unfinished[:5])}); finish them with `qdgap ensemble train` first"
+        )
 
     from qdgap.core.export import export_run
 
@@ -46,6 +65,10 @@ def export(run: RunArg, fmt: Format, output: ExportOut = None) -> None:
     with ui.progress(f"export {fmt}", len(members), unit="member") as advance:
         for member in members:
             result = export_run(member, fmt=fmt, output=output)
-            where = "recorded in " + ("DONE" if fmt == "torchscript" else "model.onnx.json") if result.recorded else "not recorded in the run folder"
+            where = (
+                "recorded in " + ("DONE" if fmt == "torchscript" else "model.onnx.json")
+                if result.recorded
+                else "not recorded in the run folder"
+            )
             out.print(f"wrote {result.path} (sha256 {result.sha256[:16]}…, {where})")
             advance(1)

@@ -9,9 +9,16 @@ from typing import Annotated
 import typer
 
 from qdgap.cli import ui
-from qdgap.cli.ensemble import (
+from qdgap.cli.options import (
+    DEMO_EXTENDED,
     Backend,
+    BatchSize,
+    Device,
+    FramesFrom,
     Jobs,
+    OutDir,
+    Patience,
+    RunsDir,
     SlurmAccount,
     SlurmCpus,
     SlurmDryRun,
@@ -22,9 +29,9 @@ from qdgap.cli.ensemble import (
     SlurmPartition,
     SlurmTime,
     SlurmWait,
+    Stride,
+    TrajPath,
 )
-from qdgap.cli.train import BatchSize, Patience
-from qdgap.cli.types import DEMO_EXTENDED, Device, OutDir, RunsDir, Stride, TrajPath
 
 FreezeBlocks = Annotated[
     int | None,
@@ -49,7 +56,9 @@ FtLearningRate = Annotated[
 ]
 OneSeed = Annotated[
     int | None,
-    typer.Option("--seed", "-s", help="Fine-tune only this member (what a Slurm array task runs); no baselines, no report."),
+    typer.Option(
+        "--seed", "-s", help="Fine-tune only this member (what a Slurm array task runs); no baselines, no report."
+    ),
 ]
 Baselines = Annotated[
     bool,
@@ -60,7 +69,9 @@ Baselines = Annotated[
 ]
 ReportPath = Annotated[
     Path | None,
-    typer.Option("--report", help="Report CSV (default: finetune_report.csv beside the output folder; the .json twin beside it)."),
+    typer.Option(
+        "--report", help="Report CSV (default: finetune_report.csv beside the output folder; the .json twin beside it)."
+    ),
 ]
 
 
@@ -75,6 +86,7 @@ def finetune(
     patience: Patience = None,
     stride: Stride = None,
     batch_size: BatchSize = None,
+    frames_from: FramesFrom = None,
     seed: OneSeed = None,
     baselines: Baselines = True,
     report: ReportPath = None,
@@ -116,7 +128,7 @@ def finetune(
     if not data.is_file():
         raise ui.usage_error(f"{data}: no such trajectory file")
     if backend == "local":
-        from qdgap.core.train import resolve_device
+        from qdgap.core.runtime import resolve_device
 
         resolve_device(device)  # a bad --device is refused here, not by every worker
     paths = ft.output_paths(output, report=report)
@@ -125,6 +137,14 @@ def finetune(
     from qdgap.core.data import read_trajectory
 
     traj = read_trajectory(data)
+    if frames_from is not None:
+        from dataclasses import replace
+
+        from qdgap.core.select import frames_from as read_frames
+
+        settings = replace(
+            settings, pool_frames=read_frames(frames_from, traj.gap_ev), frames_from=str(frames_from.absolute())
+        )
     members = ft.finished_members(runs, seeds=None if seed is None else [seed])
     settings = ft.with_defaults(settings, members)
     ft.check_members(members, traj, settings)
@@ -142,10 +162,23 @@ def finetune(
             partition=partition, account=account, time_min=time_min, cpus_per_task=cpus, gpus_per_task=gpus,
             mem_gb=mem_gb, image=image, max_parallel=max_parallel,
         )  # fmt: skip
-        if not _finetune_slurm(members, settings, runs=runs, data=data, paths=paths, device=device, baselines=baselines, resources=resources, wait=wait, dry_run=dry_run):
+        if not _finetune_slurm(
+            members,
+            settings,
+            runs=runs,
+            data=data,
+            paths=paths,
+            device=device,
+            baselines=baselines,
+            resources=resources,
+            wait=wait,
+            dry_run=dry_run,
+        ):
             return
     else:
-        _finetune_local(members, settings, runs=runs, data=data, paths=paths, device=device, baselines=baselines, jobs=jobs)
+        _finetune_local(
+            members, settings, runs=runs, data=data, paths=paths, device=device, baselines=baselines, jobs=jobs
+        )
     _report(traj, members, settings, counts, runs=runs, data=data, paths=paths, device=device, baselines=baselines)
 
 
@@ -184,10 +217,21 @@ def _finetune_one(traj, member, settings, *, runs, data, output, device) -> None
     if (run / rf.DONE).exists():
         ui.stdout_console().print(f"{run}: already done; nothing to fine-tune")
         return
-    with stop_requested() as stop, ui.progress(f"finetune seed {member.seed}", settings.epochs, unit="epoch") as advance:
+    with (
+        stop_requested() as stop,
+        ui.progress(f"finetune seed {member.seed}", settings.epochs, unit="epoch") as advance,
+    ):
         try:
             result = ft.finetune_member(
-                traj, member, settings, runs=runs, output=output, device=device, data_path=str(data), progress=advance, should_stop=stop
+                traj,
+                member,
+                settings,
+                runs=runs,
+                output=output,
+                device=device,
+                data_path=str(data),
+                progress=advance,
+                should_stop=stop,
             )
         except Interrupted as exc:
             exc.exit_code = stop.exit_code
@@ -200,7 +244,6 @@ def _finetune_one(traj, member, settings, *, runs, data, output, device) -> None
 
 
 def _finetune_local(members, settings, *, runs, data, paths, device, baselines, jobs) -> None:
-    from qdgap.cli.ensemble import _print_outcomes
     from qdgap.cli.signals import stop_requested
     from qdgap.core import finetune as ft
     from qdgap.core.ensemble import default_jobs
@@ -216,7 +259,7 @@ def _finetune_local(members, settings, *, runs, data, paths, device, baselines, 
                 outcomes = ft.finetune_local(data, members, settings, runs=runs, output=folder, **common)
             else:
                 outcomes = ft.scratch_local(data, members, settings, output=folder, **common)
-        _print_outcomes(outcomes, folder)
+        ui.print_outcomes(outcomes, folder)
         if stop():
             raise Interrupted(f"{stage} stopped; rerun the same command to finish it", exit_code=stop.exit_code)
         failed = [o for o in outcomes if o.outcome != "trained" and o.outcome != "done"]
@@ -239,16 +282,22 @@ def _finetune_slurm(members, settings, *, runs, data, paths, device, baselines, 
     arrays = [
         (
             paths.finetuned,
-            lambda s: ft.finetune_argv(s, runs=runs, data=data, output=paths.finetuned, settings=settings, device=device),
+            lambda s: ft.finetune_argv(
+                s, runs=runs, data=data, output=paths.finetuned, settings=settings, device=device
+            ),
             "qdgap-finetune",
         )
     ]
     if baselines:
-        recipe = {s: ft.scratch_train_overrides(by_seed[s], settings) for s in seeds}  # refuses what `train` cannot rebuild
+        recipe = {
+            s: ft.scratch_train_overrides(by_seed[s], settings) for s in seeds
+        }  # refuses what `train` cannot rebuild
         arrays.append(
             (
                 paths.scratch,
-                lambda s: train_argv(s, data=data, runs=paths.scratch, preset=recipe[s][0], device=device, overrides=recipe[s][1]),
+                lambda s: train_argv(
+                    s, data=data, runs=paths.scratch, preset=recipe[s][0], device=device, overrides=recipe[s][1]
+                ),
                 "qdgap-scratch",
             )
         )
@@ -272,7 +321,7 @@ def _finetune_slurm(members, settings, *, runs, data, paths, device, baselines, 
 def _report(traj, members, settings, counts, *, runs, data, paths, device, baselines) -> None:
     from qdgap.core import finetune as ft
     from qdgap.core import runs as rf
-    from qdgap.core.train import resolve_device
+    from qdgap.core.runtime import resolve_device
 
     seeds = [m.seed for m in members]
     finetuned = [rf.load_member(rf.run_dir(paths.finetuned, s)) for s in seeds]
@@ -292,7 +341,9 @@ def _report(traj, members, settings, counts, *, runs, data, paths, device, basel
         )
     ft.write_report(rows, paths, traj=traj, data_path=data, settings=settings, counts=counts)
     out = ui.stdout_console()
-    out.print(f"wrote {paths.report_csv} and {paths.report_json.name}: {len(members)} members, {n_frames} held-out extension frames")
+    out.print(
+        f"wrote {paths.report_csv} and {paths.report_json.name}: {len(members)} members, {n_frames} held-out extension frames"
+    )
     for r in rows:
         wall = "" if math.isnan(r.wall_s) else f", training {r.wall_s:.0f} s"
         out.print(f"  {r.model:<10} RMSE {r.rmse_mev:7.1f} meV, MAE {r.mae_mev:7.1f} meV{wall}")

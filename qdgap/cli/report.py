@@ -23,8 +23,7 @@ ReportData = Annotated[
     typer.Option(
         "--data",
         "-d",
-        help="Trajectory HDF5 file, for the 3D view of the dot "
-        "(default: the one predictions.h5 was made from).",
+        help="Trajectory HDF5 file, for the 3D view of the dot (default: the one predictions.h5 was made from).",
         show_default=False,
     ),
 ]

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from qdgap.cli import ui
-from qdgap.cli.types import DEMO_DATA, Device, OutDir, Preset, Seed, Stride, TrajPath
-
-Epochs = Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (default: the preset's).")]
-Patience = Annotated[int | None, typer.Option("--patience", help="Stop after this many epochs without a better validation MAE.")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Frames per training batch.")]
-LearningRate = Annotated[float | None, typer.Option("--lr", help="Peak learning rate of the one-cycle schedule.")]
+from qdgap.cli.options import (
+    DEMO_DATA,
+    BatchSize,
+    Device,
+    Epochs,
+    FramesFrom,
+    LearningRate,
+    OutDir,
+    Patience,
+    Preset,
+    Seed,
+    Stride,
+    TrajPath,
+)
 
 
 def train(
@@ -26,21 +31,28 @@ def train(
     batch_size: BatchSize = None,
     lr: LearningRate = None,
     stride: Stride = None,
+    frames_from: FramesFrom = None,
     device: Device = "auto",
 ) -> None:
     """Train one ensemble member into OUTPUT/run_<seed>/ (resumes an interrupted one)."""
     from qdgap.core.config import resolve_config
 
-    config = resolve_config(preset, epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=lr, stride=stride)
+    config = resolve_config(
+        preset, epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=lr, stride=stride
+    )
     if seed < 0:
         raise ui.usage_error(f"--seed must be a non-negative integer, got {seed}")
+    from qdgap.cli.signals import stop_requested
     from qdgap.core import runs as rf
     from qdgap.core.data import read_trajectory
-    from qdgap.cli.signals import stop_requested
     from qdgap.core.errors import Interrupted
     from qdgap.core.train import train_member
 
     traj = read_trajectory(data)
+    if frames_from is not None:
+        from qdgap.core.select import with_pool_from
+
+        config = with_pool_from(config, frames_from, data)
     run = rf.run_dir(output, seed)
     if (run / rf.DONE).exists():
         ui.stdout_console().print(f"{run}: already done; nothing to train")

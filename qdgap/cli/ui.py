@@ -11,7 +11,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.text import Text
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,6 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 
 @dataclass
@@ -64,7 +64,9 @@ def add_logfile(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(path)
     fh.setLevel(logging.DEBUG)
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from qdgap.core.logs import LOG_FORMAT
+
+    fh.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger("qdgap").addHandler(fh)
 
 
@@ -126,3 +128,17 @@ def usage_error(message: str) -> Exception:
     from qdgap.core.errors import QdgapError
 
     return QdgapError(message)
+
+
+def print_outcomes(outcomes, output) -> None:
+    """One line per member that did not train, then a summary: counts by outcome and the mean test RMSE (meV)."""
+    out = stdout_console()
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.outcome] = counts.get(o.outcome, 0) + 1
+        if o.outcome in ("failed", "busy", "interrupted"):
+            out.print(f"  seed {o.seed}: {o.outcome} — {o.message}")
+    trained = [o for o in outcomes if o.outcome == "trained"]
+    rmse = f", mean test RMSE {sum(o.test_rmse_mev for o in trained) / len(trained):.1f} meV" if trained else ""
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    out.print(f"{output}: {summary}{rmse}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from qdgap.cli import ui
-from qdgap.cli.types import Force
+from qdgap.cli.options import Force
 
 CheckpointArg = Annotated[
     Path,
@@ -65,7 +65,6 @@ def import_alignn(
     out.print(
         f"{result.run_dir}: imported {result.upstream_name} from {checkpoint.name} as seed {result.seed}: "
         f"{mc.alignn_layers} ALIGNN + {mc.gcn_layers} GCN layers, hidden {mc.hidden_features}, "
-        f"{result.num_params:,} parameters; graphs: cutoff {gc.cutoff_ang:g} Å, {gc.max_neighbors} neighbours, "
-        f"angles within {gc.three_body_cutoff_ang:g} Å"
+        f"{result.num_params:,} parameters; graphs: {gc.describe()}"
     )
     out.print("  training data unknown: predict treats every frame as unseen; no test metrics")

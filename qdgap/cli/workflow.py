@@ -10,6 +10,7 @@ every later stage, then runs them again.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -20,7 +21,9 @@ from typing import Annotated
 import typer
 
 from qdgap.cli import ui
-from qdgap.cli.types import DEMO_DATA, DEMO_EXTENDED, Preset
+from qdgap.cli.options import DEMO_DATA, DEMO_EXTENDED, Preset
+
+log = logging.getLogger("qdgap.pipeline")
 
 STAGES = ("train", "predict", "fna", "finetune", "predict-ext", "report")
 
@@ -35,19 +38,33 @@ class Stage:
 
 
 def pipeline(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Trajectory to train on (1 fs frames, gaps where known).")] = DEMO_DATA,
+    data: Annotated[
+        Path, typer.Option("--data", "-d", help="Trajectory to train on (1 fs frames, gaps where known).")
+    ] = DEMO_DATA,
     extended: Annotated[
-        Path | None, typer.Option("--extended", "-e", help="Later stretch of the trajectory for transfer learning; none skips it.")
+        Path | None,
+        typer.Option("--extended", "-e", help="Later stretch of the trajectory for transfer learning; none skips it."),
     ] = DEMO_EXTENDED,
     workdir: Annotated[Path, typer.Option("--workdir", "-w", help="Where every output goes.")] = Path("work/demo"),
     preset: Preset = "demo",
     members: Annotated[int, typer.Option("--members", "-m", help="Ensemble members.")] = 20,
-    backend: Annotated[str, typer.Option("--backend", help="local or slurm (training and fine-tuning as job arrays).")] = "local",
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="local: members trained at once (default: one per core).")] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="local or slurm (training and fine-tuning as job arrays).")
+    ] = "local",
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", help="local: members trained at once (default: one per core).")
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")] = "auto",
-    fna_every: Annotated[int, typer.Option("--fna-every", help="FNA on every k-th unseen labelled frame (each costs N + 1 forwards per member).")] = 10,
+    fna_every: Annotated[
+        int,
+        typer.Option(
+            "--fna-every", help="FNA on every k-th unseen labelled frame (each costs N + 1 forwards per member)."
+        ),
+    ] = 10,
     fna_mask: Annotated[str, typer.Option("--fna-mask", help="full or seed (see `qdgap fna --help`).")] = "full",
-    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Most epochs of fine-tuning (and of the scratch baseline).")] = 50,
+    finetune_epochs: Annotated[
+        int, typer.Option("--finetune-epochs", help="Most epochs of fine-tuning (and of the scratch baseline).")
+    ] = 50,
     from_stage: Annotated[
         str | None, typer.Option("--from", help=f"Redo from this stage: {', '.join(STAGES)}.")
     ] = None,
@@ -72,9 +89,17 @@ def pipeline(
     workdir.mkdir(parents=True, exist_ok=True)
     ui.add_logfile(wd.log)
     slurm = {"image": image, "partition": partition, "account": account, "gpus": gpus} if backend == "slurm" else {}
-    stages = _stages(wd, data, extended, preset, members, backend, jobs, device, fna_every, fna_mask, finetune_epochs, slurm)
+    stages = _stages(
+        wd, data, extended, preset, members, backend, jobs, device, fna_every, fna_mask, finetune_epochs, slurm
+    )
+    _run_stages(stages, from_stage, "pipeline", wd.report_html)
+
+
+def _run_stages(stages: list[Stage], from_stage: str | None, what: str, result: Path) -> None:
+    """Run each stage that is incomplete or stale, in order; ``from_stage`` first removes its and later outputs."""
     if from_stage is not None:
-        for stage in stages[STAGES.index(from_stage) :]:
+        names = [s.name for s in stages]
+        for stage in stages[names.index(from_stage) :]:
             for path in stage.outputs():
                 _remove(path)
     out = ui.stdout_console()
@@ -82,14 +107,32 @@ def pipeline(
     for stage in stages:
         if stage.complete() and not _stale(stage):
             out.print(f"[dim]{stage.name:<12} up to date[/dim]")
+            log.debug("stage %s: up to date", stage.name)  # debug: the console has the line; the log file keeps it
             continue
+        log.debug("stage %s: started", stage.name)
         t0 = time.perf_counter()
         stage.run()
         out.print(f"[bold green]{stage.name:<12}[/bold green] done in {_fmt_s(time.perf_counter() - t0)}")
-    out.print(f"pipeline done in {_fmt_s(time.perf_counter() - t_all)}: open {wd.report_html}")
+        log.debug("stage %s: done in %s", stage.name, _fmt_s(time.perf_counter() - t0))
+    out.print(f"{what} done in {_fmt_s(time.perf_counter() - t_all)}: open {result}")
+    log.debug("%s done in %s: %s", what, _fmt_s(time.perf_counter() - t_all), result)
 
 
-def _stages(wd, data, extended, preset, members, backend, jobs, device, fna_every, fna_mask, finetune_epochs, slurm) -> list[Stage]:
+def _stages(
+    wd,
+    data,
+    extended,
+    preset,
+    members,
+    backend,
+    jobs,
+    device,
+    fna_every,
+    fna_mask,
+    finetune_epochs,
+    slurm,
+    finetune_stride=None,
+) -> list[Stage]:
     from qdgap.cli import ensemble, finetune, predict, report
     from qdgap.core import runs as rf
 
@@ -110,16 +153,27 @@ def _stages(wd, data, extended, preset, members, backend, jobs, device, fna_ever
         predict.predict(runs=wd.runs, data=data, frames="all", output=wd.predictions, device=device)
 
     def fna() -> None:
-        predict.fna(runs=wd.runs, data=data, frames="unseen", every=fna_every, mask=fna_mask, output=wd.fna, csv=wd.fna_csv, device=device)
+        predict.fna(
+            runs=wd.runs,
+            data=data,
+            frames="unseen",
+            every=fna_every,
+            mask=fna_mask,
+            output=wd.fna,
+            csv=wd.fna_csv,
+            device=device,
+        )
 
     def finetune_all() -> None:
         finetune.finetune(
             runs=wd.runs, data=extended, output=wd.runs_finetuned, epochs=finetune_epochs, backend=backend, jobs=jobs,
-            device=device, wait=backend == "slurm", **slurm,
+            device=device, wait=backend == "slurm", stride=finetune_stride, **slurm,
         )  # fmt: skip
 
     def predict_ext() -> None:
-        predict.predict(runs=wd.runs_finetuned, data=extended, frames="all", output=wd.predictions_extended, device=device)
+        predict.predict(
+            runs=wd.runs_finetuned, data=extended, frames="all", output=wd.predictions_extended, device=device
+        )
 
     def write_report() -> None:
         report.report(workdir=wd.root, data=data)
@@ -133,7 +187,13 @@ def _stages(wd, data, extended, preset, members, backend, jobs, device, fna_ever
             lambda: _readable(wd.predictions, "predictions") and wd.predictions_csv.is_file(),
             predict_all,
         ),
-        Stage("fna", lambda: [wd.fna, wd.fna_csv], lambda: [data, *done_markers(wd.runs)], lambda: _readable(wd.fna, "fna") and wd.fna_csv.is_file(), fna),
+        Stage(
+            "fna",
+            lambda: [wd.fna, wd.fna_csv],
+            lambda: [data, *done_markers(wd.runs)],
+            lambda: _readable(wd.fna, "fna") and wd.fna_csv.is_file(),
+            fna,
+        ),
     ]
     if extended is not None:
         stages += [
@@ -148,7 +208,10 @@ def _stages(wd, data, extended, preset, members, backend, jobs, device, fna_ever
                 "predict-ext",
                 lambda: [wd.predictions_extended, wd.predictions_extended.with_suffix(".csv")],
                 lambda: [extended, *done_markers(wd.runs_finetuned)],
-                lambda: _readable(wd.predictions_extended, "predictions") and wd.predictions_extended.with_suffix(".csv").is_file(),
+                lambda: (
+                    _readable(wd.predictions_extended, "predictions")
+                    and wd.predictions_extended.with_suffix(".csv").is_file()
+                ),
                 predict_ext,
             ),
         ]
@@ -207,3 +270,174 @@ def _remove(path: Path) -> None:
 
 def _fmt_s(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+REPRODUCE_STAGES = (
+    "import",
+    "train",
+    "predict",
+    "fna",
+    "fna-seed",
+    "finetune",
+    "predict-ext",
+    "report",
+    "compare",
+)
+
+
+def reproduce(
+    archive: Annotated[
+        Path,
+        typer.Option(
+            "--archive",
+            help="The original study's trajectory: a tar archive (or folder) of st1.vasp..st15001.vasp, 1 fs apart.",
+        ),
+    ],
+    labels: Annotated[
+        Path, typer.Option("--labels", help="PBE gaps of 0-10 ps (Cl_QD_elec_1-10k.csv: Files, Bandgap (eV), ...).")
+    ],
+    ext_labels: Annotated[
+        Path | None,
+        typer.Option("--ext-labels", help="Gaps of the 10-15 ps continuation (Cl_QD_elec_10k-15k_step_10.csv)."),
+    ] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", "-w", help="Where every output goes.")] = Path("work/reproduce"),
+    preset: Preset = "cpu",
+    members: Annotated[int, typer.Option("--members", "-m", help="Ensemble members (the study trained 20).")] = 20,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", help="Members trained at once (default: one per core).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    fna_every: Annotated[
+        int, typer.Option("--fna-every", help="FNA on every k-th unseen frame (labelled ones only).")
+    ] = 10,
+    finetune_epochs: Annotated[
+        int, typer.Option("--finetune-epochs", help="Most epochs of fine-tuning (the study: about 50).")
+    ] = 50,
+    finetune_stride: Annotated[
+        int,
+        typer.Option(
+            "--finetune-stride",
+            help="Fine-tune on every k-th extension frame that has a label (its labels are 10 frames apart: 20 "
+            "fine-tunes on 250 of the 500 and scores on the other 250).",
+        ),
+    ] = 20,
+    train_frames: Annotated[
+        str, typer.Option("--train-numbers", help="The st<N> range of the training trajectory (0-10 ps).")
+    ] = "1-10001",
+    ext_frames: Annotated[
+        str, typer.Option("--ext-numbers", help="The st<N> range of the continuation (10-15 ps).")
+    ] = "10001-15001",
+    from_stage: Annotated[
+        str | None, typer.Option("--from", help=f"Redo from this stage: {', '.join(REPRODUCE_STAGES)}.")
+    ] = None,
+) -> None:
+    """The original study on its own DFT trajectory, resumable, ending with comparison.md beside the published numbers."""
+    from qdgap.cli.options import parse_range
+    from qdgap.core.layout import Workdir
+
+    if from_stage is not None and from_stage not in REPRODUCE_STAGES:
+        raise ui.usage_error(f"--from must be one of {', '.join(REPRODUCE_STAGES)}, got {from_stage!r}")
+    if members < 1:
+        raise ui.usage_error(f"--members must be at least 1, got {members}")
+    if fna_every < 1:
+        raise ui.usage_error(f"--fna-every must be at least 1, got {fna_every}")
+    if finetune_stride < 1:
+        raise ui.usage_error(f"--finetune-stride must be at least 1, got {finetune_stride}")
+    for path, what in ((archive, "--archive"), (labels, "--labels"), (ext_labels, "--ext-labels")):
+        if path is not None and not path.exists():
+            raise ui.usage_error(f"{path}: no such file or folder ({what})")
+    train_range = parse_range(train_frames, option="--train-numbers")
+    ext_range = parse_range(ext_frames, option="--ext-numbers")
+    wd = Workdir(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ui.add_logfile(wd.log)
+    data, extended = workdir / "cl_qd.h5", (workdir / "cl_qd_ext.h5" if ext_labels is not None else None)
+    fna_seed, fna_seed_csv = workdir / "fna_seed.h5", workdir / "average_rmse_results_seed.csv"
+    comparison = workdir / "comparison.md"
+
+    def import_both() -> None:
+        from qdgap.core.data import import_trajectory, write_trajectory
+
+        for out, gaps, numbers in ((data, labels, train_range), (extended, ext_labels, ext_range)):
+            if out is None or _readable_traj(out):
+                continue
+            with ui.progress(f"import {out.name}", None, unit="structures") as advance:
+                traj = import_trajectory([archive], gaps_csv=gaps, numbers_range=numbers, progress=advance)
+            write_trajectory(traj, out, force=True)
+
+    importing = Stage(
+        "import",
+        lambda: [p for p in (data, extended) if p is not None],
+        lambda: [p for p in (archive, labels, ext_labels) if p is not None and p.is_file()],
+        lambda: all(_readable_traj(p) for p in (data, extended) if p is not None),
+        import_both,
+    )
+    # The trajectories do not exist before the import stage runs, so the later stages are built lazily.
+    stages = [importing]
+
+    def rest() -> list[Stage]:
+        from qdgap.cli import predict
+        from qdgap.core import runs as rf
+
+        base = _stages(
+            wd, data, extended, preset, members, "local", jobs, device, fna_every, "full", finetune_epochs, {},
+            finetune_stride=finetune_stride,
+        )  # fmt: skip
+
+        def fna_seed_run() -> None:
+            predict.fna(
+                runs=wd.runs, data=data, frames="unseen", every=fna_every, mask="seed", output=fna_seed,
+                csv=fna_seed_csv, device=device,
+            )  # fmt: skip
+
+        def compare() -> None:
+            from qdgap.core.comparison import write_comparison
+
+            write_comparison(
+                workdir,
+                output=comparison,
+                setup={
+                    "data": f"{archive} (st{train_range[0]}..st{train_range[1]}; labels {labels})",
+                    "preset": preset,
+                    "members": members,
+                    "FNA frames": f"every {fna_every}th unseen frame, labelled ones only",
+                    "fine-tuning": f"every {finetune_stride}th labelled extension frame, at most {finetune_epochs} epochs",
+                },
+            )
+
+        seed_stage = Stage(
+            "fna-seed",
+            lambda: [fna_seed, fna_seed_csv],
+            lambda: [data, *(d / rf.DONE for d in rf.member_dirs(wd.runs))],
+            lambda: _readable(fna_seed, "fna") and fna_seed_csv.is_file(),
+            fna_seed_run,
+        )
+        names = [s.name for s in base]
+        base.insert(names.index("fna") + 1, seed_stage)
+        base.append(
+            Stage(
+                "compare",
+                lambda: [comparison],
+                lambda: [p for p in (wd.predictions, wd.fna, fna_seed, wd.finetune_csv) if p.exists()],
+                lambda: comparison.is_file(),
+                compare,
+            )
+        )
+        return base
+
+    _run_stages(stages, "import" if from_stage == "import" else None, "import", workdir)
+    # Redoing the import redoes everything made from it.
+    _run_stages(rest(), "train" if from_stage == "import" else from_stage, "reproduce", comparison)
+
+
+def _readable_traj(path: Path) -> bool:
+    from qdgap.core.data import read_trajectory
+    from qdgap.core.errors import QdgapError
+
+    if not path.is_file():
+        return False
+    try:
+        read_trajectory(path, validate=False)
+    except QdgapError:
+        return False
+    return True

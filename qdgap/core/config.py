@@ -14,6 +14,9 @@ from typing import Any
 from qdgap.core.errors import QdgapError
 
 CGCNN_FEATURES = 92  # length of the CGCNN atom feature vector (jarvis-tools)
+PURE_TORCH = "pure_torch"  # upstream's neighbor_strategy names; see GraphConfig
+K_NEAREST = "k-nearest"
+NEIGHBOR_STRATEGIES = (PURE_TORCH, K_NEAREST)
 
 
 @dataclass(frozen=True)
@@ -63,18 +66,76 @@ class ModelConfig:
         if model.get("conv_type", "alignn") != "alignn":
             raise QdgapError(f"conv_type {model.get('conv_type')!r} is not supported (only 'alignn')")
         if int(model.get("output_features", 1)) != 1:
-            raise QdgapError(f"output_features={model.get('output_features')} is not supported (a band gap is one number)")
+            raise QdgapError(
+                f"output_features={model.get('output_features')} is not supported (a band gap is one number)"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in model.items() if k in names})
 
 
 @dataclass(frozen=True)
 class GraphConfig:
-    """How bonds and angles are chosen (upstream ALIGNN's builder parameters)."""
+    """How bonds and angles are chosen: upstream ALIGNN's builder parameters.
+
+    ``neighbor_strategy`` takes the name of upstream's ``neighbor_strategy`` whose
+    graphs qdgap reproduces:
+
+    * ``"pure_torch"`` (``alignn.torch_graph_builder``): each atom's
+      ``max_neighbors`` nearest atoms within ``cutoff_ang``; angle triplets only
+      between bonds up to ``three_body_cutoff_ang``.
+    * ``"k-nearest"`` (the DGL-era ``nearest_neighbor_edges`` and
+      ``build_undirected_edgedata``, as the original study built its graphs):
+      ``cutoff_ang`` is widened until every atom has ``max_neighbors``
+      neighbours inside it, so each atom bonds to all atoms as near as its
+      ``max_neighbors``-th nearest, whatever the cutoff. With ``use_canonize``
+      (upstream ``TrainingConfig``'s default, so what ``train_alignn.py``
+      trained on) each such pair is bonded once each way; without it every
+      neighbour-list entry is added in both directions, so a pair in both
+      atoms' lists is bonded twice each way (a multigraph; what a direct call
+      of ``nearest_neighbor_edges`` gives by default). Triplets pair every two
+      bonds (u -> v, v -> w), w == u included: ``three_body_cutoff_ang`` is not used.
+    """
 
     cutoff_ang: float = 5.0  # bonds: the max_neighbors nearest atoms within this distance
     max_neighbors: int = 12
-    three_body_cutoff_ang: float = 3.5  # only bonds this short form angle triplets
+    three_body_cutoff_ang: float = 3.5  # only bonds this short form angle triplets (pure_torch only)
+    neighbor_strategy: str = PURE_TORCH
+    use_canonize: bool = False  # k-nearest only: one bond each way per neighbour pair
+
+    def __post_init__(self) -> None:
+        if self.neighbor_strategy not in NEIGHBOR_STRATEGIES:
+            raise QdgapError(
+                f"neighbor_strategy {self.neighbor_strategy!r} is not supported; "
+                f"choose one of {', '.join(NEIGHBOR_STRATEGIES)}"
+            )
+        if self.use_canonize and self.neighbor_strategy != K_NEAREST:
+            raise QdgapError("use_canonize applies to k-nearest graphs only")
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``graph`` section of ``config.json``.
+
+        The default strategy is left out, so the records (and graph caches) of runs
+        made before the field existed still match.
+        """
+        out = dataclasses.asdict(self)
+        if self.neighbor_strategy == PURE_TORCH:
+            del out["neighbor_strategy"]
+        if not self.use_canonize:
+            del out["use_canonize"]
+        return out
+
+    def describe(self) -> str:
+        """One line for people: how bonds and angles are chosen."""
+        if self.neighbor_strategy == K_NEAREST:
+            return (
+                f"the {self.max_neighbors} nearest neighbours of each atom (upstream's k-nearest, cutoff "
+                f"{self.cutoff_ang:g} Å widened, {'canonised' if self.use_canonize else 'not canonised'}), "
+                "angles between all bonds"
+            )
+        return (
+            f"cutoff {self.cutoff_ang:g} Å, {self.max_neighbors} neighbours, "
+            f"angles within {self.three_body_cutoff_ang:g} Å"
+        )
 
 
 @dataclass(frozen=True)
@@ -88,6 +149,13 @@ class TrainConfig:
     pct_start: float = 0.3  # fraction of the schedule spent warming up
     patience: int = 50  # epochs without a better validation MAE before stopping
     stride: int = 10  # labelled pool spacing in frames
+    # Exactly these labelled frames form the pool (`--frames-from selection.csv`), stride then unused;
+    # None: every stride-th labelled frame. Left out of config.json when None, so older runs still match.
+    pool_frames: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pool_frames is not None:  # JSON gives a list; a frozen config keeps a hashable tuple
+            object.__setattr__(self, "pool_frames", tuple(int(f) for f in self.pool_frames))
 
 
 @dataclass(frozen=True)
@@ -105,8 +173,8 @@ class RunConfig:
             # As in upstream's training config: atom_features beside the model section, not in it.
             "atom_features": self.model.atom_features,
             "model": self.model.to_upstream(three_body_cutoff_ang=self.graph.three_body_cutoff_ang),
-            "graph": dataclasses.asdict(self.graph),
-            "train": dataclasses.asdict(self.train),
+            "graph": self.graph.to_json(),
+            "train": _train_json(self.train),
         }
 
     @classmethod
@@ -114,7 +182,9 @@ class RunConfig:
         try:
             return cls(
                 preset=str(record.get("preset", "custom")),
-                model=replace(ModelConfig.from_upstream(record["model"]), atom_features=record.get("atom_features", "cgcnn")),
+                model=replace(
+                    ModelConfig.from_upstream(record["model"]), atom_features=record.get("atom_features", "cgcnn")
+                ),
                 graph=GraphConfig(**record["graph"]),
                 train=TrainConfig(**record["train"]),
             )
@@ -122,11 +192,32 @@ class RunConfig:
             raise QdgapError(f"config.json is incomplete or from another tool ({exc})") from exc
 
 
+def _train_json(train: TrainConfig) -> dict[str, Any]:
+    out = dataclasses.asdict(train)
+    if train.pool_frames is None:
+        del out["pool_frames"]
+    else:
+        out["pool_frames"] = list(train.pool_frames)
+    return out
+
+
+_DEMO_MODEL = ModelConfig(
+    alignn_layers=1,
+    gcn_layers=1,
+    edge_input_features=80,
+    triplet_input_features=20,
+    embedding_features=16,
+    hidden_features=32,
+)
+
 PRESETS: dict[str, RunConfig] = {
-    # The original study's model (4 ALIGNN + 4 graph-conv layers, hidden 256) and upstream's training defaults.
+    # The original study's model (4 ALIGNN + 4 graph-conv layers, hidden 256) and graphs (each atom's 12 nearest
+    # neighbours, angles between all bonds), with upstream's training defaults. It trained with train_alignn.py,
+    # whose TrainingConfig canonises the k-nearest edges (use_canonize=True): one bond each way per pair.
     "paper": RunConfig(
         preset="paper",
         model=ModelConfig(triplet_input_features=50),
+        graph=GraphConfig(cutoff_ang=5.0, max_neighbors=12, neighbor_strategy=K_NEAREST, use_canonize=True),
         train=TrainConfig(epochs=300, batch_size=64, learning_rate=1e-2, patience=50),
     ),
     # Small enough that 20 members train on the demo's ~80 training frames within `make demo` on two
@@ -137,15 +228,15 @@ PRESETS: dict[str, RunConfig] = {
     # (lr 3e-3 at batch 8: 24.1 and 61 meV).
     "demo": RunConfig(
         preset="demo",
-        model=ModelConfig(
-            alignn_layers=1,
-            gcn_layers=1,
-            edge_input_features=80,
-            triplet_input_features=20,
-            embedding_features=16,
-            hidden_features=32,
-        ),
+        model=_DEMO_MODEL,
         train=TrainConfig(epochs=100, batch_size=4, learning_rate=1e-2, patience=60),
+    ),
+    # The real study on two CPU cores: the demo model, trained twice as long. On the real trajectory's 800-frame
+    # training set (seed 0, 1 thread): 100 epochs 25.0 meV unseen-frame RMSE, 200 epochs 18.8 meV
+    # (bench/cpu_preset.md). 200 epochs at ~2.8 s each is ~9.3 min per member, so 20 members two at a time
+    # take ~1.6 h of the 3 h budget.
+    "cpu": RunConfig(
+        preset="cpu", model=_DEMO_MODEL, train=TrainConfig(epochs=200, batch_size=4, learning_rate=1e-2, patience=100)
     ),
     # For smoke tests and CI: trains in about a second; not meant for science.
     "tiny": RunConfig(
@@ -171,7 +262,9 @@ def resolve_config(preset: str, **train_overrides: Any) -> RunConfig:
     overrides = {k: v for k, v in train_overrides.items() if v is not None}
     for key in ("epochs", "batch_size", "patience", "stride"):
         if key in overrides and int(overrides[key]) < (0 if key == "epochs" else 1):
-            raise QdgapError(f"--{key.replace('_', '-')} must be {'>= 0' if key == 'epochs' else 'positive'}, got {overrides[key]}")
+            raise QdgapError(
+                f"--{key.replace('_', '-')} must be {'>= 0' if key == 'epochs' else 'positive'}, got {overrides[key]}"
+            )
     if "learning_rate" in overrides and not overrides["learning_rate"] > 0:
         raise QdgapError(f"--lr must be positive, got {overrides['learning_rate']}")
     return replace(config, train=replace(config.train, **overrides)) if overrides else config

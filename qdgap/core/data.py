@@ -14,7 +14,7 @@ import io
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,7 +307,9 @@ def _check_contract(h5, path: Path, *, allow_partial: bool = False) -> None:
     fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
     accepted = (schema.TRAJECTORY_FORMAT, PARTIAL_FORMAT) if allow_partial else (schema.TRAJECTORY_FORMAT,)
     if fmt == PARTIAL_FORMAT and not allow_partial:
-        raise QdgapError(f"{path}: an unfinished trajectory (a simulation still running or interrupted); finish it first")
+        raise QdgapError(
+            f"{path}: an unfinished trajectory (a simulation still running or interrupted); finish it first"
+        )
     if fmt not in accepted:
         raise QdgapError(
             f"{path}: not a qdgap trajectory (format attr {fmt!r}, expected {schema.TRAJECTORY_FORMAT!r}); "
@@ -562,6 +564,8 @@ def import_trajectory(
     gap_column: str | None = None,
     stride: int = 1,
     dt_fs: float = 1.0,
+    numbers_range: tuple[int, int] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Trajectory:
     """Read structures and band gaps into a validated ``Trajectory``.
 
@@ -569,6 +573,9 @@ def import_trajectory(
       * a folder of POSCAR files named like ``st<N>.vasp`` (the original
         workflow's layout): frames ordered by N, time = N * ``dt_fs``; labels
         from ``gaps_csv`` or the folder's ``id_prop.csv``;
+      * a tar archive (``.tar``, ``.tar.gz``, ``.tar.xz``, ``.tar.bz2``) of such
+        files, as the original study publishes its trajectory: read as a stream,
+        never unpacked to disk, and treated like a folder;
       * any multi-frame file ASE reads (extended XYZ, ``.traj``, VASP
         XDATCAR, ``vasprun.xml``...; ``fmt`` forces ASE's format name): frame
         i (0-based) at time i * ``dt_fs``; gaps from each frame's info
@@ -585,6 +592,9 @@ def import_trajectory(
         sources: files or folders.
         stride: keep every ``stride``-th frame after ordering.
         dt_fs: time between consecutive frame numbers, fs.
+        numbers_range: (A, B): keep only the ``st<N>`` structures with A <= N <= B
+            (folders and archives; files outside it are not even parsed).
+        progress: called with the number of structures read, as they are read.
 
     Raises:
         QdgapError: unreadable or unknown files, mismatched atoms or species
@@ -596,6 +606,8 @@ def import_trajectory(
         raise QdgapError(f"--stride must be a positive integer, got {stride}")
     if not dt_fs > 0:
         raise QdgapError(f"--dt-fs must be positive, got {dt_fs}")
+    if numbers_range is not None and numbers_range[0] > numbers_range[1]:
+        raise QdgapError(f"--numbers {numbers_range[0]}-{numbers_range[1]}: the range is empty (A must be <= B)")
     paths = [Path(s) for s in sources]
     atoms: list = []
     origins: list[str] = []
@@ -604,10 +616,16 @@ def import_trajectory(
     sequential = False
     for path in paths:
         if path.is_dir():
-            frames = _read_folder(path, fmt)
+            frames = _read_folder(path, fmt, numbers_range, progress)
             if (path / "id_prop.csv").exists():
                 folder_labels = path / "id_prop.csv"
+        elif _is_archive(path):
+            frames = _read_archive(path, fmt, numbers_range, progress)
         elif path.exists():
+            if numbers_range is not None:
+                raise QdgapError(
+                    f"{path}: --numbers selects st<N> structures of a folder or archive, not frames of a file"
+                )
             frames = _read_multiframe(path, fmt)
             sequential = True
         else:
@@ -616,7 +634,13 @@ def import_trajectory(
         origins += frames.origins
         names += frames.numbers_in_name
     if not atoms:
+        if numbers_range is not None:
+            raise QdgapError(
+                f"{', '.join(map(str, paths))}: no structure has a number in {numbers_range[0]}-{numbers_range[1]} (--numbers)"
+            )
         raise QdgapError(f"{', '.join(map(str, paths))}: no structures found (empty input)")
+    if not sequential and len(paths) > 1:
+        _refuse_repeated_numbers(names, origins)
 
     if sequential:
         # A multi-frame file numbers its frames 1, 2, ... in reading order, st<N>-style.
@@ -630,7 +654,7 @@ def import_trajectory(
     positions = np.stack([a.get_positions() for a in atoms]).astype(np.float32)
     cells = np.stack([np.asarray(a.get_cell(), dtype=np.float64) for a in atoms])
     pbc = np.asarray(atoms[0].get_pbc(), dtype=bool)
-    for a, origin in zip(atoms, origins):
+    for a, origin in zip(atoms, origins, strict=True):
         if not np.array_equal(a.get_pbc(), pbc):
             raise QdgapError(f"{origin}: periodic boundary flags differ from the first frame")
 
@@ -664,35 +688,128 @@ def _frame_number(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _read_folder(folder: Path, fmt: str | None) -> _Frames:
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and (p.suffix.lower() in STRUCTURE_SUFFIXES or p.name.upper().startswith(("POSCAR", "CONTCAR")))
-    )
-    if not files:
-        raise QdgapError(f"{folder}: no POSCAR or .vasp files in this folder (empty input)")
+def _is_structure_name(name: str) -> bool:
+    return Path(name).suffix.lower() in STRUCTURE_SUFFIXES or Path(name).name.upper().startswith(("POSCAR", "CONTCAR"))
+
+
+def _in_range(n: int, numbers_range: tuple[int, int] | None) -> bool:
+    return numbers_range is None or numbers_range[0] <= n <= numbers_range[1]
+
+
+def _refuse_repeated_numbers(numbers: Sequence[int | None], origins: Sequence[str]) -> None:
+    seen: dict[int, str] = {}
+    for n, origin in zip(numbers, origins, strict=True):
+        if n is not None and n in seen:
+            raise QdgapError(f"{origin}: frame number {n} also comes from {seen[n]}")
+        if n is not None:
+            seen[n] = origin
+
+
+def _numbered(names: Sequence[str], where: str) -> list[tuple[int, str]]:
+    """(N, name) for each ``st<N>``-style name, sorted by N; refuses names without a number and repeats."""
     numbered = []
-    for p in files:
-        n = _frame_number(p.name)
+    for name in names:
+        n = _frame_number(name)
         if n is None:
-            raise QdgapError(f"{p}: cannot order the frames: the file name ends in no frame number (st<N>.vasp)")
-        numbered.append((n, p))
+            raise QdgapError(f"{name}: cannot order the frames: the file name ends in no frame number (st<N>.vasp)")
+        numbered.append((n, name))
     numbered.sort()
-    dup = [n for (n, _), (m, _) in zip(numbered, numbered[1:]) if n == m]
+    dup = [n for (n, _), (m, _) in zip(numbered, numbered[1:], strict=False) if n == m]
     if dup:
-        clash = [str(p.name) for n, p in numbered if n == dup[0]]
-        raise QdgapError(f"{folder}: two files have frame number {dup[0]} ({', '.join(clash)})")
+        clash = [Path(p).name for n, p in numbered if n == dup[0]]
+        raise QdgapError(f"{where}: two files have frame number {dup[0]} ({', '.join(clash)})")
+    return numbered
+
+
+def _read_poscar(source, origin: str, fmt: str | None):
     from ase.io import read
 
+    try:
+        return read(source, format=fmt or "vasp")
+    except Exception as exc:  # ASE raises many types for a bad file
+        raise QdgapError(f"{origin}: not a readable POSCAR file ({_short(exc)})") from exc
+
+
+def _read_folder(
+    folder: Path,
+    fmt: str | None,
+    numbers_range: tuple[int, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> _Frames:
+    files = sorted(str(p) for p in folder.iterdir() if p.is_file() and _is_structure_name(p.name))
+    if not files:
+        raise QdgapError(f"{folder}: no POSCAR or .vasp files in this folder (empty input)")
+    numbered = [(n, p) for n, p in _numbered(files, str(folder)) if _in_range(n, numbers_range)]
     atoms, origins = [], []
-    for n, p in numbered:
-        try:
-            atoms.append(read(p, format=fmt or "vasp"))
-        except Exception as exc:  # ASE raises many types for a bad file
-            raise QdgapError(f"{p}: not a readable POSCAR file ({_short(exc)})") from exc
-        origins.append(str(p))
+    for _n, p in numbered:
+        atoms.append(_read_poscar(p, p, fmt))
+        origins.append(p)
+        if progress is not None:
+            progress(1)
     return _Frames(atoms, origins, [n for n, _ in numbered])
+
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
+
+
+def _is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _read_archive(
+    path: Path,
+    fmt: str | None,
+    numbers_range: tuple[int, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> _Frames:
+    """The ``st<N>`` POSCAR members of a tar archive, read as one stream (never unpacked to disk).
+
+    Members may sit in any folder inside the archive; directories and hidden
+    files (``.DS_Store``, AppleDouble ``._*``) are skipped, and any other member
+    must be a POSCAR named with its frame number.
+    """
+    import lzma
+    import tarfile
+    import zlib
+
+    read_by_number: dict[int, tuple[object, str]] = {}
+    try:
+        # "r|*": a forward-only stream, so a 15,001-member .tar.xz is decompressed once, in order.
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                base = Path(member.name).name
+                if not member.isfile() or base.startswith("."):
+                    continue
+                origin = f"{path}:{member.name}"
+                if not _is_structure_name(base):
+                    raise QdgapError(f"{origin}: not a POSCAR file (expected st<N>.vasp members)")
+                n = _frame_number(base)
+                if n is None:
+                    raise QdgapError(
+                        f"{origin}: cannot order the frames: the name ends in no frame number (st<N>.vasp)"
+                    )
+                if n in read_by_number:
+                    raise QdgapError(
+                        f"{path}: two members have frame number {n} ({read_by_number[n][1]}, {member.name})"
+                    )
+                if not _in_range(n, numbers_range):
+                    read_by_number[n] = (None, member.name)  # seen (for the repeat check), not parsed
+                    continue
+                handle = tar.extractfile(member)
+                text = handle.read().decode("utf-8", errors="replace") if handle is not None else ""
+                read_by_number[n] = (_read_poscar(io.StringIO(text), origin, fmt), member.name)
+                if progress is not None:
+                    progress(1)
+    except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
+        raise QdgapError(f"{path}: damaged or unreadable archive ({_short(exc)})") from exc
+    if not read_by_number:
+        raise QdgapError(f"{path}: no POSCAR members in this archive (empty input)")
+    numbers = sorted(n for n, (a, _) in read_by_number.items() if a is not None)
+    return _Frames(
+        [read_by_number[n][0] for n in numbers],
+        [f"{path}:{read_by_number[n][1]}" for n in numbers],
+        numbers,
+    )
 
 
 def _read_multiframe(path: Path, fmt: str | None) -> _Frames:
@@ -725,7 +842,7 @@ def _common_numbers(atoms: list, origins: list[str]) -> np.ndarray:
     from ase.data import chemical_symbols
 
     ref = atoms[0].get_atomic_numbers()
-    for a, origin in zip(atoms, origins):
+    for a, origin in zip(atoms, origins, strict=True):
         z = a.get_atomic_numbers()
         if len(z) != len(ref):
             raise QdgapError(f"{origin}: has {len(z)} atoms, the first frame has {len(ref)}")
@@ -848,7 +965,7 @@ def _labels_for_frames(path: Path, frame_numbers: np.ndarray, *, gap_column: str
             f"{path}: no label row matches a frame (rows name frames {ids_arr.min()}..{ids_arr.max()}, "
             f"the structures are frames {frame_numbers.min()}..{frame_numbers.max()})"
         )
-    for n, v in zip(ids_arr[matched], values[matched]):
+    for n, v in zip(ids_arr[matched], values[matched], strict=True):
         gaps[position[int(n)]] = v
     if (~matched).any():
         extra = ids_arr[~matched]

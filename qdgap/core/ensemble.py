@@ -14,7 +14,6 @@ import multiprocessing as mp
 import os
 import queue
 import signal
-import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 from qdgap.core import runs as rf
 from qdgap.core.config import RunConfig
 from qdgap.core.errors import Interrupted, QdgapError
+from qdgap.core.logs import LOG_FORMAT
 
 if TYPE_CHECKING:
     from qdgap.core.train import InitFrom
@@ -130,7 +130,9 @@ def train_local(
     from qdgap.core.train import check_splittable
 
     for seed in todo:  # too few labelled frames: one error now, not a failed member (and a graph cache) per seed
-        check_splittable(traj, seed=seed, stride=config.train.stride, data_path=str(data_path))
+        check_splittable(
+            traj, seed=seed, stride=config.train.stride, pool=config.train.pool_frames, data_path=str(data_path)
+        )
     from qdgap.core.files import check_writable_dir
 
     check_writable_dir(Path(runs))  # an unwritable place: one error now, not a failed member per seed
@@ -151,9 +153,14 @@ def train_local(
 
     ctx = mp.get_context("spawn")  # fork after torch has started its thread pools can deadlock
     ticks = ctx.Queue()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, ticks)) as pool:
+    # Spawned workers start with no logging set up: hand them the log files (e.g. the pipeline's qdgap.log).
+    log_files = [h.baseFilename for h in logging.getLogger("qdgap").handlers if isinstance(h, logging.FileHandler)]
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, ticks, log_files)
+    ) as pool:
         pending: dict[Future, int] = {
-            pool.submit(_worker_train, str(data_path), config.to_json(), seed, str(runs), device, init): seed for seed in todo
+            pool.submit(_worker_train, str(data_path), config.to_json(), seed, str(runs), device, init): seed
+            for seed in todo
         }
         stopping = False
         while pending:
@@ -201,34 +208,30 @@ def _train_one(traj, config, seed, runs, device, data_path, progress, should_sto
         return MemberOutcome(seed, "busy", str(exc))
     except Interrupted as exc:
         return MemberOutcome(seed, "interrupted", str(exc))
-    except QdgapError as exc:
+    except QdgapError as exc:  # train_member wrote the FAILED marker
         if (run / rf.DONE).exists():  # another process finished it between the check above and the lock
             return MemberOutcome(seed, "done", "finished by another process")
-        _mark_failed(run, str(exc))
         return MemberOutcome(seed, "failed", str(exc))
-    except Exception as exc:  # a bug: keep the traceback beside the member
-        _mark_failed(run, "".join(traceback.format_exception(exc)))
+    except Exception as exc:  # a bug: train_member kept the traceback in FAILED
         return MemberOutcome(seed, "failed", f"internal error: {exc!r} (traceback in {run / rf.FAILED})")
-    (run / rf.FAILED).unlink(missing_ok=True)
     return MemberOutcome(seed, "trained", test_rmse_mev=result.test_rmse_mev, seconds=result.seconds)
-
-
-def _mark_failed(run: Path, message: str) -> None:
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / rf.FAILED).write_text(message.rstrip() + "\n")
-    except OSError:
-        pass
 
 
 # Worker-process state: set once by the pool's initializer.
 _WORKER: dict = {}
 
 
-def _worker_init(threads: int, ticks) -> None:
+def _worker_init(threads: int, ticks, log_files: Sequence[str] = ()) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    logger = logging.getLogger("qdgap")
+    for path in log_files:
+        handler = logging.FileHandler(path)  # append mode: whole lines from several processes interleave cleanly
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+    if log_files:
+        logger.setLevel(logging.DEBUG)
     _WORKER["ticks"] = ticks
     _WORKER["stop"] = False
 
@@ -280,7 +283,9 @@ def _signal(pid: int, sig: int) -> None:
 # ==========================================================================
 
 
-def train_argv(seed: int, *, data: Path, runs: Path, preset: str, device: str, overrides: dict[str, object]) -> list[str]:
+def train_argv(
+    seed: int, *, data: Path, runs: Path, preset: str, device: str, overrides: dict[str, object]
+) -> list[str]:
     """The ``qdgap train`` arguments of one member (what an array task runs)."""
     argv = ["--quiet", "train", "--seed", str(seed), "--data", str(Path(data).absolute()), "--preset", preset]
     argv += ["-o", str(Path(runs).absolute()), "--device", device]

@@ -162,7 +162,18 @@ class TorchScriptModel:
     ) -> Tensor:
         """(B,) float32 gaps, eV, on the inputs' device."""
         return self.module(
-            z, edge_src, edge_dst, bond_len, lg_src, lg_dst, angle_cos, node_graph, num_graphs, node_mask, edge_mask, angle_mask
+            z,
+            edge_src,
+            edge_dst,
+            bond_len,
+            lg_src,
+            lg_dst,
+            angle_cos,
+            node_graph,
+            num_graphs,
+            node_mask,
+            edge_mask,
+            angle_mask,
         )
 
 
@@ -199,7 +210,18 @@ class _OnnxGraph(nn.Module):
     ) -> Tensor:
         num_graphs = graph_index.shape[0]
         return self.model(
-            z, edge_src, edge_dst, bond_len, lg_src, lg_dst, angle_cos, node_graph, num_graphs, node_mask, edge_mask, angle_mask
+            z,
+            edge_src,
+            edge_dst,
+            bond_len,
+            lg_src,
+            lg_dst,
+            angle_cos,
+            node_graph,
+            num_graphs,
+            node_mask,
+            edge_mask,
+            angle_mask,
         )
 
 
@@ -241,14 +263,18 @@ def resolve_exporter(exporter: str = "auto") -> str:
         raise QdgapError("exporting ONNX needs the onnx package; install the onnx extra: pip install 'qdgap[onnx]'")
     dynamo_ok = _TORCH_GE_2_6 and importlib.util.find_spec("onnxscript") is not None
     if exporter == "dynamo" and not dynamo_ok:
-        raise QdgapError(f"the dynamo ONNX exporter needs torch >= 2.6 and onnxscript (torch {torch.__version__}); install the onnx extra")
+        raise QdgapError(
+            f"the dynamo ONNX exporter needs torch >= 2.6 and onnxscript (torch {torch.__version__}); install the onnx extra"
+        )
     if exporter == "torchscript" and not _TORCH_HAS_TS_ONNX:
         raise QdgapError(f"torch {torch.__version__} has no TorchScript-based ONNX exporter; use the dynamo one")
     if exporter == "auto":
         if dynamo_ok:
             return "dynamo"
         if not _TORCH_HAS_TS_ONNX:
-            raise QdgapError("exporting ONNX needs onnxscript with this torch; install the onnx extra: pip install 'qdgap[onnx]'")
+            raise QdgapError(
+                "exporting ONNX needs onnxscript with this torch; install the onnx extra: pip install 'qdgap[onnx]'"
+            )
         return "torchscript"
     return exporter
 
@@ -362,9 +388,15 @@ def export_onnx(
     example = _example_inputs()
     with atomic_output(path, force=True) as tmp:
         with torch.no_grad():
-            proto = _export_dynamo(wrapper, example) if which == "dynamo" else _export_torchscript_onnx(wrapper, example, tmp)
+            proto = (
+                _export_dynamo(wrapper, example)
+                if which == "dynamo"
+                else _export_torchscript_onnx(wrapper, example, tmp)
+            )
         info = dict(meta or {})
-        info.update(onnx_opset=ONNX_OPSET, onnx_exporter=which, torch_version=str(torch.__version__), inputs=list(ONNX_INPUTS))
+        info.update(
+            onnx_opset=ONNX_OPSET, onnx_exporter=which, torch_version=str(torch.__version__), inputs=list(ONNX_INPUTS)
+        )
         del proto.metadata_props[:]
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_NAME, json.dumps(info, sort_keys=True)
@@ -528,7 +560,12 @@ def _split_by_graph(feed: dict[str, np.ndarray], num_graphs: int, parts: int) ->
     angle_cut = np.searchsorted(angle_graph, cuts)
     out = []
     for i in range(parts):
-        (g0, g1), (n0, n1), (e0, e1), (t0, t1) = cuts[i : i + 2], node_cut[i : i + 2], edge_cut[i : i + 2], angle_cut[i : i + 2]
+        (g0, g1), (n0, n1), (e0, e1), (t0, t1) = (
+            cuts[i : i + 2],
+            node_cut[i : i + 2],
+            edge_cut[i : i + 2],
+            angle_cut[i : i + 2],
+        )
         out.append(
             {
                 "z": feed["z"][n0:n1],
@@ -573,7 +610,9 @@ def load_onnx(
     except json.JSONDecodeError:
         meta = None
     if names != ONNX_INPUTS or not isinstance(meta, dict):
-        raise QdgapError(f"{path}: not a qdgap ONNX model (inputs or metadata differ); export it with `qdgap export --format onnx`")
+        raise QdgapError(
+            f"{path}: not a qdgap ONNX model (inputs or metadata differ); export it with `qdgap export --format onnx`"
+        )
     return OnnxModel(session, meta, path, dev, workers or torch.get_num_threads())
 
 
@@ -607,7 +646,9 @@ def check_backend(backend: str | None) -> str:
     return backend
 
 
-def load_model(member: Any, *, backend: str | None = None, device: str | torch.device = "cpu") -> TorchScriptModel | OnnxModel:
+def load_model(
+    member: Any, *, backend: str | None = None, device: str | torch.device = "cpu"
+) -> TorchScriptModel | OnnxModel:
     """The member's model, ready to call as ``model(*graph_batch, node_mask=None, edge_mask=None, angle_mask=None)``.
 
     ``torchscript`` loads ``model.ts`` (sha256 from ``DONE``). ``onnxruntime``
@@ -633,7 +674,9 @@ def load_model(member: Any, *, backend: str | None = None, device: str | torch.d
     record = _onnx_record(run)
     if record is None or record.get("source_model_sha256") != member.model_sha256:
         if path.exists() and record is None:
-            raise QdgapError(f"{path}: no recorded sha256 ({ONNX_RECORD} missing); re-export it with `qdgap export {run} --format onnx`")
+            raise QdgapError(
+                f"{path}: no recorded sha256 ({ONNX_RECORD} missing); re-export it with `qdgap export {run} --format onnx`"
+            )
         try:
             with _blocking_lock(run / f".{MODEL_ONNX}.lock"):
                 record = _onnx_record(run)  # another process may have exported it meanwhile
@@ -667,10 +710,14 @@ def _check_meta(member: Any, meta: dict[str, Any], path: Path) -> None:
         )
     for key, what in (("model", "model settings (feature sizes, layers)"), ("graph", "graph cutoffs")):
         if key in meta and key in record and meta[key] != record[key]:
-            raise QdgapError(f"{path}: its {what} differ from {Path(member.path) / 'config.json'}; the file belongs to another run")
+            raise QdgapError(
+                f"{path}: its {what} differ from {Path(member.path) / 'config.json'}; the file belongs to another run"
+            )
 
 
-def export_run(run: str | Path, *, fmt: str, output: str | Path | None = None, exporter: str = "auto", locked: bool = False) -> ExportResult:
+def export_run(
+    run: str | Path, *, fmt: str, output: str | Path | None = None, exporter: str = "auto", locked: bool = False
+) -> ExportResult:
     """Export a finished member's ``best.pt`` as TorchScript or ONNX.
 
     Written into the run folder (``model.ts``, sha256 into ``DONE``;
@@ -731,9 +778,9 @@ def export_run(run: str | Path, *, fmt: str, output: str | Path | None = None, e
 def _model_from_run(run: Path, record: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     """The member's ``GapModel`` with its ``best.pt`` weights, and the metadata its artifacts carry."""
     from qdgap.core import runs as rf
+    from qdgap.core.checkpoint import load_weights, model_meta
     from qdgap.core.config import RunConfig
     from qdgap.core.model import GapModel
-    from qdgap.core.train import load_weights, model_meta
 
     try:
         config = RunConfig.from_json(record)
@@ -746,7 +793,9 @@ def _model_from_run(run: Path, record: dict[str, Any]) -> tuple[nn.Module, dict[
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise QdgapError(f"{run / rf.BEST_PT}: weights do not fit the model in {rf.CONFIG_JSON} ({first[:120]})") from exc
+        raise QdgapError(
+            f"{run / rf.BEST_PT}: weights do not fit the model in {rf.CONFIG_JSON} ({first[:120]})"
+        ) from exc
     return model.eval(), meta
 
 
@@ -768,7 +817,9 @@ def _read_checked(path: Path, sha256: str | None) -> None:
     if not path.is_file():
         raise QdgapError(f"{path}: no such model file")
     if sha256 is not None and sha256_file(path) != sha256:
-        raise QdgapError(f"{path}: the model file changed since it was written (sha256 differs); retrain or re-export it with `qdgap export`")
+        raise QdgapError(
+            f"{path}: the model file changed since it was written (sha256 differs); retrain or re-export it with `qdgap export`"
+        )
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-MEV_PER_EV = 1000.0
+from qdgap.core.metrics import MEV_PER_EV, coverage_ksigma, error_stats_mev
+
 BOND_DRAW_CUTOFF_ANG = 3.0  # pairs closer than this are drawn as bonds in the 3D view, Å
 TOP_ATOMS_LABELLED = 10  # atoms named in the 3D view
 
@@ -85,27 +86,6 @@ def _species_colours(species: Sequence[str]) -> dict[str, str]:
     return colours
 
 
-def error_stats_mev(gap_true_ev: np.ndarray, gap_pred_ev: np.ndarray) -> tuple[float, float]:
-    """(RMSE, MAE) in meV of ``gap_pred_ev`` against ``gap_true_ev`` over frames where both are finite."""
-    t, p = np.asarray(gap_true_ev, np.float64), np.asarray(gap_pred_ev, np.float64)
-    ok = np.isfinite(t) & np.isfinite(p)
-    if not ok.any():
-        return float("nan"), float("nan")
-    err = (p[ok] - t[ok]) * MEV_PER_EV
-    return float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err)))
-
-
-def coverage_2sigma(
-    gap_true_ev: np.ndarray, gap_mean_ev: np.ndarray, gap_std_ev: np.ndarray
-) -> float:
-    """Fraction of frames (with a finite true gap) whose true gap lies within mean ± 2 std."""
-    t, m, s = (np.asarray(a, np.float64) for a in (gap_true_ev, gap_mean_ev, gap_std_ev))
-    ok = np.isfinite(t) & np.isfinite(m) & np.isfinite(s)
-    if not ok.any():
-        return float("nan")
-    return float(np.mean(np.abs(m[ok] - t[ok]) <= 2.0 * s[ok]))
-
-
 # ==========================================================================
 # Learning curves
 # ==========================================================================
@@ -132,9 +112,7 @@ def learning_curves(curves: Mapping[int, Mapping[str, np.ndarray]]) -> Figure:
     fig = _figure(11.5, 4.4)
     ax_val, ax_train = fig.subplots(1, 2)
     cmap = mpl.colormaps["viridis"]
-    norm = mpl.colors.Normalize(
-        vmin=min(seeds), vmax=max(seeds) if max(seeds) > min(seeds) else min(seeds) + 1
-    )
+    norm = mpl.colors.Normalize(vmin=min(seeds), vmax=max(seeds) if max(seeds) > min(seeds) else min(seeds) + 1)
     for seed in seeds:
         c = curves[seed]
         epoch = np.asarray(c["epoch"], np.float64)
@@ -144,9 +122,7 @@ def learning_curves(curves: Mapping[int, Mapping[str, np.ndarray]]) -> Figure:
         val = np.asarray(c["val_mae_mev"], np.float64)
         if np.isfinite(val).any():
             best = int(np.nanargmin(val))
-            ax_val.plot(
-                epoch[best], val[best], "o", ms=4, mfc=colour, mec="black", mew=0.6, zorder=3
-            )
+            ax_val.plot(epoch[best], val[best], "o", ms=4, mfc=colour, mec="black", mew=0.6, zorder=3)
     for ax, key in ((ax_val, "val_mae_mev"), (ax_train, "train_loss")):
         epochs, median = _median_curve([curves[s] for s in seeds], key)
         if len(seeds) > 1 and len(epochs):
@@ -164,9 +140,7 @@ def learning_curves(curves: Mapping[int, Mapping[str, np.ndarray]]) -> Figure:
             _log_axis(ax.yaxis, values.min(), values.max())
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3, which="both", lw=0.5)
-    ax_val.plot(
-        [], [], "o", ms=4, mfc="white", mec="black", mew=0.6, label="best epoch of a member"
-    )
+    ax_val.plot([], [], "o", ms=4, mfc="white", mec="black", mew=0.6, label="best epoch of a member")
     ax_val.set_ylabel("validation MAE (meV)")
     ax_val.set_title("Validation MAE")
     ax_train.set_ylabel("training loss (L1 on standardised gap, unitless)")
@@ -178,9 +152,7 @@ def learning_curves(curves: Mapping[int, Mapping[str, np.ndarray]]) -> Figure:
         cbar = fig.colorbar(sm, ax=[ax_val, ax_train], label="member seed", aspect=30, pad=0.01)
         cbar.locator = mpl.ticker.MaxNLocator(integer=True)
         cbar.update_ticks()
-    fig.suptitle(
-        f"Learning curves of the {len(seeds)} ensemble member{'s' if len(seeds) != 1 else ''}"
-    )
+    fig.suptitle(f"Learning curves of the {len(seeds)} ensemble member{'s' if len(seeds) != 1 else ''}")
     return fig
 
 
@@ -202,15 +174,11 @@ def _log_axis(axis, lo: float, hi: float) -> None:
         axis.set_minor_formatter(mticker.NullFormatter())
 
 
-def _median_curve(
-    columns: Sequence[Mapping[str, np.ndarray]], key: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _median_curve(columns: Sequence[Mapping[str, np.ndarray]], key: str) -> tuple[np.ndarray, np.ndarray]:
     """Median over members at each epoch, among the members that reached it (early stopping)."""
     table: dict[float, list[float]] = {}
     for c in columns:
-        for e, v in zip(
-            np.asarray(c["epoch"], np.float64), np.asarray(c[key], np.float64), strict=True
-        ):
+        for e, v in zip(np.asarray(c["epoch"], np.float64), np.asarray(c[key], np.float64), strict=True):
             if np.isfinite(v):
                 table.setdefault(float(e), []).append(float(v))
     epochs = np.array(sorted(table))
@@ -245,7 +213,7 @@ def parity(
         raise ValueError("no frame with both a true and a predicted gap")
     t, m, s = t[ok], m[ok], np.nan_to_num(s[ok])
     rmse, mae = error_stats_mev(t, m)
-    cover = coverage_2sigma(t, m, s)
+    cover = coverage_ksigma(t, m, s, 2.0)
     fig = _figure(6.2, 6.0)
     ax = fig.subplots()
     lo = float(min(t.min(), (m - 2 * s).min()))
@@ -392,9 +360,7 @@ def gap_vs_time(
     ax.set_ylabel("band gap (eV)")
     ax.grid(alpha=0.3, lw=0.5)
 
-    ax_err.fill_between(
-        t, -2 * std * MEV_PER_EV, 2 * std * MEV_PER_EV, color=_MEAN_COLOUR, alpha=0.25, lw=0
-    )
+    ax_err.fill_between(t, -2 * std * MEV_PER_EV, 2 * std * MEV_PER_EV, color=_MEAN_COLOUR, alpha=0.25, lw=0)
     ax_err.axhline(0.0, color="0.3", lw=0.8)
     if known.any():
         err = (mean - true) * MEV_PER_EV
@@ -471,9 +437,7 @@ def atom_importance(
     from matplotlib.lines import Line2D
 
     handles = [mpatches.Patch(color=c, label=s) for s, c in colours.items()]
-    handles.append(
-        Line2D([], [], color="0.25", marker="|", ls="none", ms=8, label="± std over members")
-    )
+    handles.append(Line2D([], [], color="0.25", marker="|", ls="none", ms=8, label="± std over members"))
     if baseline_rmse_mev is not None and np.isfinite(baseline_rmse_mev).any():
         b = np.asarray(baseline_rmse_mev, np.float64)
         b = b[np.isfinite(b)]
@@ -551,11 +515,7 @@ def quantum_dot_3d(
     d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)  # (N, N) Å
     i, j = np.nonzero(np.triu(d < bond_cutoff_ang, k=1))
     if len(i):
-        ax.add_collection3d(
-            Line3DCollection(
-                np.stack([pos[i], pos[j]], 1), colors="0.45", linewidths=0.7, alpha=0.6
-            )
-        )
+        ax.add_collection3d(Line3DCollection(np.stack([pos[i], pos[j]], 1), colors="0.45", linewidths=0.7, alpha=0.6))
     cmap = mpl.colormaps["viridis"]
     finite = imp[np.isfinite(imp)]
     norm = mpl.colors.Normalize(
@@ -636,12 +596,8 @@ def _label_atoms(ax, pos: np.ndarray, which: np.ndarray, texts: Sequence[str]) -
     anchor = xy[which]
     out = anchor - centre
     norm = np.linalg.norm(out, axis=1, keepdims=True)
-    fallback = np.stack(
-        [np.cos(np.arange(len(which)) * 2.4), np.sin(np.arange(len(which)) * 2.4)], 1
-    )
-    out = np.where(
-        norm > 0.08 * span, out / np.maximum(norm, 1e-12), fallback
-    )  # atoms near the centre fan out
+    fallback = np.stack([np.cos(np.arange(len(which)) * 2.4), np.sin(np.arange(len(which)) * 2.4)], 1)
+    out = np.where(norm > 0.08 * span, out / np.maximum(norm, 1e-12), fallback)  # atoms near the centre fan out
     label = anchor + 0.16 * span * out
     box = np.array([0.14, 0.055]) * span  # label footprint (width, height) in the projected frame
     for _ in range(200):  # push overlapping labels apart, and off the atom they name
@@ -693,9 +649,7 @@ def transfer_comparison(rows: Mapping[str, Mapping[str, float]]) -> Figure:
             ones are left out) -> ``rmse_mev``, ``mae_mev`` (meV), ``wall_s``
             (s, training time; 0 or NaN for none) and ``n_frames`` (frames scored).
     """
-    models = [m for m in TRANSFER_MODELS if m in rows] + [
-        m for m in rows if m not in TRANSFER_MODELS
-    ]
+    models = [m for m in TRANSFER_MODELS if m in rows] + [m for m in rows if m not in TRANSFER_MODELS]
     if not models:
         raise ValueError("no transfer-learning rows to plot")
     fig = _figure(max(5.5, 2.2 * len(models) + 1.5), 4.8)
@@ -768,3 +722,175 @@ def extension_gap_vs_time(
         mean_label="fine-tuned ensemble mean",
         train_label="fine-tuning frames",
     )
+
+
+# ==========================================================================
+# Importance with its uncertainty (core/importance.py)
+# ==========================================================================
+
+TOP_ATOMS_OVER_TIME = 15  # rows of the importance heat map
+_SCORE_AXIS = {
+    "rmse": "importance: RMSE nullified − unmasked (meV)",
+    "shift": "mean |shift| of the prediction (meV)",
+}
+
+
+def importance_intervals(
+    atom_label: Sequence[str],
+    mean_mev: np.ndarray,
+    ci_mev: np.ndarray,
+    significant: np.ndarray,
+    *,
+    score: str = "rmse",
+    null_mev: float = 0.0,
+    correction: str = "holm",
+) -> Figure:
+    """Per-atom importance with its bootstrap interval, sorted, coloured by species, significant atoms starred.
+
+    Args:
+        atom_label: N labels.
+        mean_mev: (N,) meV, the ensemble score (``rmse``: masked minus unmasked RMSE; ``shift``: mean |shift|).
+        ci_mev: (N, 2) meV, interval (lo, hi).
+        significant: (N,) bool, after the correction.
+        score: which score, for the axis label.
+        null_mev: meV, what significance is tested against (0, or the ensemble spread for ``shift``): a dashed line.
+        correction: named in the legend.
+    """
+    labels = [str(x) for x in atom_label]
+    mean = np.asarray(mean_mev, np.float64)
+    ci = np.asarray(ci_mev, np.float64)
+    sig = np.asarray(significant, bool)
+    n = len(labels)
+    if n == 0 or mean.shape != (n,) or ci.shape != (n, 2) or sig.shape != (n,):
+        raise ValueError("need one value, interval and significance per atom label")
+    order = np.argsort(-mean, kind="stable")
+    species = [species_of(labels[i]) for i in order]
+    colours = _species_colours(species)
+    fig = _figure(max(7.0, 0.165 * n + 2.0), 5.2)
+    ax = fig.subplots()
+    x = np.arange(n)
+    yerr = np.abs(np.stack([mean[order] - ci[order, 0], ci[order, 1] - mean[order]]))
+    ax.bar(
+        x,
+        mean[order],
+        yerr=yerr,
+        color=[colours[s] for s in species],
+        width=0.78,
+        error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.25"},
+        zorder=2,
+    )
+    top = np.nanmax(ci[:, 1]) if np.isfinite(ci).any() else 1.0
+    bottom = min(0.0, float(np.nanmin(ci[:, 0]))) if np.isfinite(ci).any() else 0.0
+    pad = 0.04 * (top - bottom or 1.0)
+    hits = np.flatnonzero(sig[order])
+    ax.plot(hits, ci[order][hits, 1] + pad, ls="none", marker="*", color="black", ms=6, zorder=4)
+    ax.axhline(null_mev, color="black", ls="--", lw=1.0, zorder=3)
+    import matplotlib.patches as mpatches
+    from matplotlib.lines import Line2D
+
+    handles = [mpatches.Patch(color=c, label=s) for s, c in colours.items()]
+    handles.append(Line2D([], [], color="0.25", marker="|", ls="none", ms=8, label="95 % interval"))
+    handles.append(Line2D([], [], color="black", marker="*", ls="none", ms=6, label=f"significant ({correction})"))
+    null_text = "0" if score == "rmse" else f"ensemble spread {null_mev:.1f} meV"
+    handles.append(Line2D([], [], color="black", ls="--", lw=1.0, label=f"tested against {null_text}"))
+    ax.set_xticks(x, [labels[i] for i in order], rotation=90, fontsize=8)
+    for tick, s in zip(ax.get_xticklabels(), species, strict=True):
+        tick.set_color(colours[s])
+    ax.set_xlim(-0.7, n - 0.3)
+    ax.set_ylim(bottom - pad, top + 3 * pad)
+    ax.set_xlabel("atom (most important first)")
+    ax.set_ylabel(_SCORE_AXIS.get(score, score))
+    ax.grid(axis="y", alpha=0.3, lw=0.5, zorder=0)
+    fig.suptitle("Atom importance by Feature Nullification Analysis, with bootstrap intervals")
+    _legend_above(ax, handles)
+    return fig
+
+
+def importance_over_time(
+    time_fs: np.ndarray,
+    frame_importance_mev: np.ndarray,
+    atom_label: Sequence[str],
+    top: Sequence[int],
+    *,
+    gap_true_ev: np.ndarray | None = None,
+    gap_mean_ev: np.ndarray | None = None,
+) -> Figure:
+    """Importance over time: the gap along the FNA frames above a heat map of the top atoms.
+
+    Args:
+        time_fs: (F,) fs, the FNA frames' times.
+        frame_importance_mev: (F, N) meV, ensemble-mean |masked - unmasked| per frame.
+        atom_label: N labels.
+        top: indices of the atoms to show, most important first (rows top to bottom).
+        gap_true_ev: (F,) eV, NaN where unknown.
+        gap_mean_ev: (F,) eV, the ensemble-mean unmasked prediction.
+    """
+    t = np.asarray(time_fs, np.float64)
+    imp = np.asarray(frame_importance_mev, np.float64)
+    rows = np.asarray(top, dtype=np.int64)
+    if not len(t) or imp.shape[0] != len(t) or not len(rows):
+        raise ValueError("need frames, a (F, N) importance and at least one atom")
+    fig = _figure(9.0, 2.2 + 0.24 * len(rows))
+    ax_gap, ax_map = fig.subplots(2, 1, sharex=True, height_ratios=[1.0, max(1.5, 0.16 * len(rows))])
+    if gap_true_ev is not None and np.isfinite(gap_true_ev).any():
+        ax_gap.plot(t, gap_true_ev, color=_TRUE_COLOUR, lw=1.0, marker=".", ms=3, label="true")
+    if gap_mean_ev is not None:
+        ax_gap.plot(t, gap_mean_ev, color=_MEAN_COLOUR, lw=1.0, label="ensemble mean (unmasked)")
+    ax_gap.set_ylabel("gap (eV)")
+    ax_gap.legend(fontsize=8, loc="best", frameon=False, ncols=2)
+    ax_gap.set_title("Band gap and per-atom importance along the FNA frames")
+    # pcolormesh edges: midpoints between frames, so uneven frame spacing shows as it is
+    mid = (t[1:] + t[:-1]) / 2 if len(t) > 1 else np.array([])
+    first = t[0] - (mid[0] - t[0] if len(mid) else 0.5)
+    last = t[-1] + (t[-1] - mid[-1] if len(mid) else 0.5)
+    edges = np.concatenate([[first], mid, [last]])
+    mesh = ax_map.pcolormesh(edges, np.arange(len(rows) + 1), imp[:, rows].T, cmap="magma_r", shading="flat")
+    labels = [str(atom_label[i]) for i in rows]
+    ax_map.set_yticks(np.arange(len(rows)) + 0.5, labels, fontsize=8)
+    ax_map.invert_yaxis()
+    ax_map.set_xlabel("time (fs)")
+    fig.colorbar(mesh, ax=ax_map, label="|masked − unmasked| (meV)", pad=0.01)
+    return fig
+
+
+def importance_groups(
+    label: Sequence[str],
+    mean_mev: np.ndarray,
+    ci_mev: np.ndarray,
+    significant: np.ndarray,
+    *,
+    score: str = "rmse",
+    null_mev: float = 0.0,
+) -> Figure:
+    """Mean importance per atom of each group (species, site classes) with intervals, significant ones starred.
+
+    Args:
+        label: G group names.
+        mean_mev: (G,) meV.
+        ci_mev: (G, 2) meV.
+        significant: (G,) bool.
+        score: which score, for the axis label.
+        null_mev: meV, drawn as a dashed line.
+    """
+    names = [str(x) for x in label]
+    mean = np.asarray(mean_mev, np.float64)
+    ci = np.asarray(ci_mev, np.float64)
+    g = len(names)
+    if g == 0 or mean.shape != (g,) or ci.shape != (g, 2):
+        raise ValueError("need one value and interval per group")
+    fig = _figure(6.5, 1.2 + 0.32 * g)
+    ax = fig.subplots()
+    y = np.arange(g)
+    colours = _species_colours([species_of(n.split()[0]) for n in names])
+    for i, name in enumerate(names):
+        c = colours[species_of(name.split()[0])]
+        ax.errorbar(mean[i], y[i], xerr=[[mean[i] - ci[i, 0]], [ci[i, 1] - mean[i]]], fmt="o", color=c, capsize=2)
+        if significant[i]:
+            ax.annotate("*", (ci[i, 1], y[i]), xytext=(4, -4), textcoords="offset points", fontsize=11)
+    ax.axvline(null_mev, color="black", ls="--", lw=1.0)
+    ax.set_yticks(y, names, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"per-atom {_SCORE_AXIS.get(score, score)}")
+    ax.grid(axis="x", alpha=0.3, lw=0.5)
+    ax.set_title("Importance by species and site (group mean, 95 % interval, * significant)", fontsize=10)
+    return fig

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from qdgap.core import metrics
 from qdgap.core import runs as rf
 from qdgap.core.config import RunConfig
 from qdgap.core.data import Trajectory
@@ -53,7 +54,6 @@ DEFAULT_FREEZE_BLOCKS = 3  # the original study's README: embeddings and the fir
 DEFAULT_EPOCHS = 50
 REPORT_MODELS = ("pretrained", "finetuned", "scratch")  # rows of finetune_report.csv, in order
 REPORT_COLUMNS = ("model", "rmse_mev", "mae_mev", "wall_s", "n_frames")
-MEV_PER_EV = 1000.0
 
 
 # ==========================================================================
@@ -75,6 +75,9 @@ class FinetuneSettings:
         patience: epochs without a better validation MAE before stopping.
         stride: labelled pool spacing in frames on the extension.
         batch_size: frames per training batch.
+        pool_frames: train on exactly these labelled extension frames (``--frames-from``), split per
+            member seed as the stride pool is; None for every ``stride``-th labelled frame.
+        frames_from: the selection CSV ``pool_frames`` came from (passed on to Slurm array tasks).
     """
 
     freeze_blocks: int | None = None
@@ -84,6 +87,8 @@ class FinetuneSettings:
     patience: int | None = None
     stride: int | None = None
     batch_size: int | None = None
+    pool_frames: tuple[int, ...] | None = None
+    frames_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.freeze_blocks is not None and self.freeze_blocks < 0:
@@ -134,6 +139,8 @@ def finetune_config(member: RunConfig, settings: FinetuneSettings) -> RunConfig:
             patience=tc.patience if settings.patience is None else settings.patience,
             stride=tc.stride if settings.stride is None else settings.stride,
             batch_size=tc.batch_size if settings.batch_size is None else settings.batch_size,
+            # never the pretrained member's own pool: those were frames of the data it was trained on
+            pool_frames=settings.pool_frames,
         ),
     )
 
@@ -195,7 +202,13 @@ def finished_members(runs: Path, *, seeds: Sequence[int] | None = None) -> list[
             raise QdgapError(f"{runs}: {what}; train them first with `qdgap ensemble train`")
         if len(done) < len(dirs):
             unfinished = [d.name for d in dirs if d not in done]
-            log.warning("%s: %d member(s) not finished (%s); fine-tuning the %d finished ones", runs, len(unfinished), ", ".join(unfinished[:5]), len(done))
+            log.warning(
+                "%s: %d member(s) not finished (%s); fine-tuning the %d finished ones",
+                runs,
+                len(unfinished),
+                ", ".join(unfinished[:5]),
+                len(done),
+            )
         members = [rf.load_member(d) for d in done]
     if seeds is not None:
         have = {m.seed: m for m in members}
@@ -247,8 +260,8 @@ def load_pretrained(member: Member) -> dict:
     Raises:
         QdgapError: unreadable, unsafe, or of another shape than the config says.
     """
+    from qdgap.core.checkpoint import load_weights
     from qdgap.core.model import GapModel
-    from qdgap.core.train import load_weights
 
     path = member.path / rf.BEST_PT
     if not path.is_file():
@@ -397,7 +410,15 @@ def finetune_local(
     outcomes = {}
     for config, seeds in _by_config(members, lambda c: finetune_config(c, settings)):
         for o in train_local(
-            data_path, config, seeds=seeds, runs=output, jobs=jobs, device=device, init=init, progress=progress, should_stop=should_stop
+            data_path,
+            config,
+            seeds=seeds,
+            runs=output,
+            jobs=jobs,
+            device=device,
+            init=init,
+            progress=progress,
+            should_stop=should_stop,
         ):
             outcomes[o.seed] = o
     return [outcomes[m.seed] for m in members]
@@ -419,7 +440,16 @@ def scratch_local(
 
     outcomes = {}
     for config, seeds in _by_config(members, lambda c: scratch_config(c, settings)):
-        for o in train_local(data_path, config, seeds=seeds, runs=output, jobs=jobs, device=device, progress=progress, should_stop=should_stop):
+        for o in train_local(
+            data_path,
+            config,
+            seeds=seeds,
+            runs=output,
+            jobs=jobs,
+            device=device,
+            progress=progress,
+            should_stop=should_stop,
+        ):
             outcomes[o.seed] = o
     return [outcomes[m.seed] for m in members]
 
@@ -429,9 +459,20 @@ def scratch_local(
 # ==========================================================================
 
 
-def finetune_argv(seed: int, *, runs: Path, data: Path, output: Path, settings: FinetuneSettings, device: str) -> list[str]:
+def finetune_argv(
+    seed: int, *, runs: Path, data: Path, output: Path, settings: FinetuneSettings, device: str
+) -> list[str]:
     """The ``qdgap finetune --seed S`` arguments that fine-tune one member (an array task)."""
-    argv = ["--quiet", "finetune", "--seed", str(seed), "--runs", str(Path(runs).absolute()), "--data", str(Path(data).absolute())]
+    argv = [
+        "--quiet",
+        "finetune",
+        "--seed",
+        str(seed),
+        "--runs",
+        str(Path(runs).absolute()),
+        "--data",
+        str(Path(data).absolute()),
+    ]
     argv += ["-o", str(Path(output).absolute()), "--device", device]
     if settings.freeze_blocks is not None:
         argv += ["--freeze-blocks", str(settings.freeze_blocks)]
@@ -439,6 +480,8 @@ def finetune_argv(seed: int, *, runs: Path, data: Path, output: Path, settings: 
     argv += ["--epochs", str(settings.epochs)]
     if settings.learning_rate is not None:
         argv += ["--lr", repr(settings.learning_rate)]
+    if settings.frames_from is not None:
+        argv += ["--frames-from", str(Path(settings.frames_from).absolute())]
     for key in ("patience", "stride", "batch_size"):
         value = getattr(settings, key)
         if value is not None:
@@ -456,11 +499,28 @@ def scratch_train_overrides(member: Member, settings: FinetuneSettings) -> tuple
 
     want = scratch_config(member.config, settings)
     t = want.train
-    overrides = {"epochs": t.epochs, "patience": t.patience, "batch_size": t.batch_size, "lr": t.learning_rate, "stride": t.stride}
+    overrides = {
+        "epochs": t.epochs,
+        "patience": t.patience,
+        "batch_size": t.batch_size,
+        "lr": t.learning_rate,
+        "stride": t.stride,
+        "frames_from": None if settings.frames_from is None else str(Path(settings.frames_from).absolute()),
+    }
     preset = member.config.preset
-    if preset not in PRESETS or resolve_config(
-        preset, epochs=t.epochs, patience=t.patience, batch_size=t.batch_size, learning_rate=t.learning_rate, stride=t.stride
-    ) != want:
+    if (
+        preset not in PRESETS
+        or resolve_config(
+            preset,
+            epochs=t.epochs,
+            patience=t.patience,
+            batch_size=t.batch_size,
+            learning_rate=t.learning_rate,
+            stride=t.stride,
+            pool_frames=t.pool_frames,
+        )
+        != want
+    ):
         raise QdgapError(
             f"{member.path}: its settings are not those of a preset, so `qdgap train` cannot rebuild the scratch "
             "baseline on Slurm; pass --no-baselines or use --backend local"
@@ -499,8 +559,16 @@ def scored_frames(finetuned: Sequence[Member], traj: Trajectory) -> np.ndarray:
 
 def check_scorable(traj: Trajectory, settings: FinetuneSettings, members: Sequence[Member]) -> None:
     """Refuse before training when no labelled frame would be left outside the pool to score."""
-    from qdgap.core.splits import labelled_pool
+    from qdgap.core.splits import chosen_pool, labelled_pool
 
+    if settings.pool_frames is not None:
+        pool = chosen_pool(traj.gap_ev, settings.pool_frames)
+        if np.isfinite(traj.gap_ev).sum() - len(pool) < 1:
+            raise QdgapError(
+                "--frames-from: every labelled frame of the extension is chosen, leaving none to compare "
+                "the models on; choose fewer frames"
+            )
+        return
     strides = {finetune_config(m.config, settings).train.stride for m in members}
     for stride in strides:
         pool = labelled_pool(traj.gap_ev, stride=stride)
@@ -512,7 +580,18 @@ def check_scorable(traj: Trajectory, settings: FinetuneSettings, members: Sequen
             )
 
 
-def _row(model: str, members: Sequence[Member], traj: Trajectory, frames: np.ndarray, *, runs: Path, cache_dir: Path, device: str, trained: bool, progress) -> ReportRow:
+def _row(
+    model: str,
+    members: Sequence[Member],
+    traj: Trajectory,
+    frames: np.ndarray,
+    *,
+    runs: Path,
+    cache_dir: Path,
+    device: str,
+    trained: bool,
+    progress,
+) -> ReportRow:
     from qdgap.core.predict import predict_ensemble
 
     pred = predict_ensemble(members, traj, frames, cache_dir=cache_dir, device=device, progress=progress)
@@ -526,13 +605,13 @@ def _row(model: str, members: Sequence[Member], traj: Trajectory, frames: np.nda
         epochs.append(len(rows))
     return ReportRow(
         model=model,
-        rmse_mev=float(np.sqrt(np.mean(err**2)) * MEV_PER_EV),
-        mae_mev=float(np.mean(np.abs(err)) * MEV_PER_EV),
+        rmse_mev=metrics.rmse_mev(err),
+        mae_mev=metrics.mae_mev(err),
         wall_s=float(sum(seconds)) if trained else math.nan,
         n_frames=int(len(frames)),
         runs=str(runs),
         seeds=[m.seed for m in members],
-        member_rmse_mev=(np.sqrt(np.mean(err_m**2, axis=1)) * MEV_PER_EV).tolist(),
+        member_rmse_mev=metrics.rmse_mev(err_m, axis=1).tolist(),
         member_wall_s=seconds,
         member_epochs=epochs,
     )
@@ -556,10 +635,46 @@ def compare(
     cache = paths.finetuned / rf.CACHE_DIR  # the extension's graphs, built while fine-tuning
     rows = []
     if pretrained is not None:
-        rows.append(_row("pretrained", pretrained, traj, frames, runs=pretrained_runs, cache_dir=cache, device=device, trained=False, progress=progress))
-    rows.append(_row("finetuned", finetuned, traj, frames, runs=paths.finetuned, cache_dir=cache, device=device, trained=True, progress=progress))
+        rows.append(
+            _row(
+                "pretrained",
+                pretrained,
+                traj,
+                frames,
+                runs=pretrained_runs,
+                cache_dir=cache,
+                device=device,
+                trained=False,
+                progress=progress,
+            )
+        )
+    rows.append(
+        _row(
+            "finetuned",
+            finetuned,
+            traj,
+            frames,
+            runs=paths.finetuned,
+            cache_dir=cache,
+            device=device,
+            trained=True,
+            progress=progress,
+        )
+    )
     if scratch is not None:
-        rows.append(_row("scratch", scratch, traj, frames, runs=paths.scratch, cache_dir=cache, device=device, trained=True, progress=progress))
+        rows.append(
+            _row(
+                "scratch",
+                scratch,
+                traj,
+                frames,
+                runs=paths.scratch,
+                cache_dir=cache,
+                device=device,
+                trained=True,
+                progress=progress,
+            )
+        )
     return rows
 
 
@@ -598,7 +713,9 @@ def write_report(
         "data": {"path": str(Path(data_path).resolve()), "sha256": traj.sha256, "num_frames": traj.num_frames},
         "settings": asdict(settings),
         "parameters": {"trainable": counts.trainable, "frozen": counts.frozen},
-        "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in rows],
+        "rows": [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in rows
+        ],
         **provenance(),
     }
     rf.write_json(paths.report_json, record)

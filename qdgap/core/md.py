@@ -45,9 +45,7 @@ POSITIONS_F64 = "last_positions_ang"  # (N, 3) float64, Å, the last recorded fr
 VELOCITIES = "last_velocities_ang_per_fs"  # (N, 3) float64, Å/fs, at the last recorded frame
 POTENTIAL_EV = "potential_energy_ev"  # (F,) float64, eV, xTB total energy per recorded frame
 KINETIC_EV = "kinetic_energy_ev"  # (F,) float64, eV, nuclear kinetic energy per recorded frame
-WALL_S = (
-    "wall_s"  # () float64, s, wall time spent so far (thermalisation included), over all resumes
-)
+WALL_S = "wall_s"  # () float64, s, wall time spent so far (thermalisation included), over all resumes
 
 
 # ==========================================================================
@@ -100,9 +98,7 @@ class XtbPotential:
     which is what makes MD affordable (about half the SCF cycles).
     """
 
-    def __init__(
-        self, numbers: np.ndarray, positions_ang: np.ndarray, *, method: str, charge: float = 0.0
-    ):
+    def __init__(self, numbers: np.ndarray, positions_ang: np.ndarray, *, method: str, charge: float = 0.0):
         """Set up the calculator.
 
         Args:
@@ -115,13 +111,9 @@ class XtbPotential:
         try:
             from tblite.interface import Calculator
         except ImportError as exc:
-            raise QdgapError(
-                "GFN-xTB needs tblite: pip install 'qdgap[xtb]' (or pip install tblite)"
-            ) from exc
+            raise QdgapError("GFN-xTB needs tblite: pip install 'qdgap[xtb]' (or pip install tblite)") from exc
         self.method = method
-        self._calc = Calculator(
-            method, np.asarray(numbers), np.asarray(positions_ang) / BOHR_ANG, charge=charge
-        )
+        self._calc = Calculator(method, np.asarray(numbers), np.asarray(positions_ang) / BOHR_ANG, charge=charge)
         self._calc.set("verbosity", 0)
         self._result = None
         self.calls = 0
@@ -133,14 +125,11 @@ class XtbPotential:
             self._result = self._calc.singlepoint(self._result)
         except Exception as exc:  # tblite raises its own RuntimeError subclass when the SCF fails
             raise QdgapError(
-                f"{self.method}: the SCF failed ({str(exc).splitlines()[0][:120]}); "
-                "try --method GFN1-xTB"
+                f"{self.method}: the SCF failed ({str(exc).splitlines()[0][:120]}); try --method GFN1-xTB"
             ) from exc
         self.calls += 1
         res = self._result
-        gap = homo_lumo_gap_ev(
-            res.get("orbital-energies") * HARTREE_EV, res.get("orbital-occupations")
-        )
+        gap = homo_lumo_gap_ev(res.get("orbital-energies") * HARTREE_EV, res.get("orbital-occupations"))
         return Evaluation(
             energy_ev=float(res.get("energy")) * HARTREE_EV,
             forces_ev_ang=-np.asarray(res.get("gradient")) * (HARTREE_EV / BOHR_ANG),
@@ -172,17 +161,13 @@ def kinetic_energy_ev(velocities_ang_per_fs: np.ndarray, masses_amu: np.ndarray)
     return float(0.5 * np.sum(masses_amu[:, None] * velocities_ang_per_fs**2) * AMU_ANG2_PER_FS2_EV)
 
 
-def temperature_k(
-    velocities_ang_per_fs: np.ndarray, masses_amu: np.ndarray, *, dof: int | None = None
-) -> float:
+def temperature_k(velocities_ang_per_fs: np.ndarray, masses_amu: np.ndarray, *, dof: int | None = None) -> float:
     """Instantaneous temperature, K; ``dof`` defaults to 3N - 6 (an isolated cluster at rest)."""
     dof = 3 * len(masses_amu) - 6 if dof is None else dof
     return 2.0 * kinetic_energy_ev(velocities_ang_per_fs, masses_amu) / (dof * KB_EV_PER_K)
 
 
-def remove_drift(
-    positions_ang: np.ndarray, velocities_ang_per_fs: np.ndarray, masses_amu: np.ndarray
-) -> np.ndarray:
+def remove_drift(positions_ang: np.ndarray, velocities_ang_per_fs: np.ndarray, masses_amu: np.ndarray) -> np.ndarray:
     """Velocities (N, 3) Å/fs without centre-of-mass translation and overall rotation.
 
     A Langevin thermostat kicks the cluster as a whole; the NVE part should
@@ -192,29 +177,21 @@ def remove_drift(
     v = velocities_ang_per_fs - (m * velocities_ang_per_fs).sum(0) / m.sum()
     r = positions_ang - (m * positions_ang).sum(0) / m.sum()
     angular_momentum = (m * np.cross(r, v)).sum(0)  # (3,) amu Å²/fs
-    inertia = (m[:, 0] * (r**2).sum(1)).sum() * np.eye(3) - np.einsum(
-        "n,ni,nj->ij", m[:, 0], r, r
-    )  # (3, 3)
+    inertia = (m[:, 0] * (r**2).sum(1)).sum() * np.eye(3) - np.einsum("n,ni,nj->ij", m[:, 0], r, r)  # (3, 3)
     omega = np.linalg.lstsq(inertia, angular_momentum, rcond=None)[0]  # (3,) rad/fs
     return v - np.cross(omega, r)
 
 
-def maxwell_boltzmann(
-    masses_amu: np.ndarray, temperature: float, rng: np.random.Generator
-) -> np.ndarray:
+def maxwell_boltzmann(masses_amu: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
     """Random velocities (N, 3) Å/fs at ``temperature`` K, without net momentum."""
     sigma = np.sqrt(KB_EV_PER_K * temperature / (masses_amu * AMU_ANG2_PER_FS2_EV))  # (N,) Å/fs
     v = rng.normal(size=(len(masses_amu), 3)) * sigma[:, None]
     return v - (masses_amu[:, None] * v).sum(0) / masses_amu.sum()
 
 
-def verlet_step(
-    state: MDState, potential: Potential, masses_amu: np.ndarray, dt_fs: float
-) -> MDState:
+def verlet_step(state: MDState, potential: Potential, masses_amu: np.ndarray, dt_fs: float) -> MDState:
     """One velocity-Verlet (NVE) step of ``dt_fs`` fs."""
-    v_half = state.velocities_ang_per_fs + 0.5 * dt_fs * _acceleration(
-        state.evaluation.forces_ev_ang, masses_amu
-    )
+    v_half = state.velocities_ang_per_fs + 0.5 * dt_fs * _acceleration(state.evaluation.forces_ev_ang, masses_amu)
     x = state.positions_ang + dt_fs * v_half
     ev = potential(x)
     v = v_half + 0.5 * dt_fs * _acceleration(ev.forces_ev_ang, masses_amu)
@@ -237,12 +214,8 @@ def langevin_step(
     simple Langevin splittings (Leimkuhler & Matthews 2013).
     """
     c1 = np.exp(-friction_per_fs * dt_fs)
-    sigma = np.sqrt(
-        (1.0 - c1**2) * KB_EV_PER_K * temperature / (masses_amu * AMU_ANG2_PER_FS2_EV)
-    )  # (N,) Å/fs
-    v = state.velocities_ang_per_fs + 0.5 * dt_fs * _acceleration(
-        state.evaluation.forces_ev_ang, masses_amu
-    )
+    sigma = np.sqrt((1.0 - c1**2) * KB_EV_PER_K * temperature / (masses_amu * AMU_ANG2_PER_FS2_EV))  # (N,) Å/fs
+    v = state.velocities_ang_per_fs + 0.5 * dt_fs * _acceleration(state.evaluation.forces_ev_ang, masses_amu)
     x = state.positions_ang + 0.5 * dt_fs * v
     v = c1 * v + sigma[:, None] * rng.normal(size=v.shape)
     x = x + 0.5 * dt_fs * v
@@ -286,9 +259,7 @@ class SimulationConfig:
         if self.thermalise_steps < 0:
             raise QdgapError(f"--thermalise-steps must be 0 or more, got {self.thermalise_steps}")
         if not self.friction_per_fs > 0:
-            raise QdgapError(
-                f"the Langevin friction must be positive (1/fs), got {self.friction_per_fs}"
-            )
+            raise QdgapError(f"the Langevin friction must be positive (1/fs), got {self.friction_per_fs}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -327,9 +298,7 @@ def start_from_structure(path: str | Path) -> Start:
 
     traj = read_structure(path)
     if traj.pbc.any():
-        raise QdgapError(
-            f"{path}: the structure is periodic; simulate handles isolated clusters only"
-        )
+        raise QdgapError(f"{path}: the structure is periodic; simulate handles isolated clusters only")
     return Start(
         numbers=traj.numbers,
         positions_ang=traj.positions_ang[0].astype(np.float64),
@@ -338,9 +307,7 @@ def start_from_structure(path: str | Path) -> Start:
     )
 
 
-def start_from_finished(
-    path: str | Path, *, method: str | None = None
-) -> tuple[Start, SimulationConfig]:
+def start_from_finished(path: str | Path, *, method: str | None = None) -> tuple[Start, SimulationConfig]:
     """Continue a finished run: its last frame, final velocities and time, and its config.
 
     Args:
@@ -357,8 +324,7 @@ def start_from_finished(
     raw = traj.attrs.get(ATTR_MD_CONFIG)
     if VELOCITIES not in extras or POSITIONS_F64 not in extras or raw is None:
         raise QdgapError(
-            f"{path}: holds no final velocities (not written by `qdgap data simulate`); "
-            "cannot continue it"
+            f"{path}: holds no final velocities (not written by `qdgap data simulate`); cannot continue it"
         )
     try:
         config = SimulationConfig(**json.loads(raw))
@@ -454,9 +420,7 @@ def simulate(
     # Two runs appending to one partial file would interleave frames: the second one stops at once.
     with exclusive_lock(lock, what=f"the simulation of {output}"):
         try:
-            _simulate_locked(
-                start, output, steps, config, force, factory, progress or (lambda n: None)
-            )
+            _simulate_locked(start, output, steps, config, force, factory, progress or (lambda n: None))
         finally:
             # A killed run leaves the file behind; harmless, the kernel has freed the lock.
             lock.unlink(missing_ok=True)
@@ -480,15 +444,11 @@ def _simulate_locked(
     t_begin = time.perf_counter()
 
     if part.exists():
-        appender, potential, state, energies, wall_before = _resume(
-            part, start, fingerprint, factory, config
-        )
+        appender, potential, state, energies, wall_before = _resume(part, start, fingerprint, factory, config)
     else:
         potential, state = _start(start, config, factory, masses, advance)
         wall_before = 0.0
-        energies = [
-            (state.evaluation.energy_ev, kinetic_energy_ev(state.velocities_ang_per_fs, masses))
-        ]
+        energies = [(state.evaluation.energy_ev, kinetic_energy_ev(state.velocities_ang_per_fs, masses))]
         first = make_trajectory(
             start.numbers,
             state.positions_ang[None],
@@ -496,24 +456,18 @@ def _simulate_locked(
             gap_ev=np.array([state.evaluation.gap_ev]),
         )
         appender = TrajectoryAppender.create(part, first, **fingerprint)
-        appender.write_state(
-            **_state_arrays(state, energies, wall_before + time.perf_counter() - t_begin)
-        )
+        appender.write_state(**_state_arrays(state, energies, wall_before + time.perf_counter() - t_begin))
 
     with appender:
         done = appender.num_frames
         if done > steps + 1:
-            raise QdgapError(
-                f"{part}: already holds {done - 1} steps, more than --steps {steps}; raise --steps"
-            )
+            raise QdgapError(f"{part}: already holds {done - 1} steps, more than --steps {steps}; raise --steps")
         if done > 1:
             log.info("resuming %s at step %d of %d", part, done - 1, steps)
         log.info("NVE: %d steps of %g fs with %s", steps + 1 - done, config.dt_fs, config.method)
         for frame in range(done, steps + 1):
             state = verlet_step(state, potential, masses, config.dt_fs)
-            energies.append(
-                (state.evaluation.energy_ev, kinetic_energy_ev(state.velocities_ang_per_fs, masses))
-            )
+            energies.append((state.evaluation.energy_ev, kinetic_energy_ev(state.velocities_ang_per_fs, masses)))
             appender.append(
                 state.positions_ang,
                 start.time_fs + frame * config.dt_fs,
@@ -553,9 +507,7 @@ def _fingerprint(start: Start, config: SimulationConfig) -> dict[str, str]:
     }
 
 
-def _state_arrays(
-    state: MDState, energies: list[tuple[float, float]], wall_s: float
-) -> dict[str, np.ndarray]:
+def _state_arrays(state: MDState, energies: list[tuple[float, float]], wall_s: float) -> dict[str, np.ndarray]:
     e = np.asarray(energies, dtype=np.float64).reshape(-1, 2)
     return {
         POSITIONS_F64: state.positions_ang,
@@ -566,22 +518,16 @@ def _state_arrays(
     }
 
 
-def _start(
-    start: Start, config: SimulationConfig, factory, masses: np.ndarray, advance
-) -> tuple[Potential, MDState]:
+def _start(start: Start, config: SimulationConfig, factory, masses: np.ndarray, advance) -> tuple[Potential, MDState]:
     """The potential and frame 0 of a fresh run: thermalised (or continued) and evaluated."""
     x = np.asarray(start.positions_ang, dtype=np.float64)
     potential = factory(start.numbers, x, config.method)
     state = MDState(x, np.zeros_like(x), potential(x))
     if start.velocities_ang_per_fs is not None:
-        return potential, MDState(
-            x, np.asarray(start.velocities_ang_per_fs, dtype=np.float64), state.evaluation
-        )
+        return potential, MDState(x, np.asarray(start.velocities_ang_per_fs, dtype=np.float64), state.evaluation)
     rng = np.random.default_rng(config.seed)
     state = MDState(x, maxwell_boltzmann(masses, config.temperature_k, rng), state.evaluation)
-    log.info(
-        "thermalising: %d Langevin steps at %g K", config.thermalise_steps, config.temperature_k
-    )
+    log.info("thermalising: %d Langevin steps at %g K", config.thermalise_steps, config.temperature_k)
     for _ in range(config.thermalise_steps):
         state = langevin_step(
             state,
@@ -598,9 +544,7 @@ def _start(
     return potential, MDState(state.positions_ang, v, state.evaluation)
 
 
-def _resume(
-    part: Path, start: Start, fingerprint: dict[str, str], factory, config: SimulationConfig
-):
+def _resume(part: Path, start: Start, fingerprint: dict[str, str], factory, config: SimulationConfig):
     """Open an interrupted run's partial file and rebuild its last state."""
     from qdgap.core.data import TrajectoryAppender, read_trajectory
 
@@ -624,13 +568,10 @@ def _resume(
     ):
         appender.close()
         raise QdgapError(
-            f"{part}: the resume state does not match the frames (killed while writing?); "
-            "delete it to start over"
+            f"{part}: the resume state does not match the frames (killed while writing?); delete it to start over"
         )
     x = np.asarray(saved[POSITIONS_F64], dtype=np.float64)
-    potential = factory(
-        start.numbers, np.asarray(start.positions_ang, dtype=np.float64), config.method
-    )
+    potential = factory(start.numbers, np.asarray(start.positions_ang, dtype=np.float64), config.method)
     # The wavefunction is not stored: the first SCF after a resume starts from tblite's guess.
     state = MDState(x, np.asarray(saved[VELOCITIES], dtype=np.float64), potential(x))
     energies = list(zip(energies_pot.tolist(), energies_kin.tolist(), strict=True))

@@ -6,7 +6,8 @@ edge-gated convolution on the bond graph, then one on the line graph),
 edge-gated graph convolutions, mean readout over atoms, one linear output.
 Parameter and buffer names are upstream's, so a state dict moves between the
 two; qdgap adds only the target statistics (``target_mean``, ``target_std``)
-that put the output in eV.
+that put the output in eV. A ``best.pt`` holds them folded into the output
+layer (``fold_target_stats``), so upstream's forward on it gives eV too.
 
 The forward takes plain tensors (a batched graph and optional FNA masks) and
 scripts with ``torch.jit.script``; training, export and FNA all call it.
@@ -37,7 +38,6 @@ ANGLE_RBF_RANGE = (-1.0, 1.0)  # basis range over the bond-angle cosine
 # =====================================================================
 
 
-
 class RadialBasis(RBFExpansion):
     """Upstream's radial basis expansion (same centres buffer, same width), with its exponent floored.
 
@@ -56,7 +56,6 @@ class RadialBasis(RBFExpansion):
         arg = arg.mul_(arg).mul_(-self.gamma)
         # -80: exp() below about -87 leaves the normal float range and takes a slow path.
         return arg.clamp_min_(-80.0).exp_()
-
 
 
 class EdgeGatedConv(EdgeGatedGraphConvPure):
@@ -83,9 +82,14 @@ class EdgeGatedConv(EdgeGatedGraphConvPure):
         Returns:
             Updated (x (N, H), y (E, H)).
         """
-        weight = torch.cat([self.src_gate.weight, self.dst_gate.weight, self.dst_update.weight, self.src_update.weight], 0)
+        weight = torch.cat(
+            [self.src_gate.weight, self.dst_gate.weight, self.dst_update.weight, self.src_update.weight], 0
+        )
         # The edge gate's bias rides on the source gate's, so m below is one addmm onto the gathered sum.
-        bias = torch.cat([self.src_gate.bias + self.edge_gate.bias, self.dst_gate.bias, self.dst_update.bias, self.src_update.bias], 0)
+        bias = torch.cat(
+            [self.src_gate.bias + self.edge_gate.bias, self.dst_gate.bias, self.dst_update.bias, self.src_update.bias],
+            0,
+        )
         proj = torch.addmm(bias, x, weight.t())  # (N, 4H)
         # chunk, not four narrow()s: its backward is one cat of the four gradients, where each
         # narrow's backward zero-fills a whole (N, 4H) buffer and autograd then adds the four
@@ -166,7 +170,9 @@ def species_table(atom_features: str, num_features: int) -> np.ndarray:
     for z in range(1, MAX_FEATURIZED_Z + 1):
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # jarvis prints its warnings
-                feat = np.asarray(get_node_attributes(chemical_symbols[z], atom_features=atom_features), dtype=np.float32)
+                feat = np.asarray(
+                    get_node_attributes(chemical_symbols[z], atom_features=atom_features), dtype=np.float32
+                )
         except Exception:  # jarvis raises assorted errors for elements it lacks
             continue
         if feat.shape == (num_features,):
@@ -196,8 +202,12 @@ class GapModel(nn.Module):
             MLPLayer(c.triplet_input_features, c.embedding_features),
             MLPLayer(c.embedding_features, c.hidden_features),
         )
-        self.alignn_layers = nn.ModuleList([ALIGNNConv(c.hidden_features, c.hidden_features) for _ in range(c.alignn_layers)])
-        self.gcn_layers = nn.ModuleList([EdgeGatedConv(c.hidden_features, c.hidden_features) for _ in range(c.gcn_layers)])
+        self.alignn_layers = nn.ModuleList(
+            [ALIGNNConv(c.hidden_features, c.hidden_features) for _ in range(c.alignn_layers)]
+        )
+        self.gcn_layers = nn.ModuleList(
+            [EdgeGatedConv(c.hidden_features, c.hidden_features) for _ in range(c.gcn_layers)]
+        )
         self.fc = nn.Linear(c.hidden_features, c.output_features)
         # The feature table is a buffer, so an exported model takes atomic numbers alone.
         table = species_table(c.atom_features, c.atom_input_features)
@@ -304,16 +314,58 @@ class GapModel(nn.Module):
 
 
 UPSTREAM_EXTRA_BUFFERS = ("target_mean", "target_std")  # qdgap's buffers that upstream ALIGNN lacks
+# In a best.pt: the training targets' mean and std (eV), folded into the output layer (see fold_target_stats).
+FOLDED_STATS = ("folded_target_mean", "folded_target_std")
 
 
-def upstream_state_dict(model: GapModel) -> dict:
-    """A state dict that upstream ``ALIGNNAtomWisePure`` loads strictly and whose output is in eV.
+def fold_target_stats(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A ``GapModel`` state dict as ``best.pt`` holds it: the output layer predicts eV by itself.
 
-    The target statistics are folded into the output layer (w' = w * std,
-    b' = b * std + mean), so no extra buffers remain.
+    Upstream ``ALIGNNAtomWisePure`` knows nothing of ``target_mean`` and
+    ``target_std``, so the standardisation is folded into ``fc`` (w' = w std,
+    b' = b std + mean, in float64, then rounded back): upstream's forward on
+    these weights gives the gap in eV, and so does qdgap's, with ``target_mean``
+    0 and ``target_std`` 1. The statistics stay under ``FOLDED_STATS``, for
+    ``unfold_target_stats`` to restore the standardised parameters that training
+    and fine-tuning continue from.
+
+    Args:
+        state: the model's own state dict (standardised output layer).
+
+    Returns:
+        A new dict; upstream loads it with ``strict=False`` (the four qdgap keys
+        unexpected) or, without them, strictly.
     """
-    state = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in UPSTREAM_EXTRA_BUFFERS}
-    std, mean = model.target_std.detach(), model.target_mean.detach()
-    state["fc.weight"] = state["fc.weight"] * std
-    state["fc.bias"] = state["fc.bias"] * std + mean
-    return state
+    out = {k: v.detach().clone() for k, v in state.items()}
+    mean, std = state["target_mean"].double(), state["target_std"].double()
+    w, b = state["fc.weight"], state["fc.bias"]
+    out["fc.weight"] = (w.double() * std).to(w.dtype)
+    out["fc.bias"] = (b.double() * std + mean).to(b.dtype)
+    out["target_mean"] = torch.zeros_like(state["target_mean"])
+    out["target_std"] = torch.ones_like(state["target_std"])
+    out[FOLDED_STATS[0]], out[FOLDED_STATS[1]] = state["target_mean"].clone(), state["target_std"].clone()
+    return out
+
+
+def unfold_target_stats(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``GapModel`` state dict of a ``best.pt``, standardised output layer restored.
+
+    The inverse of ``fold_target_stats`` (to float32 rounding: predictions agree
+    to about 1e-7 eV). A state without ``FOLDED_STATS`` (a ``best.pt`` written
+    before the folding, or upstream's own weights) is returned as it is.
+    """
+    if FOLDED_STATS[0] not in state:
+        return dict(state)
+    out = {k: v for k, v in state.items() if k not in FOLDED_STATS}
+    mean, std = state[FOLDED_STATS[0]], state[FOLDED_STATS[1]]
+    w, b = state["fc.weight"], state["fc.bias"]
+    out["fc.weight"] = (w.double() / std.double()).to(w.dtype)
+    out["fc.bias"] = ((b.double() - mean.double()) / std.double()).to(b.dtype)
+    out["target_mean"], out["target_std"] = mean.clone(), std.clone()
+    return out
+
+
+def upstream_state_dict(model: GapModel) -> dict[str, Tensor]:
+    """A state dict that upstream ``ALIGNNAtomWisePure`` loads strictly and whose output is in eV."""
+    folded = fold_target_stats(model.state_dict())
+    return {k: v for k, v in folded.items() if k not in UPSTREAM_EXTRA_BUFFERS + FOLDED_STATS}

@@ -21,13 +21,13 @@ from qdgap.core.data import Trajectory
 from qdgap.core.errors import QdgapError
 from qdgap.core.faults import fault_point
 from qdgap.core.labels import formula
+from qdgap.core.metrics import coverage_ksigma, mae_mev, rmse_mev
 from qdgap.core.runs import Member
 from qdgap.kernels.batch import PackedGraphs, gather_frames, graphs_per_forward
 
 log = logging.getLogger(__name__)
 
 FRAME_SETS = ("unseen", "test", "all")
-MEV_PER_EV = 1000.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ class EnsemblePrediction:
         return self.gap_pred_ev.std(axis=0, dtype=np.float64).astype(np.float32)
 
 
-def check_members_fit(members: Sequence[Member], traj: Trajectory, *, data_path: Path | None, allow_data_change: bool) -> None:
+def check_members_fit(
+    members: Sequence[Member], traj: Trajectory, *, data_path: Path | None, allow_data_change: bool
+) -> None:
     """Refuse members trained on another composition, or on this very file before it changed.
 
     A member whose training composition is unknown (imported from upstream
@@ -136,6 +138,7 @@ def predict_ensemble(
     device: str = "cpu",
     backend: str | None = None,
     progress: Callable[[int], None] | None = None,
+    stacked: bool | None = None,
 ) -> EnsemblePrediction:
     """Predict ``frames`` of ``traj`` with every member's exported model.
 
@@ -147,15 +150,20 @@ def predict_ensemble(
         device: torch device for inference.
         backend: ``torchscript`` (``model.ts``) or ``onnxruntime`` (``model.onnx``); None: ``export.DEFAULT_BACKEND``.
         progress: called with the number of frames predicted, per member and batch.
+        stacked: all members in one forward (``core.ensemble_forward``, from each ``best.pt``) instead of
+            one exported model after another; None: on CUDA when no ``backend`` is asked for and the
+            members stack (``ensemble_forward.use_stacked``).
 
     Returns:
         Per-member predictions (M, F) in eV, with true gaps and times.
     """
+    from qdgap.core.ensemble_forward import use_stacked
     from qdgap.core.export import check_backend, load_model
     from qdgap.core.graphs import load_or_build_graphs
-
     from qdgap.core.model import fast_cpu_math
 
+    if stacked is None:
+        stacked = backend is None and use_stacked(device, members)
     backend = check_backend(backend)
 
     fast_cpu_math()
@@ -163,6 +171,8 @@ def predict_ensemble(
     if frames.size == 0:
         raise QdgapError("no frames to predict (the selection is empty); try --frames all")
     dev = torch.device(device)
+    if stacked:
+        return _predict_stacked(members, traj, frames, cache_dir=cache_dir, device=dev, progress=progress)
     preds = np.empty((len(members), len(frames)), dtype=np.float32)
     graphs_by_config: dict = {}
     index = torch.from_numpy(frames).to(dev)
@@ -192,6 +202,45 @@ def predict_ensemble(
     )
 
 
+def _predict_stacked(
+    members: Sequence[Member],
+    traj: Trajectory,
+    frames: np.ndarray,
+    *,
+    cache_dir: Path | None,
+    device: torch.device,
+    progress: Callable[[int], None] | None,
+) -> EnsemblePrediction:
+    """``predict_ensemble`` with every member in each forward (``kernels.ensemble``)."""
+    from qdgap.core.ensemble_forward import load_stacked
+    from qdgap.core.graphs import load_or_build_graphs
+
+    model = load_stacked(members, device=device)
+    config = members[0].config
+    packed = load_or_build_graphs(traj, config.graph, cache_dir=cache_dir)
+    graphs = PackedGraphs(*(t.to(device) for t in packed))
+    edges_per_frame = float(graphs.edge_ptr[-1]) / max(1, graphs.num_frames)
+    # Each forward holds M members' features: the device's budget is shared among them.
+    step = max(1, graphs_per_forward(device.type, edges_per_frame, config.model.hidden_features) // len(members))
+    preds = np.empty((len(members), len(frames)), dtype=np.float32)
+    index = torch.from_numpy(frames).to(device)
+    with torch.inference_mode():
+        for start in range(0, len(frames), step):
+            chunk = index[start : start + step]
+            fault_point("forward")  # tests only: see core/faults.py
+            out = model(*gather_frames(graphs, chunk))  # (M, b)
+            preds[:, start : start + len(chunk)] = out.float().cpu().numpy()  # device sync, once per batch
+            if progress is not None:
+                progress(len(members) * len(chunk))
+    return EnsemblePrediction(
+        frame_index=frames,
+        time_fs=traj.time_fs[frames],
+        gap_true_ev=traj.gap_ev[frames],
+        gap_pred_ev=preds,
+        seeds=np.asarray([m.seed for m in members], dtype=np.int64),
+    )
+
+
 def summarise(pred: EnsemblePrediction) -> dict[str, float | int | list[float]]:
     """Errors on the labelled frames: ensemble mean and each member (meV), and ±2 std coverage."""
     known = np.isfinite(pred.gap_true_ev)
@@ -201,35 +250,57 @@ def summarise(pred: EnsemblePrediction) -> dict[str, float | int | list[float]]:
     y = pred.gap_true_ev[known].astype(np.float64)
     err_mean = pred.gap_mean_ev[known] - y
     err_members = pred.gap_pred_ev[:, known].astype(np.float64) - y
-    member_rmse = np.sqrt((err_members**2).mean(axis=1)) * MEV_PER_EV
+    member_rmse = rmse_mev(err_members, axis=1)
     out.update(
-        ensemble_rmse_mev=float(np.sqrt((err_mean**2).mean()) * MEV_PER_EV),
-        ensemble_mae_mev=float(np.abs(err_mean).mean() * MEV_PER_EV),
+        ensemble_rmse_mev=rmse_mev(err_mean),
+        ensemble_mae_mev=mae_mev(err_mean),
         member_rmse_mev=member_rmse.tolist(),
-        member_mae_mev=(np.abs(err_members).mean(axis=1) * MEV_PER_EV).tolist(),
+        member_mae_mev=mae_mev(err_members, axis=1).tolist(),
         best_member_rmse_mev=float(member_rmse.min()),
         worst_member_rmse_mev=float(member_rmse.max()),
-        coverage_2std=float((np.abs(err_mean) <= 2 * pred.gap_std_ev[known]).mean()),
+        coverage_2std=coverage_ksigma(y, pred.gap_mean_ev[known], pred.gap_std_ev[known], 2.0),
     )
     return out
 
 
-def write_predictions(pred: EnsemblePrediction, path: Path, *, attrs: dict, force: bool = True) -> None:
-    """``predictions.h5`` (DESIGN.md) and ``predictions.csv`` beside it."""
+def write_predictions(
+    pred: EnsemblePrediction, path: Path, *, attrs: dict, force: bool = True, calibrated=None
+) -> None:
+    """``predictions.h5`` (DESIGN.md) and ``predictions.csv`` beside it.
+
+    ``calibrated`` (a ``calibration.Calibrated``) adds the calibrated std, the interval and the
+    extrapolation flag beside the raw spread.
+    """
     from qdgap.core import schema
     from qdgap.core.results import write_csv, write_results
 
+    datasets = {
+        schema.FRAME_INDEX: pred.frame_index,
+        schema.TIME_FS: pred.time_fs,
+        schema.GAP_TRUE_EV: pred.gap_true_ev.astype(np.float32),
+        schema.GAP_PRED_EV: pred.gap_pred_ev,
+        schema.GAP_MEAN_EV: pred.gap_mean_ev,
+        schema.GAP_STD_EV: pred.gap_std_ev,
+        schema.SEEDS: pred.seeds,
+    }
+    extra_columns = {}
+    if calibrated is not None:
+        extra_columns = {
+            schema.GAP_STD_CALIBRATED_EV: calibrated.std_ev,
+            schema.GAP_LO_EV: calibrated.lo_ev,
+            schema.GAP_HI_EV: calibrated.hi_ev,
+            schema.EXTRAPOLATING: calibrated.extrapolating.astype(bool),
+        }
+        datasets.update(extra_columns)
+        attrs = {
+            **attrs,
+            schema.ATTR_INTERVAL_LEVEL: calibrated.level,
+            schema.ATTR_INTERVAL_METHOD: calibrated.method,
+            schema.ATTR_EXTRAPOLATION_THRESHOLD_EV: calibrated.threshold_std_ev,
+        }
     write_results(
         path,
-        {
-            schema.FRAME_INDEX: pred.frame_index,
-            schema.TIME_FS: pred.time_fs,
-            schema.GAP_TRUE_EV: pred.gap_true_ev.astype(np.float32),
-            schema.GAP_PRED_EV: pred.gap_pred_ev,
-            schema.GAP_MEAN_EV: pred.gap_mean_ev,
-            schema.GAP_STD_EV: pred.gap_std_ev,
-            schema.SEEDS: pred.seeds,
-        },
+        datasets,
         fmt=schema.PREDICTIONS_FORMAT,
         version=schema.PREDICTIONS_VERSION,
         attrs={schema.ATTR_SEEDS: pred.seeds, **attrs},
@@ -241,6 +312,7 @@ def write_predictions(pred: EnsemblePrediction, path: Path, *, attrs: dict, forc
         "gap_true_ev": pred.gap_true_ev,
         "gap_mean_ev": pred.gap_mean_ev,
         "gap_std_ev": pred.gap_std_ev,
+        **{k: (v.astype(int) if v.dtype == bool else v) for k, v in extra_columns.items()},
     }
     columns.update({f"gap_seed{s}_ev": pred.gap_pred_ev[i] for i, s in enumerate(pred.seeds)})
     write_csv(Path(path).with_suffix(".csv"), columns, force=True)

@@ -34,9 +34,7 @@ FORMAL_CHARGE = {CD: 2, SE: -2, CL: -1}  # oxidation states, e
 # Cd-Se / Cd-Cl bond cutoff, Å: published MD bonds reach 3.22 Å, second neighbours start at 3.6 Å.
 BOND_CUTOFF_ANG = 3.2
 FMAX_EV_ANG = 0.05  # relaxation stops when the largest force is below this
-DEFAULT_METHOD = (
-    "GFN1-xTB"  # GFN2-xTB does not reach SCF convergence for the relaxed cluster (data/README.md)
-)
+DEFAULT_METHOD = "GFN1-xTB"  # GFN2-xTB does not reach SCF convergence for the relaxed cluster (data/README.md)
 METHODS = ("GFN2-xTB", "GFN1-xTB")
 
 # Bond vectors from a cation site to its four anion neighbours, units of a/4.
@@ -131,9 +129,7 @@ def build_cluster(*, lattice_ang: float = ZINCBLENDE_CDSE_A_ANG) -> tuple[np.nda
     """
     se, cd = core_sites()
     cl = chloride_sites(se, cd)
-    numbers = np.concatenate(
-        [np.full(len(cd), CD), np.full(len(se), SE), np.full(len(cl), CL)]
-    ).astype(np.int64)
+    numbers = np.concatenate([np.full(len(cd), CD), np.full(len(se), SE), np.full(len(cl), CL)]).astype(np.int64)
     positions = np.concatenate([cd, se, cl]).astype(np.float64) * (lattice_ang / 4.0)
     return numbers, positions
 
@@ -161,9 +157,7 @@ def pair_distances(positions_ang: np.ndarray) -> np.ndarray:
     return np.linalg.norm(pos[..., :, None, :] - pos[..., None, :, :], axis=-1)
 
 
-def bond_matrix(
-    numbers: np.ndarray, positions_ang: np.ndarray, *, cutoff_ang: float = BOND_CUTOFF_ANG
-) -> np.ndarray:
+def bond_matrix(numbers: np.ndarray, positions_ang: np.ndarray, *, cutoff_ang: float = BOND_CUTOFF_ANG) -> np.ndarray:
     """Cd-anion bonds: Cd-Se and Cd-Cl pairs closer than ``cutoff_ang``.
 
     Only cation-anion pairs count; Se-Se, Cl-Cl and Cd-Cd contacts are not bonds.
@@ -222,9 +216,7 @@ class BondStats:
     min_distance_ang: float
 
 
-def bond_stats(
-    numbers: np.ndarray, positions_ang: np.ndarray, *, cutoff_ang: float = BOND_CUTOFF_ANG
-) -> BondStats:
+def bond_stats(numbers: np.ndarray, positions_ang: np.ndarray, *, cutoff_ang: float = BOND_CUTOFF_ANG) -> BondStats:
     """Summarise the bonds of one structure: numbers (N,), positions (N, 3) Å."""
     z = np.asarray(numbers)
     d = pair_distances(positions_ang)
@@ -239,11 +231,7 @@ def bond_stats(
         return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
 
     def stats(x: np.ndarray) -> tuple[float, float, float]:
-        return (
-            (float(x.mean()), float(x.min()), float(x.max()))
-            if len(x)
-            else (np.nan, np.nan, np.nan)
-        )
+        return (float(x.mean()), float(x.min()), float(x.max())) if len(x) else (np.nan, np.nan, np.nan)
 
     return BondStats(
         *stats(cdse),
@@ -308,9 +296,7 @@ def relax_cluster(
 
     tblite_ase = import_tblite_ase()
     check_method(method)
-    atoms = Atoms(
-        numbers=np.asarray(numbers), positions=np.asarray(positions_ang, dtype=np.float64)
-    )
+    atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions_ang, dtype=np.float64))
     atoms.calc = tblite_ase.TBLite(method=method, verbosity=0)
     optimiser = BFGS(atoms, logfile=None, maxstep=0.2)
 
@@ -329,9 +315,7 @@ def relax_cluster(
     try:
         converged = optimiser.run(fmax=fmax_ev_ang, steps=max_steps)
     except Exception as exc:  # tblite raises CalculationFailed (a RuntimeError) on SCF failure
-        raise QdgapError(
-            f"{method} failed during the relaxation ({str(exc).splitlines()[0][:160]})"
-        ) from exc
+        raise QdgapError(f"{method} failed during the relaxation ({str(exc).splitlines()[0][:160]})") from exc
     fmax = float(np.linalg.norm(atoms.get_forces(), axis=1).max())
     if not converged:
         raise QdgapError(
@@ -345,17 +329,13 @@ def relax_cluster(
         atoms.get_potential_energy(),
         fmax,
     )
-    return Relaxed(
-        atoms.get_positions(), float(atoms.get_potential_energy()), fmax, int(optimiser.nsteps)
-    )
+    return Relaxed(atoms.get_positions(), float(atoms.get_potential_energy()), fmax, int(optimiser.nsteps))
 
 
 def check_method(method: str) -> None:
     """Raise ``QdgapError`` unless ``method`` is one of ``METHODS``."""
     if method not in METHODS:
-        raise QdgapError(
-            f"--method {method!r} is not supported; choose one of {', '.join(METHODS)}"
-        )
+        raise QdgapError(f"--method {method!r} is not supported; choose one of {', '.join(METHODS)}")
 
 
 def import_tblite_ase():
@@ -363,7 +343,5 @@ def import_tblite_ase():
     try:
         import tblite.ase as tblite_ase
     except ImportError as exc:
-        raise QdgapError(
-            "GFN-xTB needs tblite: pip install 'qdgap[xtb]' (or pip install tblite)"
-        ) from exc
+        raise QdgapError("GFN-xTB needs tblite: pip install 'qdgap[xtb]' (or pip install tblite)") from exc
     return tblite_ase

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qdgap.core import metrics, schema
 from qdgap.core import runs as rf
-from qdgap.core import schema
 from qdgap.core.errors import QdgapError
 from qdgap.core.files import atomic_output, write_text_atomic
 from qdgap.core.layout import Workdir
@@ -41,6 +41,8 @@ FIG_PARITY = "parity_unseen.png"
 FIG_GAP_TIME = "gap_vs_time.png"
 FIG_IMPORTANCE = "atom_importance.png"
 FIG_QD_3D = "quantum_dot_3d.png"
+FIG_IMPORTANCE_TIME = "importance_over_time.png"
+FIG_IMPORTANCE_GROUPS = "importance_groups.png"
 FIG_TRANSFER = "transfer_learning.png"
 FIG_EXT_TIME = "extension_gap_vs_time.png"
 FIGURE_NAMES = (
@@ -49,6 +51,8 @@ FIGURE_NAMES = (
     FIG_GAP_TIME,
     FIG_IMPORTANCE,
     FIG_QD_3D,
+    FIG_IMPORTANCE_TIME,
+    FIG_IMPORTANCE_GROUPS,
     FIG_TRANSFER,
     FIG_EXT_TIME,
 )
@@ -105,14 +109,10 @@ def write_report(workdir: Path, *, data: Path | None = None, dpi: int = REPORT_D
     """
     wd = Workdir(Path(workdir))
     if not wd.root.is_dir():
-        raise QdgapError(
-            f"{wd.root}: no such work folder; run `qdgap pipeline --workdir {wd.root}` first"
-        )
+        raise QdgapError(f"{wd.root}: no such work folder; run `qdgap pipeline --workdir {wd.root}` first")
     members = rf.member_dirs(wd.runs)
     if not members:
-        raise QdgapError(
-            f"{wd.root}: no ensemble members under runs/; run `qdgap pipeline --workdir {wd.root}` first"
-        )
+        raise QdgapError(f"{wd.root}: no ensemble members under runs/; run `qdgap pipeline --workdir {wd.root}` first")
     if not wd.predictions.is_file():
         raise QdgapError(
             f"{wd.predictions}: missing; make it with `qdgap predict --runs {wd.runs} -o {wd.predictions}`"
@@ -122,9 +122,7 @@ def write_report(workdir: Path, *, data: Path | None = None, dpi: int = REPORT_D
     from qdgap.core.results import read_results
 
     page = _Page(workdir=wd.root, figures_dir=wd.figures, dpi=dpi)
-    pred, pred_attrs = read_results(
-        wd.predictions, fmt=schema.PREDICTIONS_FORMAT, version=schema.PREDICTIONS_VERSION
-    )
+    pred, pred_attrs = read_results(wd.predictions, fmt=schema.PREDICTIONS_FORMAT, version=schema.PREDICTIONS_VERSION)
     _check_datasets(
         wd.predictions,
         pred,
@@ -144,9 +142,7 @@ def write_report(workdir: Path, *, data: Path | None = None, dpi: int = REPORT_D
     _section_fna(page, figs, wd, traj)
     _section_transfer(page, figs, wd)
 
-    for stale in set(FIGURE_NAMES) - set(
-        page.written
-    ):  # a figure from an earlier report that no longer applies
+    for stale in set(FIGURE_NAMES) - set(page.written):  # a figure from an earlier report that no longer applies
         (wd.figures / stale).unlink(missing_ok=True)
     write_text_atomic(wd.report_html, _html(page, pred_attrs))
     return wd.report_html
@@ -160,23 +156,17 @@ def write_report(workdir: Path, *, data: Path | None = None, dpi: int = REPORT_D
 def _check_datasets(path: Path, found: dict, names: Sequence[str]) -> None:
     missing = [n for n in names if n not in found]
     if missing:
-        raise QdgapError(
-            f"{path}: lacks dataset(s) {', '.join(missing)}; remake it with the current qdgap"
-        )
+        raise QdgapError(f"{path}: lacks dataset(s) {', '.join(missing)}; remake it with the current qdgap")
 
 
-def _read_splits(
-    members: Sequence[Path], page: _Page, *, what: str
-) -> dict[int, dict[str, list[int]]]:
+def _read_splits(members: Sequence[Path], page: _Page, *, what: str) -> dict[int, dict[str, list[int]]]:
     """seed -> split.json of every member that has one."""
     splits = {}
     for run in members:
         path = run / rf.SPLIT_JSON
         if path.is_file():
             record = rf.read_json(path)
-            splits[rf.seed_of(run)] = {
-                k: [int(i) for i in record.get(k, [])] for k in ("train", "val", "test")
-            }
+            splits[rf.seed_of(run)] = {k: [int(i) for i in record.get(k, [])] for k in ("train", "val", "test")}
         else:
             page.note(f"{what}/{run.name}: no {rf.SPLIT_JSON}; its frames are not counted as seen")
     return splits
@@ -187,9 +177,7 @@ def _frames(splits: dict[int, dict[str, list[int]]], keys: Sequence[str]) -> np.
     return np.unique(np.concatenate(sets)) if sets else np.empty(0, np.int64)
 
 
-def _find_trajectory(
-    page: _Page, wd: Workdir, data: Path | None, attrs: dict, members: Sequence[Path]
-):
+def _find_trajectory(page: _Page, wd: Workdir, data: Path | None, attrs: dict, members: Sequence[Path]):
     """The trajectory the predictions were made from, or None (with a note) when it cannot be found."""
     from qdgap.core.data import read_trajectory
 
@@ -275,15 +263,15 @@ def _section_ensemble(page: _Page, figs, members: Sequence[Path], pred: dict, sp
         )
     )
     if n_unseen:
-        rmse, mae = figs.error_stats_mev(true[unseen], mean[unseen])
-        cover = figs.coverage_2sigma(true[unseen], mean[unseen], std[unseen])
+        rmse, mae = metrics.error_stats_mev(true[unseen], mean[unseen])
+        cover = metrics.coverage_ksigma(true[unseen], mean[unseen], std[unseen], 2.0)
         page.summary += [
             ("Ensemble RMSE on unseen frames", f"{rmse:.1f} meV"),
             ("Ensemble MAE on unseen frames", f"{mae:.1f} meV"),
             ("True gap within mean ± 2σ (unseen frames)", f"{100 * cover:.1f} %"),
         ]
         for seed, p in zip(seeds, each, strict=True):
-            r, a = figs.error_stats_mev(true[unseen], p[unseen])
+            r, a = metrics.error_stats_mev(true[unseen], p[unseen])
             rows_members.append((seed, r, a))
         ranked = sorted(rows_members, key=lambda r: (math.isnan(r[1]), r[1]))
         if len(ranked) > 1:
@@ -303,9 +291,7 @@ def _section_ensemble(page: _Page, figs, members: Sequence[Path], pred: dict, sp
             )
         )
     else:
-        page.note(
-            "predictions.h5 has no unseen frame with a true gap; no parity plot or unseen-frame errors"
-        )
+        page.note("predictions.h5 has no unseen frame with a true gap; no parity plot or unseen-frame errors")
     fig = figs.gap_vs_time(time_fs, true, mean, std, train_mask=trained)
     body.append(
         page.figure(
@@ -323,11 +309,7 @@ def _member_table(members: Sequence[Path], rows_members: list, curves: dict) -> 
     rows = []
     for run in members:
         seed = rf.seed_of(run)
-        test = (
-            rf.read_json(run / rf.TEST_METRICS_JSON)
-            if (run / rf.TEST_METRICS_JSON).is_file()
-            else {}
-        )
+        test = rf.read_json(run / rf.TEST_METRICS_JSON) if (run / rf.TEST_METRICS_JSON).is_file() else {}
         c = curves.get(seed)
         epochs = f"{int(c['epoch'][-1])}" if c is not None and len(c["epoch"]) else "–"
         best = f"{np.nanmin(c['val_mae_mev']):.1f}" if c is not None and len(c["epoch"]) else "–"
@@ -370,40 +352,88 @@ def _section_fna(page: _Page, figs, wd: Workdir, traj) -> None:
             )
         )
         return
-    fna, _ = read_results(wd.fna, fmt=schema.FNA_FORMAT, version=schema.FNA_VERSION)
+    fna, fna_attrs = read_results(wd.fna, fmt=schema.FNA_FORMAT, version=schema.FNA_VERSION)
     _check_datasets(wd.fna, fna, (schema.ATOM_LABEL, schema.RMSE_MEV_MEAN, schema.RMSE_MEV_STD))
     labels = [str(x) for x in fna[schema.ATOM_LABEL]]
+    if schema.SHIFT_MEAN_MEV not in fna:  # written before the statistics existed: make them now
+        if schema.MASKED_EV not in fna or schema.BASELINE_EV not in fna:
+            raise QdgapError(f"{wd.fna}: lacks dataset(s) masked_ev, baseline_ev; remake it with the current qdgap")
+        page.note(
+            "fna.h5 predates the importance statistics; they were computed for this report (rerun `qdgap fna` to keep them)"
+        )
+        fna, fna_attrs = _add_statistics(fna, fna_attrs, labels, traj)
+    ranked_by = str(fna_attrs.get(schema.ATTR_RANKED_BY, "rmse"))
+    pre = "importance" if ranked_by == "rmse" else "shift"
+    key = {
+        "rmse": (
+            schema.IMPORTANCE_MEAN_MEV,
+            schema.IMPORTANCE_CI_MEV,
+            schema.SIGNIFICANT,
+            schema.P_ADJUSTED,
+            schema.RANK_STABILITY,
+        ),
+        "shift": (
+            schema.SHIFT_MEAN_MEV,
+            schema.SHIFT_CI_MEV,
+            schema.SHIFT_SIGNIFICANT,
+            schema.SHIFT_P_ADJUSTED,
+            schema.SHIFT_RANK_STABILITY,
+        ),
+    }[ranked_by]
+    score, ci, sig, p_adj, stab = (np.asarray(fna[k]) for k in key)
+    score, ci, p_adj, stab = (np.asarray(x, np.float64) for x in (score, ci, p_adj, stab))
+    sig = sig.astype(bool)
+    null = float(fna_attrs.get(f"{pre}_null_mev", 0.0))
+    correction = str(fna_attrs.get(f"{pre}_correction", "holm"))
+    top_k = int(fna_attrs.get(f"{pre}_top_k", 10))
     mean = np.asarray(fna[schema.RMSE_MEV_MEAN], np.float64)
     std = np.asarray(fna[schema.RMSE_MEV_STD], np.float64)
-    base = (
-        np.asarray(fna[schema.BASELINE_RMSE_MEV], np.float64)
-        if schema.BASELINE_RMSE_MEV in fna
-        else None
-    )
-    base_mean = (
-        float(np.nanmean(base)) if base is not None and np.isfinite(base).any() else float("nan")
-    )
-    body = []
-    fig = figs.atom_importance(labels, mean, std, baseline_rmse_mev=base)
-    n_members = np.atleast_2d(fna[schema.RMSE_MEV]).shape[0] if schema.RMSE_MEV in fna else None
+    n_members = np.atleast_2d(fna[schema.BASELINE_EV]).shape[0] if schema.BASELINE_EV in fna else None
     over = f" over {n_members} members" if n_members else ""
+    body = []
+    if ranked_by == "rmse":
+        what = "importance: each member's RMSE with the atom nullified minus its own unmasked RMSE (meV), mean" + over
+    else:
+        what = "no true gaps, so ranked by shift: mean |masked − unmasked| prediction (meV), mean" + over
     body.append(
         page.figure(
-            fig,
+            figs.importance_intervals(labels, score, ci, sig, score=ranked_by, null_mev=null, correction=correction),
             FIG_IMPORTANCE,
-            f"RMSE of the prediction with each atom nullified, ensemble mean{over} (error bars: std over members), most important first; the dashed line is the unmasked prediction's RMSE.",
+            f"Atom {what}, most important first. Error bars: 95 % intervals from a bootstrap over blocks of "
+            f"{fna_attrs.get(f'{pre}_block_frames', '?')} consecutive frames and over members; * significant "
+            f"after {_CORRECTIONS.get(correction, correction)} correction for testing every atom "
+            f"({int(sig.sum())} of {len(labels)}).",
         )
     )
-    order = np.argsort(-mean, kind="stable")
+    order = np.argsort(-score, kind="stable")
     top = order[: min(TOP_ATOMS_TABLE, len(order))]
-    rows = [
-        [str(k), labels[i], f"{mean[i]:.1f} ± {std[i]:.1f}", _num(mean[i] - base_mean, signed=True)]
-        for k, i in enumerate(top, 1)
+    rows = []
+    for k, i in enumerate(top, 1):
+        row = [
+            str(k),
+            labels[i],
+            f"{score[i]:+.1f} [{ci[i, 0]:+.1f}, {ci[i, 1]:+.1f}]",
+            f"{p_adj[i]:.2g}",
+            "yes" if sig[i] else "no",
+            f"{100 * stab[i]:.0f} %",
+        ]
+        if ranked_by == "rmse":
+            row.append(f"{mean[i]:.1f} ± {std[i]:.1f}")
+        rows.append(row)
+    header = [
+        "rank",
+        "atom",
+        f"{'importance' if ranked_by == 'rmse' else 'shift'} (meV, 95 % interval)",
+        f"p ({correction})",
+        "significant",
+        f"in top {top_k}",
     ]
-    body.append(
-        _table(["rank", "atom", "RMSE nullified (meV, mean ± std)", "over baseline (meV)"], rows)
-    )
+    if ranked_by == "rmse":
+        header.append("RMSE nullified (meV, mean ± std)")
+    body.append(_table(header, rows))
     page.summary.append(("Top five atoms (FNA)", ", ".join(labels[i] for i in order[:5])))
+    page.summary.append(("Significant atoms (FNA)", ", ".join(labels[i] for i in order if sig[i]) or "none"))
+    body.extend(_importance_time_and_groups(page, figs, fna, labels, order, ranked_by, null))
     if traj is None:
         pass  # noted by _find_trajectory
     else:
@@ -411,12 +441,10 @@ def _section_fna(page: _Page, figs, wd: Workdir, traj) -> None:
 
         traj_labels = atom_labels(traj.numbers)
         if sorted(traj_labels) != sorted(labels):
-            page.note(
-                "the trajectory's atoms do not match fna.h5's labels; the 3D view is left out"
-            )
+            page.note("the trajectory's atoms do not match fna.h5's labels; the 3D view is left out")
         else:
             where = {lab: k for k, lab in enumerate(labels)}
-            imp = mean[[where[lab] for lab in traj_labels]]
+            imp = score[[where[lab] for lab in traj_labels]]
             fig = figs.quantum_dot_3d(traj.positions_ang[0], traj_labels, imp, numbers=traj.numbers)
             body.append(
                 page.figure(
@@ -426,6 +454,95 @@ def _section_fna(page: _Page, figs, wd: Workdir, traj) -> None:
                 )
             )
     page.sections.append(_section("Atom importance (FNA)", body))
+
+
+_CORRECTIONS = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
+
+
+def _add_statistics(fna: dict, attrs: dict, labels: list[str], traj) -> tuple[dict, dict]:
+    """The importance statistics of an fna.h5 written before they existed, from its masked predictions."""
+    from qdgap.core.fna import FnaResult, fna_statistics, statistics_datasets
+
+    baseline = np.atleast_2d(fna[schema.BASELINE_EV])
+    frames = np.asarray(fna.get(schema.FRAME_INDEX, np.arange(baseline.shape[1])), np.int64)
+    gap = fna.get(schema.GAP_TRUE_EV)
+    same_atoms = traj is not None and len(traj.numbers) == len(labels)
+    if gap is None and same_atoms and frames.max(initial=0) < traj.num_frames:
+        gap = traj.gap_ev[frames]
+    result = FnaResult(
+        frame_index=frames,
+        time_fs=np.asarray(fna.get(schema.TIME_FS, frames), np.float64),
+        gap_true_ev=np.asarray(gap if gap is not None else np.full(len(frames), np.nan), np.float32),
+        atom_label=labels,
+        baseline_ev=baseline,
+        masked_ev=np.asarray(fna[schema.MASKED_EV]),
+        seeds=np.asarray(fna.get(schema.SEEDS, np.arange(baseline.shape[0]))),
+        numbers=traj.numbers if same_atoms else None,
+        positions_ang=traj.positions_ang[frames] if same_atoms and frames.max(initial=0) < traj.num_frames else None,
+    )
+    data, extra = statistics_datasets(result, fna_statistics(result))
+    return {**fna, **data}, {**attrs, **extra}
+
+
+def _importance_time_and_groups(page: _Page, figs, fna: dict, labels, order, ranked_by: str, null: float) -> list[str]:
+    """The heat map of importance over time and the species / site groups, as HTML."""
+    from qdgap.core.importance import frame_shift_mev
+
+    body = []
+    if schema.MASKED_EV in fna and schema.BASELINE_EV in fna:
+        masked, baseline = np.asarray(fna[schema.MASKED_EV]), np.atleast_2d(fna[schema.BASELINE_EV])
+        frames = np.asarray(fna.get(schema.FRAME_INDEX, np.arange(baseline.shape[1])), np.float64)
+        t = np.asarray(fna.get(schema.TIME_FS, frames), np.float64)
+        top = order[: min(figs.TOP_ATOMS_OVER_TIME, len(order))]
+        fig = figs.importance_over_time(
+            t,
+            frame_shift_mev(masked, baseline),
+            labels,
+            top,
+            gap_true_ev=fna.get(schema.GAP_TRUE_EV),
+            gap_mean_ev=baseline.astype(np.float64).mean(axis=0),
+        )
+        body.append(
+            page.figure(
+                fig,
+                FIG_IMPORTANCE_TIME,
+                f"Importance over time: for the {len(top)} most important atoms, the ensemble-mean |masked − unmasked| "
+                "prediction on each FNA frame (meV), under the band gap on the same frames. "
+                "`qdgap fna --xyz` writes the same per-atom numbers for every frame as extended XYZ.",
+            )
+        )
+    if schema.GROUP_LABEL in fna and len(fna[schema.GROUP_LABEL]):
+        glabels = [str(x) for x in fna[schema.GROUP_LABEL]]
+        gmean = np.asarray(fna[schema.GROUP_MEAN_MEV], np.float64)
+        gci = np.asarray(fna[schema.GROUP_MEAN_CI_MEV], np.float64)
+        gsum = np.asarray(fna[schema.GROUP_SUM_MEV], np.float64)
+        gsum_ci = np.asarray(fna[schema.GROUP_SUM_CI_MEV], np.float64)
+        gsig = np.asarray(fna[schema.GROUP_SIGNIFICANT]).astype(bool)
+        gp = np.asarray(fna[schema.GROUP_P_ADJUSTED], np.float64)
+        n_atoms = np.asarray(fna[schema.GROUP_NUM_ATOMS])
+        fig = figs.importance_groups(glabels, gmean, gci, gsig, score=ranked_by, null_mev=null)
+        body.append(
+            page.figure(
+                fig,
+                FIG_IMPORTANCE_GROUPS,
+                "Importance per atom of each species and site class, with 95 % intervals from the same bootstrap. "
+                "Core: a Cd or Se with four bonded neighbours (within 3.1 Å, averaged over the FNA frames), none "
+                "of them Cl; surface: the rest. Cl bridging: two or more Cd within 3.1 Å; terminal: one.",
+            )
+        )
+        rows = [
+            [
+                lab,
+                str(int(k)),
+                f"{gmean[i]:+.1f} [{gci[i, 0]:+.1f}, {gci[i, 1]:+.1f}]",
+                f"{gsum[i]:+.1f} [{gsum_ci[i, 0]:+.1f}, {gsum_ci[i, 1]:+.1f}]",
+                f"{gp[i]:.2g}",
+                "yes" if gsig[i] else "no",
+            ]
+            for i, (lab, k) in enumerate(zip(glabels, n_atoms, strict=True))
+        ]
+        body.append(_table(["group", "atoms", "mean (meV)", "sum (meV)", "p", "significant"], rows))
+    return body
 
 
 def _section_transfer(page: _Page, figs, wd: Workdir) -> None:
@@ -443,9 +560,7 @@ def _section_transfer(page: _Page, figs, wd: Workdir) -> None:
             )
         )
         table_rows = []
-        for m in [m for m in figs.TRANSFER_MODELS if m in rows] + [
-            m for m in rows if m not in figs.TRANSFER_MODELS
-        ]:
+        for m in [m for m in figs.TRANSFER_MODELS if m in rows] + [m for m in rows if m not in figs.TRANSFER_MODELS]:
             r = rows[m]
             table_rows.append(
                 [
@@ -468,17 +583,11 @@ def _section_transfer(page: _Page, figs, wd: Workdir) -> None:
                 table_rows,
             )
         )
-        missing = [
-            figs.TRANSFER_NAMES[m].replace("\n", " ") for m in figs.TRANSFER_MODELS if m not in rows
-        ]
+        missing = [figs.TRANSFER_NAMES[m].replace("\n", " ") for m in figs.TRANSFER_MODELS if m not in rows]
         if missing:
-            page.note(
-                f"finetune_report.csv has no row for: {', '.join(missing)} (baseline skipped)"
-            )
+            page.note(f"finetune_report.csv has no row for: {', '.join(missing)} (baseline skipped)")
     else:
-        page.note(
-            "finetune_report.csv not found; transfer-learning comparison left out (run `qdgap finetune`)"
-        )
+        page.note("finetune_report.csv not found; transfer-learning comparison left out (run `qdgap finetune`)")
     if wd.predictions_extended.is_file():
         ext, _ = read_results(
             wd.predictions_extended,
@@ -512,8 +621,8 @@ def _section_transfer(page: _Page, figs, wd: Workdir) -> None:
         )
         held = ~np.isin(frame, _frames(ft_splits, ("train", "val", "test"))) & np.isfinite(true)
         if held.any():
-            r, a = figs.error_stats_mev(true[held], mean[held])
-            c = figs.coverage_2sigma(true[held], mean[held], std[held])
+            r, a = metrics.error_stats_mev(true[held], mean[held])
+            c = metrics.coverage_ksigma(true[held], mean[held], std[held], 2.0)
             body.append(
                 f"<p>Fine-tuned ensemble on the {int(held.sum())} extension frames outside the fine-tuning pool: RMSE {r:.1f} meV, MAE {a:.1f} meV, true gap within ±2σ for {100 * c:.1f} %.</p>"
             )
@@ -533,9 +642,7 @@ def _read_finetune_csv(path: Path) -> dict[str, dict[str, float]]:
             for row in reader:
                 name = (row.get("model") or "").strip()
                 if name:
-                    rows[name] = {
-                        k: _float(row.get(k)) for k in ("rmse_mev", "mae_mev", "wall_s", "n_frames")
-                    }
+                    rows[name] = {k: _float(row.get(k)) for k in ("rmse_mev", "mae_mev", "wall_s", "n_frames")}
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise QdgapError(f"{path}: not a readable CSV table ({exc})") from exc
     return rows
@@ -621,11 +728,7 @@ def _html(page: _Page, attrs: dict) -> str:
     )
     notes = ""
     if page.notes:
-        notes = (
-            '<h2>Notes</h2><ul class="notes">'
-            + "".join(f"<li>{_e(n)}</li>" for n in page.notes)
-            + "</ul>"
-        )
+        notes = '<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in page.notes) + "</ul>"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

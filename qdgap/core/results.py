@@ -110,3 +110,38 @@ def _cell(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def write_extxyz(
+    path: str | Path,
+    numbers: np.ndarray,
+    positions_ang: np.ndarray,
+    *,
+    cell_ang: np.ndarray,
+    pbc: np.ndarray,
+    arrays: Mapping[str, np.ndarray],
+    info: Sequence[Mapping[str, Any]],
+    force: bool = True,
+) -> None:
+    """Write frames as extended XYZ with per-atom arrays (ASE, OVITO and VMD read them), atomically.
+
+    Args:
+        numbers: (N,) atomic numbers.
+        positions_ang: (F, N, 3) Å.
+        cell_ang: (F, 3, 3) Å, rows are cell vectors; zeros (with pbc false) for a cluster.
+        pbc: (3,) bool.
+        arrays: name -> (F, N) per-atom values, one column each.
+        info: F dicts of per-frame scalars.
+    """
+    from ase import Atoms
+    from ase.io import write
+
+    frames = []
+    for f in range(len(positions_ang)):
+        atoms = Atoms(numbers=numbers, positions=np.asarray(positions_ang[f], np.float64), cell=cell_ang[f], pbc=pbc)
+        for name, values in arrays.items():
+            atoms.new_array(name, np.asarray(values[f], np.float64))
+        atoms.info.update(info[f])
+        frames.append(atoms)
+    with atomic_output(path, force=force) as tmp:
+        write(str(tmp), frames, format="extxyz")

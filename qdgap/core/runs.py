@@ -36,6 +36,15 @@ CACHE_DIR = ".cache"  # graphs shared by all members of a runs folder
 STATES = ("done", "running", "interrupted", "failed", "missing")
 
 
+def mark_failed(run: Path, message: str) -> None:
+    """Write the ``FAILED`` marker (the message, or a traceback) into a member's folder; best effort."""
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / FAILED).write_text(message.rstrip() + "\n")
+    except OSError:  # an unwritable folder already failed the member; do not mask that error
+        pass
+
+
 def run_dir(runs: Path, seed: int) -> Path:
     """``runs/run_<seed>``."""
     return Path(runs) / f"{RUN_PREFIX}{seed}"
@@ -128,7 +137,9 @@ def load_member(run: Path) -> Member:
     if not (run / MODEL_TS).is_file():
         raise QdgapError(f"{run / MODEL_TS}: missing; re-export it with `qdgap export {run}`")
     if not isinstance(done, dict) or not done.get("model_sha256"):
-        raise QdgapError(f"{run / DONE}: records no model_sha256 to check {MODEL_TS} against; re-export it with `qdgap export {run}`")
+        raise QdgapError(
+            f"{run / DONE}: records no model_sha256 to check {MODEL_TS} against; re-export it with `qdgap export {run}`"
+        )
     seed = record.get("seed", seed_of(run))
     if "data" not in record or "numbers" not in record["data"]:
         raise QdgapError(f"{run / CONFIG_JSON}: no record of the training data; not a qdgap run folder")
@@ -187,7 +198,7 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
     if len(lines) < 2:
         return []
     header = lines[0].split(",")
-    return [dict(zip(header, map(float, line.split(",")))) for line in lines[1:] if line]
+    return [dict(zip(header, map(float, line.split(",")), strict=False)) for line in lines[1:] if line]
 
 
 def _fmt(value: float) -> str:

@@ -48,6 +48,17 @@ GAP_PRED_EV: Final[str] = "gap_pred_ev"  # (M, F) float32, eV
 GAP_MEAN_EV: Final[str] = "gap_mean_ev"  # (F,) float32, eV, mean over members
 GAP_STD_EV: Final[str] = "gap_std_ev"  # (F,) float32, eV, population std over members
 SEEDS: Final[str] = "seeds"  # (M,) int64
+# Written when the runs folder can be calibrated (core/calibration.py; runs/calibration.json):
+GAP_STD_CALIBRATED_EV: Final[str] = "gap_std_calibrated_ev"  # (F,) float32, eV | gap_std_ev x the fitted scale
+GAP_LO_EV: Final[str] = "gap_lo_ev"  # (F,) float32, eV | lower end of the interval at attr interval_level
+GAP_HI_EV: Final[str] = "gap_hi_ev"  # (F,) float32, eV | upper end of that interval
+EXTRAPOLATING: Final[str] = "extrapolating"  # (F,) bool | calibrated std above attr extrapolation_threshold_ev
+ATTR_INTERVAL_LEVEL: Final[str] = "interval_level"  # float | nominal coverage of gap_lo_ev..gap_hi_ev
+ATTR_INTERVAL_METHOD: Final[str] = "interval_method"  # str | scale or conformal
+ATTR_CALIBRATION_SCALE: Final[str] = "calibration_scale"  # float | calibrated std / raw std
+ATTR_EXTRAPOLATION_THRESHOLD_EV: Final[str] = (
+    "extrapolation_threshold_ev"  # float, eV | largest calibrated std of a calibration frame
+)
 
 # --------------------------------------------------------------------------
 # fna.h5
@@ -62,3 +73,43 @@ RMSE_MEV: Final[str] = "rmse_mev"  # (M, N) float64, meV | masked prediction vs 
 RMSE_MEV_MEAN: Final[str] = "rmse_mev_mean"  # (N,) float64, meV | mean over members
 RMSE_MEV_STD: Final[str] = "rmse_mev_std"  # (N,) float64, meV | population std over members
 BASELINE_RMSE_MEV: Final[str] = "baseline_rmse_mev"  # (M,) float64, meV | unmasked vs true
+
+# fna.h5, importance statistics (core/importance.py). Paired per member: masked minus unmasked on the
+# same frames. Intervals, p-values and rank stability come from one bootstrap over blocks of consecutive
+# frames and over members; how it was made is in the attrs below.
+IMPORTANCE_MEV: Final[str] = (
+    "importance_mev"  # (M, N) float64, meV | masked RMSE - unmasked RMSE, per member; NaN without labels
+)
+IMPORTANCE_MEAN_MEV: Final[str] = "importance_mean_mev"  # (N,) float64, meV | mean over members
+IMPORTANCE_CI_MEV: Final[str] = "importance_ci_mev"  # (N, 2) float64, meV | bootstrap percentile interval (lo, hi)
+P_VALUE: Final[str] = "p_value"  # (N,) float64 | one-sided, importance > 0, before correction
+P_ADJUSTED: Final[str] = "p_adjusted"  # (N,) float64 | after the correction (attr importance_correction)
+SIGNIFICANT: Final[str] = "significant"  # (N,) bool | p_adjusted <= importance_alpha
+RANK_STABILITY: Final[str] = "rank_stability"  # (N,) float64 | fraction of replicates in the top importance_top_k
+SHIFT_MEV: Final[str] = "shift_mev"  # (M, N) float64, meV | mean |masked - unmasked| over frames, per member
+SHIFT_MEAN_MEV: Final[str] = "shift_mean_mev"  # (N,) float64, meV | mean over members
+SHIFT_CI_MEV: Final[str] = "shift_ci_mev"  # (N, 2) float64, meV | bootstrap percentile interval (lo, hi)
+SHIFT_P_VALUE: Final[str] = "shift_p_value"  # (N,) float64 | one-sided, shift > attr shift_null_mev (ensemble spread)
+SHIFT_P_ADJUSTED: Final[str] = "shift_p_adjusted"  # (N,) float64 | after the correction
+SHIFT_SIGNIFICANT: Final[str] = "shift_significant"  # (N,) bool | shift_p_adjusted <= shift_alpha
+SHIFT_RANK_STABILITY: Final[str] = (
+    "shift_rank_stability"  # (N,) float64 | fraction of replicates in the top shift_top_k
+)
+SITE_CLASS: Final[str] = "site_class"  # (N,) str | Cd core, Se surface, Cl bridging, ... (importance.site_classes)
+# Groups of atoms (species, then site classes), for the score that ranks (attr importance_ranked_by).
+GROUP_LABEL: Final[str] = "group_label"  # (G,) str | Cd, Se, Cl, Cd core, Cl terminal, ...
+GROUP_NUM_ATOMS: Final[str] = "group_num_atoms"  # (G,) int64
+GROUP_MEAN_MEV: Final[str] = "group_mean_mev"  # (G,) float64, meV | mean score of the group's atoms
+GROUP_MEAN_CI_MEV: Final[str] = "group_mean_ci_mev"  # (G, 2) float64, meV | its bootstrap interval
+GROUP_SUM_MEV: Final[str] = "group_sum_mev"  # (G,) float64, meV | summed score of the group's atoms
+GROUP_SUM_CI_MEV: Final[str] = "group_sum_ci_mev"  # (G, 2) float64, meV | its bootstrap interval
+GROUP_P_VALUE: Final[str] = "group_p_value"  # (G,) float64 | one-sided, mean > the score's null, before correction
+GROUP_P_ADJUSTED: Final[str] = "group_p_adjusted"  # (G,) float64 | corrected over the groups
+GROUP_SIGNIFICANT: Final[str] = "group_significant"  # (G,) bool
+ATTR_RANKED_BY: Final[str] = "importance_ranked_by"  # str | rmse or shift: the score that orders the CSV and report
+# Further attrs, written by ImportanceStats.attrs with prefix "importance" (rmse score) or "shift":
+# <prefix>_block_frames (int, FNA frames), _block_source, _bootstrap (replicates), _seed, _top_k, _alpha,
+# _confidence, _correction (holm or bh), _null_mev, _n_frames, _n_members.
+
+# importance.extxyz (qdgap fna --xyz): per-atom array of every FNA frame
+XYZ_IMPORTANCE: Final[str] = "importance"  # (N,) float64, meV | ensemble-mean |masked - unmasked| on that frame

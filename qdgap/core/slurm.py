@@ -118,26 +118,16 @@ class SlurmResources:
         for name in ("partition", "account", "job_name"):
             value = getattr(self, name)
             if value is not None and (not value or any(c.isspace() for c in value)):
-                raise QdgapError(
-                    f"Slurm {name} {value!r}: expected a non-empty name without spaces"
-                )
+                raise QdgapError(f"Slurm {name} {value!r}: expected a non-empty name without spaces")
         for name, low in (("time_min", 1), ("cpus_per_task", 1), ("gpus_per_task", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise QdgapError(
-                    f"Slurm {name.replace('_', '-')} {value!r}: expected a whole number >= {low}"
-                )
+                raise QdgapError(f"Slurm {name.replace('_', '-')} {value!r}: expected a whole number >= {low}")
         if self.max_parallel is not None and (
-            isinstance(self.max_parallel, bool)
-            or not isinstance(self.max_parallel, int)
-            or self.max_parallel < 1
+            isinstance(self.max_parallel, bool) or not isinstance(self.max_parallel, int) or self.max_parallel < 1
         ):
-            raise QdgapError(
-                f"Slurm max-parallel {self.max_parallel!r}: expected a whole number >= 1"
-            )
-        if self.mem_gb is not None and not (
-            isinstance(self.mem_gb, (int, float)) and self.mem_gb > 0
-        ):
+            raise QdgapError(f"Slurm max-parallel {self.max_parallel!r}: expected a whole number >= 1")
+        if self.mem_gb is not None and not (isinstance(self.mem_gb, (int, float)) and self.mem_gb > 0):
             raise QdgapError(f"Slurm mem {self.mem_gb!r}: expected a positive number of GB")
         if self.image is not None:
             object.__setattr__(self, "image", Path(self.image).expanduser().absolute())
@@ -261,9 +251,7 @@ def _check_commands(
     argvs = tuple(tuple(str(a) for a in argv) for argv in commands)
     labels = tuple(range(len(argvs))) if members is None else tuple(members)
     if len(labels) != len(argvs):
-        raise QdgapError(
-            f"{len(labels)} members for {len(argvs)} commands: give one member per command"
-        )
+        raise QdgapError(f"{len(labels)} members for {len(argvs)} commands: give one member per command")
     if len(set(labels)) != len(labels):
         raise QdgapError(f"members must be unique, got {list(labels)}")
     return argvs, labels
@@ -285,9 +273,7 @@ def _sbatch_parameters(resources: SlurmResources, lines: Sequence[str]) -> dict[
         params["gpus_per_task"] = resources.gpus_per_task
     if resources.mem_gb is not None:
         mem = resources.mem_gb
-        params["mem"] = (
-            f"{int(mem)}GB" if float(mem).is_integer() else f"{int(round(mem * 1024))}MB"
-        )
+        params["mem"] = f"{int(mem)}GB" if float(mem).is_integer() else f"{int(round(mem * 1024))}MB"
     if resources.max_parallel is not None:
         params["array_parallelism"] = resources.max_parallel
     return params
@@ -297,8 +283,7 @@ def _setup_lines(full: Sequence[Sequence[str]], members: Sequence[Member], cwd: 
     """Lines run before submitit's runner: a readable list of what each task runs, and threads."""
     lines = [f"# qdgap job array: {len(full)} tasks, in {shlex.quote(str(cwd))}"]
     lines += [
-        f"# task {i} (member {m}): {shlex.join(cmd)}"
-        for i, (m, cmd) in enumerate(zip(members, full, strict=True))
+        f"# task {i} (member {m}): {shlex.join(cmd)}" for i, (m, cmd) in enumerate(zip(members, full, strict=True))
     ]
     # Torch and BLAS use the cores Slurm gave the task, not the node's.
     lines.append("export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}")
@@ -307,9 +292,7 @@ def _setup_lines(full: Sequence[Sequence[str]], members: Sequence[Member], cwd: 
 
 def _runner_command(logs: Path) -> str:
     # What submitit's SlurmExecutor runs for an array (SlurmExecutor._submitit_command_str).
-    return " ".join(
-        [shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(logs))]
-    )
+    return " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(logs))])
 
 
 def dry_run(
@@ -361,9 +344,7 @@ def _require_slurm() -> None:
         )
 
 
-def _submit_array(
-    logs: Path, params: Mapping[str, object], fns: Sequence[Callable[[], str]]
-) -> str:
+def _submit_array(logs: Path, params: Mapping[str, object], fns: Sequence[Callable[[], str]]) -> str:
     """Submit ``fns`` as one array through submitit; returns the array's job id."""
     import submitit
     from submitit.core.utils import FailedJobError, FailedSubmissionError
@@ -521,9 +502,7 @@ def load_job(folder: str | os.PathLike, job_id: str | None = None) -> ArrayJob:
 # --------------------------------------------------------------------------
 def _run_query(command: list[str]) -> subprocess.CompletedProcess[str] | None:
     try:
-        return subprocess.run(
-            command, capture_output=True, text=True, timeout=_TIMEOUT_S, check=False
-        )
+        return subprocess.run(command, capture_output=True, text=True, timeout=_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("%s: %s", command[0], exc)
         return None
@@ -552,9 +531,7 @@ def _squeue_states(job: ArrayJob) -> dict[int, str] | None:
 
     None when squeue could not be asked; {} when the job is no longer known.
     """
-    proc = _run_query(
-        ["squeue", "--noheader", "--array", "--states=all", "--jobs", job.job_id, "--format=%i|%T"]
-    )
+    proc = _run_query(["squeue", "--noheader", "--array", "--states=all", "--jobs", job.job_id, "--format=%i|%T"])
     if proc is None:
         return None
     if proc.returncode != 0:
@@ -569,9 +546,7 @@ def _sacct_states(job: ArrayJob) -> dict[int, str]:
     """Final states from Slurm's accounting; {} where accounting is off or unreachable."""
     if shutil.which("sacct") is None:
         return {}
-    proc = _run_query(
-        ["sacct", "--noheader", "--parsable2", "--jobs", job.job_id, "--format=JobID,State"]
-    )
+    proc = _run_query(["sacct", "--noheader", "--parsable2", "--jobs", job.job_id, "--format=JobID,State"])
     if proc is None or proc.returncode != 0:
         return {}
     return _parse_states(proc.stdout, job)
@@ -622,9 +597,7 @@ def task_states(job: ArrayJob) -> list[TaskState]:
             message = f"ended without a result; see {paths.stderr}" if state == LOST else ""
         if state in _FAILED_STATES and state not in (FAILED, LOST) and not message:
             message = f"Slurm ended it: {state}"
-        states.append(
-            TaskState(i, member, job.task_job_id(i), state, message, paths.stdout, paths.stderr)
-        )
+        states.append(TaskState(i, member, job.task_job_id(i), state, message, paths.stdout, paths.stderr))
     return states
 
 

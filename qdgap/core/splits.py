@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,30 +52,69 @@ def labelled_pool(gap_ev: np.ndarray, *, stride: int = DEFAULT_STRIDE) -> np.nda
     return frames[np.isfinite(np.asarray(gap_ev)[frames])]
 
 
-def split_frames(gap_ev: np.ndarray, *, seed: int, stride: int = DEFAULT_STRIDE) -> Split:
+def chosen_pool(gap_ev: np.ndarray, frames: Sequence[int]) -> np.ndarray:
+    """Indices of a pool named frame by frame (``--frames-from``), checked: in range, labelled, each once.
+
+    Args:
+        gap_ev: (F,) band gaps, eV; NaN where a frame has no label.
+        frames: (P,) frame indices.
+
+    Returns:
+        (P,) int64, sorted.
+
+    Raises:
+        QdgapError: a frame out of range, without a label, or named twice.
+    """
+    pool = np.asarray(list(frames), dtype=np.int64)
+    gap_ev = np.asarray(gap_ev)
+    bad = pool[(pool < 0) | (pool >= len(gap_ev))]
+    if bad.size:
+        raise QdgapError(f"frame {int(bad[0])} is outside the trajectory's frames 0-{len(gap_ev) - 1}")
+    unlabelled = pool[~np.isfinite(gap_ev[pool])]
+    if unlabelled.size:
+        raise QdgapError(
+            f"frame {int(unlabelled[0])} has no gap ({unlabelled.size} unlabelled frame(s) chosen); "
+            "label them first (`qdgap label`) or leave them out"
+        )
+    unique, counts = np.unique(pool, return_counts=True)
+    if (counts > 1).any():
+        raise QdgapError(f"frame {int(unique[counts > 1][0])} is named more than once")
+    return unique
+
+
+def split_frames(
+    gap_ev: np.ndarray, *, seed: int, stride: int = DEFAULT_STRIDE, pool: Sequence[int] | None = None
+) -> Split:
     """Split the labelled pool 80/10/10 into train/val/test for member ``seed``.
 
-    The pool (``labelled_pool``) is shuffled with ``numpy.random.default_rng(seed)``
-    and cut in order: the first 80 % train, the next 10 % val, the rest test
-    (val and test each get round(10 %), at least one frame). The same seed and
-    labels give the same split on any machine.
+    The pool (``labelled_pool``, or the frames of ``pool`` when given) is shuffled
+    with ``numpy.random.default_rng(seed)`` and cut in order: the first 80 % train,
+    the next 10 % val, the rest test (val and test each get round(10 %), at least
+    one frame). The same seed and labels give the same split on any machine.
 
     Args:
         gap_ev: (F,) band gaps, eV; NaN where a frame has no label.
         seed: the member's seed (a non-negative integer).
-        stride: pool spacing in frames.
+        stride: pool spacing in frames (ignored with ``pool``).
+        pool: exactly these labelled frames form the pool (``--frames-from``,
+            checked by ``chosen_pool``); None for every ``stride``-th labelled frame.
 
     Raises:
-        QdgapError: the pool has fewer than ``MIN_POOL`` frames.
+        QdgapError: the pool has fewer than ``MIN_POOL`` frames, or ``pool`` names a bad frame.
     """
     if seed < 0:
         raise QdgapError(f"--seed must be a non-negative integer, got {seed}")
-    pool = labelled_pool(gap_ev, stride=stride)
+    named = pool is not None
+    pool = chosen_pool(gap_ev, pool) if named else labelled_pool(gap_ev, stride=stride)
     n = len(pool)
     if n < MIN_POOL:
+        where, mend = (
+            ("chosen (--frames-from)", "choose more frames")
+            if named
+            else (f"in the pool (every {stride}th frame with a gap)", "label more frames or lower --stride")
+        )
         raise QdgapError(
-            f"only {n} labelled frame(s) in the pool (every {stride}th frame with a gap); "
-            f"a train/val/test split needs at least {MIN_POOL}: label more frames or lower --stride"
+            f"only {n} labelled frame(s) {where}; a train/val/test split needs at least {MIN_POOL}: {mend}"
         )
     n_val = max(1, round(FRACTIONS[1] * n))
     n_test = max(1, round(FRACTIONS[2] * n))

@@ -84,7 +84,9 @@ def synthetic_trajectory(
     positions = pos0[None] + disp
     who = np.arange(len(numbers)) if important is None else np.asarray(important)
     i, j = _bonds(pos0, who)
-    stretch = np.linalg.norm(positions[:, i] - positions[:, j], axis=-1) - np.linalg.norm(pos0[i] - pos0[j], axis=-1)  # (F, B) Å
+    stretch = np.linalg.norm(positions[:, i] - positions[:, j], axis=-1) - np.linalg.norm(
+        pos0[i] - pos0[j], axis=-1
+    )  # (F, B) Å
     # Smooth and nonlinear in the bond lengths, local as a GNN sees them.
     raw = stretch.sum(1) - 0.5 * (stretch**2).sum(1)
     gap = GAP_MEAN_EV + GAP_STD_EV * (raw - raw.mean()) / (raw.std() + 1e-12)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,19 +24,20 @@ import numpy as np
 import torch
 
 from qdgap.core import runs as rf
+from qdgap.core.checkpoint import load_checkpoint, model_meta, save_checkpoint, save_weights
 from qdgap.core.config import RunConfig
 from qdgap.core.data import Trajectory
 from qdgap.core.errors import Interrupted, QdgapError
 from qdgap.core.faults import fault_point
-from qdgap.core.files import atomic_output, check_writable_dir, exclusive_lock, provenance
+from qdgap.core.files import check_writable_dir, exclusive_lock, provenance
 from qdgap.core.graphs import load_or_build_graphs
+from qdgap.core.metrics import MEV_PER_EV, mae_mev, rmse_mev
 from qdgap.core.model import GapModel, fast_cpu_math
+from qdgap.core.runtime import resolve_device
 from qdgap.core.splits import split_frames
 from qdgap.kernels.batch import PackedGraphs, gather_frames, graphs_per_forward
 
 log = logging.getLogger(__name__)
-
-MEV_PER_EV = 1000.0
 
 
 @dataclass(frozen=True)
@@ -61,17 +63,6 @@ class TrainResult:
     resumed_from_epoch: int
     trainable_params: int
     frozen_params: int
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when present, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise QdgapError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise QdgapError("--device cuda asked for, but no CUDA device is available; use --device cpu")
-    return torch.device(device)
 
 
 def train_member(
@@ -110,26 +101,44 @@ def train_member(
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
-    check_splittable(traj, seed=seed, stride=config.train.stride, data_path=data_path)  # before any folder is made
+    check_splittable(
+        traj, seed=seed, stride=config.train.stride, pool=config.train.pool_frames, data_path=data_path
+    )  # before any folder is made
     check_writable_dir(run_dir)
     with exclusive_lock(run_dir / rf.LOCK, what=f"member {run_dir}"):
         if (run_dir / rf.DONE).exists():
             raise QdgapError(f"{run_dir}: already finished (DONE); remove the folder to train it again")
         for stale in run_dir.glob(".*.tmp"):  # left by a process killed mid-write; the lock says none is ours now
             stale.unlink(missing_ok=True)
-        result = _train(traj, config, seed, run_dir, resolve_device(device), cache_dir, init, data_path, progress, should_stop)
+        # Every backend (local pool, `qdgap train` in a Slurm task) trains through here, so the FAILED marker
+        # that `ensemble status` reads is written by one piece of code. Interruptions are not failures.
+        try:
+            result = _train(
+                traj, config, seed, run_dir, resolve_device(device), cache_dir, init, data_path, progress, should_stop
+            )
+        except Interrupted:
+            raise
+        except QdgapError as exc:
+            rf.mark_failed(run_dir, str(exc))
+            raise
+        except Exception as exc:  # a bug: keep the traceback beside the member
+            rf.mark_failed(run_dir, "".join(traceback.format_exception(exc)))
+            raise
+        (run_dir / rf.FAILED).unlink(missing_ok=True)
     log.info("%s: done in %.1f s, test RMSE %.1f meV", run_dir, time.perf_counter() - t_start, result.test_rmse_mev)
     return result
 
 
-def check_splittable(traj: Trajectory, *, seed: int, stride: int, data_path: str = "") -> None:
+def check_splittable(
+    traj: Trajectory, *, seed: int, stride: int, pool: tuple[int, ...] | None = None, data_path: str = ""
+) -> None:
     """Refuse data whose labelled pool is too small for member ``seed``'s split, naming the file.
 
     Raises:
-        QdgapError: too few (or no) labelled frames.
+        QdgapError: too few (or no) labelled frames, or a chosen ``pool`` frame out of range or unlabelled.
     """
     try:
-        split_frames(traj.gap_ev, seed=seed, stride=stride)
+        split_frames(traj.gap_ev, seed=seed, stride=stride, pool=pool)
     except QdgapError as exc:
         raise QdgapError(f"{data_path}: {exc}" if data_path else str(exc)) from None
 
@@ -153,12 +162,12 @@ def _train(
     fast_cpu_math()
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     ckpt_path = run_dir / rf.CHECKPOINT_PT
-    ckpt = _load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None  # a bad one is refused before any write
+    ckpt = load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None  # a bad one is refused before any write
     record = _run_record(traj, config, seed, data_path, init)
     _check_or_write_record(run_dir, record)
 
     # ---------------------------------------------------------------- data and graphs
-    split = split_frames(traj.gap_ev, seed=seed, stride=tc.stride)
+    split = split_frames(traj.gap_ev, seed=seed, stride=tc.stride, pool=tc.pool_frames)
     _check_or_write_split(run_dir, split.to_json())
     graphs = _to_device(load_or_build_graphs(traj, config.graph, cache_dir=cache_dir), device)
     gaps = torch.from_numpy(traj.gap_ev.astype(np.float32)).to(device)
@@ -189,7 +198,11 @@ def _train(
     optimizer = torch.optim.AdamW(_param_groups(model), lr=tc.learning_rate, weight_decay=tc.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(split.train) / tc.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=tc.learning_rate, epochs=max(1, tc.epochs), steps_per_epoch=steps_per_epoch, pct_start=tc.pct_start
+        optimizer,
+        max_lr=tc.learning_rate,
+        epochs=max(1, tc.epochs),
+        steps_per_epoch=steps_per_epoch,
+        pct_start=tc.pct_start,
     )
     start_epoch, best_val, best_epoch, best_state, metrics = 0, math.inf, -1, None, []
     if ckpt is not None:
@@ -197,7 +210,11 @@ def _train(
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
-            start_epoch, best_val, best_epoch = int(ckpt["epoch"]), float(ckpt["best_val_mae_mev"]), int(ckpt["best_epoch"])
+            start_epoch, best_val, best_epoch = (
+                int(ckpt["epoch"]),
+                float(ckpt["best_val_mae_mev"]),
+                int(ckpt["best_epoch"]),
+            )
             best_state, metrics = ckpt["best_state"], list(ckpt["metrics"])
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # tensors only, but not our layout
             raise QdgapError(
@@ -244,7 +261,7 @@ def _train(
                 "seconds": time.perf_counter() - t_epoch,
             }
         )
-        _save_checkpoint(
+        save_checkpoint(
             ckpt_path,
             model=model.state_dict(),
             optimizer=optimizer.state_dict(),
@@ -266,11 +283,11 @@ def _train(
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         best_epoch = 0
     model.load_state_dict(best_state)
-    _save_weights(run_dir / rf.BEST_PT, best_state)
+    save_weights(run_dir / rf.BEST_PT, best_state)
     test_err = (predict_frames(model, graphs, test_frames, batch=eval_batch) - gaps[test_frames]).double().cpu().numpy()
     test = {
-        "rmse_mev": float(np.sqrt(np.mean(test_err**2)) * MEV_PER_EV),
-        "mae_mev": float(np.mean(np.abs(test_err)) * MEV_PER_EV),
+        "rmse_mev": rmse_mev(test_err),
+        "mae_mev": mae_mev(test_err),
         "n": int(len(test_err)),
     }
     from qdgap.core.export import export_torchscript
@@ -303,7 +320,13 @@ def _train(
 
 
 def accumulate_gradient(
-    model: torch.nn.Module, graphs: PackedGraphs, frames: torch.Tensor, gaps: torch.Tensor, *, target_std: float, micro_batch: int
+    model: torch.nn.Module,
+    graphs: PackedGraphs,
+    frames: torch.Tensor,
+    gaps: torch.Tensor,
+    *,
+    target_std: float,
+    micro_batch: int,
 ) -> torch.Tensor:
     """Add the gradient of one batch's loss to the parameters' ``.grad``; return the loss (detached).
 
@@ -356,7 +379,9 @@ def _to_device(graphs: PackedGraphs, device: torch.device) -> PackedGraphs:
 # ==========================================================================
 
 
-def _run_record(traj: Trajectory, config: RunConfig, seed: int, data_path: str, init: InitFrom | None) -> dict[str, Any]:
+def _run_record(
+    traj: Trajectory, config: RunConfig, seed: int, data_path: str, init: InitFrom | None
+) -> dict[str, Any]:
     record = {
         "seed": seed,
         **config.to_json(),
@@ -401,60 +426,3 @@ def _check_or_write_split(run_dir: Path, split: dict[str, list[int]]) -> None:
             raise QdgapError(f"{path}: differs from the split this seed gives; the folder belongs to another run")
         return
     rf.write_json(path, split)
-
-
-def model_meta(record: dict[str, Any]) -> dict[str, Any]:
-    """What ``model.ts`` carries beside its weights."""
-    from qdgap import __version__
-
-    return {
-        "qdgap_version": __version__,
-        "seed": record["seed"],
-        "preset": record["preset"],
-        "model": record["model"],
-        "graph": record["graph"],
-        "numbers": record["data"]["numbers"],
-        "formula": record["data"]["formula"],
-        "data_sha256": record["data"]["sha256"],
-        "output": "band gap, eV",
-    }
-
-
-def _save_checkpoint(path: Path, **state: Any) -> None:
-    with atomic_output(path, force=True) as tmp:
-        torch.save(state, tmp)
-
-
-def _save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
-    with atomic_output(path, force=True) as tmp:
-        torch.save(state, tmp)
-
-
-def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    # weights_only: nothing but tensors and plain containers is ever unpickled from a user's file.
-    import pickle
-    import re
-    import warnings
-
-    try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = f"holds pickled Python objects ({found.group(1)}), not plain tensors" if found else "holds a pickle qdgap does not load"
-        raise QdgapError(f"{path}: unsafe checkpoint: {what}; qdgap loads tensors only. Remove it (or retrain the member)") from None
-    except Exception as exc:  # torch raises runtime, zip and EOF errors alike for damaged files
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
-        raise QdgapError(
-            f"{path}: unreadable checkpoint ({(first[0] if first else type(exc).__name__)[:100]}); "
-            "remove it to start the member afresh"
-        ) from None
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A ``best.pt`` state dict, loaded safely (tensors only)."""
-    state = _load_checkpoint(Path(path), torch.device("cpu"))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise QdgapError(f"{path}: not a state dict of tensors")
-    return state

@@ -23,9 +23,10 @@ What is imported, and what is refused (with the reason):
   additional output heads, and targets scaled by ``target_multiplication_factor``
   or ``standard_scalar_and_pca`` (qdgap could not tell the output's unit).
 * CGCNN atom features (92 per atom) only: they are the table qdgap's model holds.
-* Graphs: qdgap builds upstream's ``pure_torch`` graphs. A model trained on
-  another ``neighbor_strategy`` (``k-nearest``, the old default, ...) saw other
-  bonds and angles; it is refused unless the caller accepts the difference
+* Graphs: qdgap builds upstream's ``pure_torch`` graphs and the DGL-era
+  ``k-nearest`` ones, canonised (``use_canonize``, upstream's training default)
+  or not (``GraphConfig``). A model trained on another ``neighbor_strategy`` saw
+  other bonds and angles; it is refused unless the caller accepts the difference
   (``allow_other_graphs``), e.g. to fine-tune it on qdgap's graphs.
 * Targets: upstream trains on raw targets, so the output is already in eV
   (``target_mean`` 0, ``target_std`` 1) unless the checkpoint carries qdgap's
@@ -49,20 +50,19 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from qdgap.core import runs as rf
-from qdgap.core.config import CGCNN_FEATURES, GraphConfig, ModelConfig, RunConfig, TrainConfig
+from qdgap.core.config import CGCNN_FEATURES, K_NEAREST, PURE_TORCH, GraphConfig, ModelConfig, RunConfig, TrainConfig
 from qdgap.core.errors import QdgapError
 
 log = logging.getLogger(__name__)
 
 IMPORTED_PRESET = "imported"  # the ``preset`` an imported member records
-PURE_TORCH_STRATEGY = "pure_torch"  # upstream's neighbour strategy that qdgap's graph builder reproduces
 _DERIVED_KEYS = ("_species_table", "target_mean", "target_std")  # buffers not learned from data; qdgap fills them
 # Upstream TrainingConfig's defaults, for configs that leave these out.
 _TRAIN_DEFAULTS = {"epochs": 300, "batch_size": 64, "learning_rate": 1e-2, "weight_decay": 0.0}
@@ -121,7 +121,7 @@ def import_alignn(
             weights that do not fit the configuration, or an existing output.
     """
     from qdgap.core.files import provenance, sha256_file
-    from qdgap.core.model import GapModel
+    from qdgap.core.model import GapModel, fold_target_stats
 
     checkpoint, config_json, run_dir = Path(checkpoint), Path(config_json), Path(run_dir)
     seed = _resolve_seed(run_dir, seed)
@@ -160,14 +160,14 @@ def import_alignn(
     }
 
     def write(folder: Path) -> str:
+        from qdgap.core.checkpoint import model_meta
         from qdgap.core.export import export_torchscript
         from qdgap.core.files import atomic_output
-        from qdgap.core.train import model_meta
 
         rf.write_json(folder / rf.CONFIG_JSON, record)
         rf.write_json(folder / rf.SPLIT_JSON, {"train": [], "val": [], "test": []})  # no split known
         with atomic_output(folder / rf.BEST_PT, force=True) as tmp:  # the weights, as train writes best.pt
-            torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, tmp)
+            torch.save(fold_target_stats({k: v.detach().cpu() for k, v in model.state_dict().items()}), tmp)
         digest = export_torchscript(model, folder / rf.MODEL_TS, meta=model_meta(record))
         done = {
             "model_sha256": digest,
@@ -307,32 +307,40 @@ def _graph_config(upstream: dict[str, Any], source: Path, allow_other_graphs: bo
                 f"{source}: no {key!r} setting; qdgap needs it to rebuild the graphs the model was trained on"
             )
     cutoff = float(upstream["cutoff"])
-    strategy = upstream.get("neighbor_strategy", "k-nearest")
-    if strategy == PURE_TORCH_STRATEGY:
+    max_neighbors = int(upstream["max_neighbors"])
+    strategy = upstream.get("neighbor_strategy", K_NEAREST)
+    # TrainingConfig's default, so a config that leaves it out was trained canonised.
+    canonize = bool(upstream.get("use_canonize", True))
+    note = None
+    if strategy == PURE_TORCH:
         # Upstream's pure_torch builder: triplets only between bonds up to three_body_cutoff (cutoff when unset).
         three_body = upstream.get("three_body_cutoff")
         three_body = cutoff if three_body is None else float(three_body)
-        note = None
-    else:
-        if not allow_other_graphs:
+        if three_body > cutoff:
             raise QdgapError(
-                f"{source}: trained on neighbor_strategy={strategy!r} graphs, qdgap builds upstream's 'pure_torch' "
-                "ones, so its predictions would differ; pass --allow-other-graphs to import it anyway "
-                "(e.g. to fine-tune it)"
+                f"{source}: three_body_cutoff={three_body:g} exceeds cutoff={cutoff:g}; upstream refuses that too"
             )
-        three_body = cutoff  # the other strategies form angles between all bonds
-        note = (
-            f"trained on neighbor_strategy={strategy!r} graphs; qdgap rebuilds them with upstream's pure_torch builder "
-            f"(cutoff {cutoff:g} Å, {upstream['max_neighbors']} neighbours, angles between all bonds), "
-            "so predictions differ from upstream's"
-        )
-    if three_body > cutoff:
+        return GraphConfig(cutoff_ang=cutoff, max_neighbors=max_neighbors, three_body_cutoff_ang=three_body), None
+    # The DGL-era builders form angles between all bonds; three_body_cutoff is recorded as the cutoff, unused.
+    knn = GraphConfig(
+        cutoff_ang=cutoff,
+        max_neighbors=max_neighbors,
+        three_body_cutoff_ang=cutoff,
+        neighbor_strategy=K_NEAREST,
+        use_canonize=canonize,
+    )
+    if strategy == K_NEAREST:
+        return knn, None  # upstream's nearest_neighbor_edges + build_undirected_edgedata, as qdgap builds them
+    what = f"neighbor_strategy={strategy!r}"
+    if not allow_other_graphs:
         raise QdgapError(
-            f"{source}: three_body_cutoff={three_body:g} exceeds cutoff={cutoff:g}; upstream refuses that too"
+            f"{source}: trained on {what} graphs, which qdgap does not build, so its predictions would "
+            "differ; pass --allow-other-graphs to import it anyway (e.g. to fine-tune it)"
         )
-    return GraphConfig(
-        cutoff_ang=cutoff, max_neighbors=int(upstream["max_neighbors"]), three_body_cutoff_ang=three_body
-    ), note
+    graph = replace(knn, neighbor_strategy=PURE_TORCH, use_canonize=False)
+    how = f"upstream's pure_torch builder (cutoff {cutoff:g} Å, {max_neighbors} neighbours)"
+    note = f"trained on {what} graphs; qdgap rebuilds them with {how}, angles between all bonds, so predictions differ from upstream's"
+    return graph, note
 
 
 # ==========================================================================
@@ -389,11 +397,16 @@ def load_upstream_weights(
 
     ``_species_table`` (a derived buffer that upstream leaves empty until export)
     is ignored and qdgap's own table kept; ``target_mean``/``target_std`` are
-    taken from the checkpoint when it has them, else 0 and 1.
+    taken from the checkpoint when it has them, else 0 and 1. A qdgap ``best.pt``
+    (target statistics folded into the output layer) is unfolded first.
 
     Raises:
         QdgapError: naming the first missing, unexpected or mis-shaped key, or a non-finite weight.
     """
+    from qdgap.core.model import FOLDED_STATS, unfold_target_stats
+
+    if all(k in state for k in (*FOLDED_STATS, "fc.weight", "fc.bias")):
+        state = unfold_target_stats(state)
     mine = model.state_dict()
     expected = [k for k in mine if k not in _DERIVED_KEYS]
     given = {k: v for k, v in state.items() if k not in _DERIVED_KEYS}

@@ -117,7 +117,9 @@ CPU_TRAIN_FEATURE_BUDGET = 1_500_000
 GPU_FEATURE_BUDGET = 64_000_000
 
 
-def graphs_per_forward(device_type: str, edges_per_graph: float, hidden_features: int, *, training: bool = False) -> int:
+def graphs_per_forward(
+    device_type: str, edges_per_graph: float, hidden_features: int, *, training: bool = False
+) -> int:
     """Graphs (frames, or masked copies of one) per forward so that bonds x features fits the device.
 
     Args:

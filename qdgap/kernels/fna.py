@@ -103,7 +103,9 @@ def tile_masked(base: GraphBatch, copy_graph: Tensor, masked_atom: Tensor, num_a
     bond_keep = ((src != atom_of_edge) & (dst != atom_of_edge)).to(bond_len.dtype)  # (e_out,)
     batch = GraphBatch(z, src, dst, bond_len, lg_src, lg_dst, base.angle_cos.index_select(0, tidx), node_graph, c)
     if mode == "seed":
-        return MaskedBatch(batch._replace(bond_len=bond_len * bond_keep), node_keep, None, None, node_from, eidx, tidx, bond_keep)
+        return MaskedBatch(
+            batch._replace(bond_len=bond_len * bond_keep), node_keep, None, None, node_from, eidx, tidx, bond_keep
+        )
     angle_keep = bond_keep.index_select(0, lg_src) * bond_keep.index_select(0, lg_dst)
     return MaskedBatch(batch, node_keep, bond_keep, angle_keep, node_from, eidx, tidx, bond_keep)
 
@@ -198,7 +200,9 @@ def fna_loop(model: Callable[..., Tensor], frame: GraphBatch, *, num_atoms: int,
             node_keep[atom] = 0.0
             bond_keep = ((frame.edge_src != atom) & (frame.edge_dst != atom)).to(frame.bond_len.dtype)
             if mode == "seed":
-                results.append(model(*frame._replace(bond_len=frame.bond_len * bond_keep), node_keep, None, None).float())
+                results.append(
+                    model(*frame._replace(bond_len=frame.bond_len * bond_keep), node_keep, None, None).float()
+                )
             else:
                 angle_keep = bond_keep[frame.lg_src] * bond_keep[frame.lg_dst]
                 results.append(model(*frame, node_keep, bond_keep, angle_keep).float())

@@ -23,7 +23,16 @@ from qdgap.core.files import sha256_file
 from qdgap.core.results import read_results
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_FILES = {rf.CONFIG_JSON, rf.SPLIT_JSON, rf.METRICS_CSV, rf.CHECKPOINT_PT, rf.BEST_PT, rf.MODEL_TS, rf.TEST_METRICS_JSON, rf.DONE}
+RUN_FILES = {
+    rf.CONFIG_JSON,
+    rf.SPLIT_JSON,
+    rf.METRICS_CSV,
+    rf.CHECKPOINT_PT,
+    rf.BEST_PT,
+    rf.MODEL_TS,
+    rf.TEST_METRICS_JSON,
+    rf.DONE,
+}
 PROC_TIMEOUT_S = 180  # one qdgap process; the tests' own pytest timeouts bound the whole
 
 
@@ -79,7 +88,9 @@ def assert_same(a, b, where: str) -> None:
     """Equal bit for bit: tensors, arrays, and the dicts/lists/scalars holding them."""
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())), where
+        assert torch.equal(a, b) or (
+            a.is_floating_point() and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+        ), where
     elif isinstance(a, np.ndarray):
         assert isinstance(b, np.ndarray) and a.shape == b.shape, where
         assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), where
@@ -89,7 +100,7 @@ def assert_same(a, b, where: str) -> None:
             assert_same(a[k], b[k], f"{where}[{k!r}]")
     elif isinstance(a, (list, tuple)):
         assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{where}[{i}]")
     elif isinstance(a, float) and np.isnan(a):
         assert isinstance(b, float) and np.isnan(b), where
@@ -126,7 +137,10 @@ def check_run(run: Path, ref: Path, *, final: bool) -> None:
         assert visible == RUN_FILES, (run, RUN_FILES - visible)
         assert not list(run.glob(".*.tmp")), list(run.glob(".*.tmp"))
     if (run / rf.CONFIG_JSON).exists():
-        assert json.loads((run / rf.CONFIG_JSON).read_text())["seed"] == json.loads((ref / rf.CONFIG_JSON).read_text())["seed"]
+        assert (
+            json.loads((run / rf.CONFIG_JSON).read_text())["seed"]
+            == json.loads((ref / rf.CONFIG_JSON).read_text())["seed"]
+        )
     if (run / rf.SPLIT_JSON).exists():
         assert rf.read_json(run / rf.SPLIT_JSON) == rf.read_json(ref / rf.SPLIT_JSON)
     ref_rows = metrics_rows(rf.read_metrics_csv(ref / rf.METRICS_CSV))
@@ -138,7 +152,9 @@ def check_run(run: Path, ref: Path, *, final: bool) -> None:
             assert len(rows) == len(ref_rows), run
     if (run / rf.CHECKPOINT_PT).exists():
         ck, ref_ck = load_pt(run / rf.CHECKPOINT_PT), load_pt(ref / rf.CHECKPOINT_PT)
-        assert_same(metrics_rows(ck["metrics"]), metrics_rows(ref_ck["metrics"])[: ck["epoch"]], f"{run}/checkpoint.pt metrics")
+        assert_same(
+            metrics_rows(ck["metrics"]), metrics_rows(ref_ck["metrics"])[: ck["epoch"]], f"{run}/checkpoint.pt metrics"
+        )
         if ck["epoch"] == len(ref_rows):
             for key in ("model", "optimizer", "scheduler", "best_state", "best_epoch", "best_val_mae_mev"):
                 assert_same(ck[key], ref_ck[key], f"{run}/checkpoint.pt[{key}]")

@@ -42,10 +42,12 @@ def test_import_extxyz_roundtrip(run_cli, tmp_path, synthetic_traj):
 
 def test_import_ase_traj_with_stride_and_gap_key(run_cli, tmp_path, synthetic_traj):
     frames = _frames(synthetic_traj, 20, with_gap=False, cell=np.eye(3) * 30)
-    for a, g in zip(frames, synthetic_traj.gap_ev):
+    for a, g in zip(frames, synthetic_traj.gap_ev, strict=False):
         a.info["homo_lumo"] = float(g)
     write(tmp_path / "md.traj", frames)
-    r = run_cli("data", "import", tmp_path / "md.traj", "-o", tmp_path / "t.h5", "--gap-key", "homo_lumo", "--stride", "3")
+    r = run_cli(
+        "data", "import", tmp_path / "md.traj", "-o", tmp_path / "t.h5", "--gap-key", "homo_lumo", "--stride", "3"
+    )
     assert r.exit_code == 0, r.stderr
     t = read_trajectory(tmp_path / "t.h5")
     assert t.num_frames == 7
@@ -88,7 +90,13 @@ def test_import_published_seed_folder(run_cli, tmp_path, seed_data):
     """The original study's files, as they are: st<N>.vasp with label suffixes, a 6-column CSV."""
     out = tmp_path / "seed.h5"
     r = run_cli(
-        "data", "import", seed_data / "cl_qd" / "structures", "--gaps", seed_data / "cl_qd" / "Cl_QD_elec_1-10k.csv", "-o", out
+        "data",
+        "import",
+        seed_data / "cl_qd" / "structures",
+        "--gaps",
+        seed_data / "cl_qd" / "Cl_QD_elec_1-10k.csv",
+        "-o",
+        out,
     )
     assert r.exit_code == 0, r.stderr
     t = read_trajectory(out)
@@ -158,9 +166,17 @@ def _bad_inputs(tmp_path, traj):
     (tmp_path / "short.csv").write_text("1.0\n1.1\n")
     cases["labels count"] = ([tmp_path / "ok.extxyz"], ["--gaps", tmp_path / "short.csv"], "2 label rows for 6 frames")
     (tmp_path / "far.csv").write_text("st100,1.0\nst101,1.1\n")
-    cases["labels match nothing"] = ([tmp_path / "ok.extxyz"], ["--gaps", tmp_path / "far.csv"], "no label row matches a frame")
+    cases["labels match nothing"] = (
+        [tmp_path / "ok.extxyz"],
+        ["--gaps", tmp_path / "far.csv"],
+        "no label row matches a frame",
+    )
     (tmp_path / "twice.csv").write_text("st1,1.0\nst1,1.1\n")
-    cases["labels twice"] = ([tmp_path / "ok.extxyz"], ["--gaps", tmp_path / "twice.csv"], "frame 1 is labelled more than once")
+    cases["labels twice"] = (
+        [tmp_path / "ok.extxyz"],
+        ["--gaps", tmp_path / "twice.csv"],
+        "frame 1 is labelled more than once",
+    )
     cases["bad stride"] = ([tmp_path / "ok.extxyz"], ["--stride", "0"], "--stride must be a positive integer")
     return cases
 
@@ -190,3 +206,106 @@ def test_import_refuses_existing_output(run_cli, tmp_path, synthetic_traj):
 def test_info_rejects_non_trajectory(run_cli, tmp_path):
     (tmp_path / "x.h5").write_bytes(b"not hdf5 at all")
     assert_one_line_error(run_cli("data", "info", tmp_path / "x.h5"), "x.h5", "not a readable HDF5 file")
+
+
+# --------------------------------------------------------------------------------------
+# Tar archives of st<N>.vasp (the original study's release format) and --numbers
+# --------------------------------------------------------------------------------------
+
+
+def _tar(path, files, mode="w:xz"):
+    """Pack ``files`` (name inside the archive -> bytes) into ``path``, in the order given."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, mode) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _poscar_folder(tmp_path, traj, numbers):
+    folder = tmp_path / "structures"
+    folder.mkdir()
+    for n in numbers:
+        write(folder / f"st{n}.vasp", _frames(traj, n, cell=np.eye(3) * 22)[n - 1], format="vasp")
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["w:xz", "w:gz", "w"])
+def test_import_archive_equals_folder_import(run_cli, tmp_path, synthetic_traj, mode):
+    numbers = (3, 1, 12, 2, 7)
+    folder = _poscar_folder(tmp_path, synthetic_traj, numbers)
+    suffix = {"w:xz": ".tar.xz", "w:gz": ".tar.gz", "w": ".tar"}[mode]
+    # Members in a sub-folder and out of order, with a directory entry and macOS litter, as real archives have.
+    files = {f"traj/st{n}.vasp": (folder / f"st{n}.vasp").read_bytes() for n in numbers}
+    files["traj/._st1.vasp"] = b"\x00\x05\x16\x07 AppleDouble"
+    archive = _tar(tmp_path / f"traj{suffix}", files, mode)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("Files,Bandgap (eV)\nst1,1.5\nst3,1.6\nst7,1.7\n")
+    a, b = tmp_path / "from_folder.h5", tmp_path / "from_archive.h5"
+    assert run_cli("data", "import", folder, "--gaps", labels, "-o", a).exit_code == 0
+    r = run_cli("data", "import", archive, "--gaps", labels, "-o", b)
+    assert r.exit_code == 0, r.stderr
+    ta, tb = read_trajectory(a), read_trajectory(b)
+    for name in ("numbers", "positions_ang", "time_fs", "gap_ev", "cell_ang", "pbc"):
+        np.testing.assert_array_equal(getattr(ta, name), getattr(tb, name), err_msg=name)
+    np.testing.assert_array_equal(tb.time_fs, [1, 2, 3, 7, 12])
+
+
+def test_import_numbers_range_for_folder_and_archive(run_cli, tmp_path, synthetic_traj):
+    numbers = (1, 2, 3, 4, 5, 6)
+    folder = _poscar_folder(tmp_path, synthetic_traj, numbers)
+    archive = _tar(
+        tmp_path / "t.tar.gz", {f"st{n}.vasp": (folder / f"st{n}.vasp").read_bytes() for n in numbers}, "w:gz"
+    )
+    for i, source in enumerate((folder, archive)):
+        out = tmp_path / f"r{i}.h5"
+        r = run_cli("data", "import", source, "--numbers", "2-4", "-o", out)
+        assert r.exit_code == 0, r.stderr
+        t = read_trajectory(out)
+        np.testing.assert_array_equal(t.time_fs, [2, 3, 4])
+        np.testing.assert_allclose(t.positions_ang[0], synthetic_traj.positions_ang[1], atol=1e-5)
+
+
+def test_import_archive_bad_input(run_cli, tmp_path, synthetic_traj):
+    folder = _poscar_folder(tmp_path, synthetic_traj, (1, 2))
+    good = {f"st{n}.vasp": (folder / f"st{n}.vasp").read_bytes() for n in (1, 2)}
+    whole = _tar(tmp_path / "whole.tar.xz", good).read_bytes()
+    (tmp_path / "damaged.tar.xz").write_bytes(whole[: len(whole) // 2])
+    _tar(tmp_path / "readme.tar.gz", {**good, "README.txt": b"hello"}, "w:gz")
+    _tar(tmp_path / "notposcar.tar.gz", {**good, "st3.vasp": b"this is not a POSCAR\n"}, "w:gz")
+    _tar(tmp_path / "twice.tar", {**good, "other/st2.vasp": good["st2.vasp"]}, "w")
+    cases = {
+        "damaged": (tmp_path / "damaged.tar.xz", [], "damaged or unreadable archive"),
+        "readme": (tmp_path / "readme.tar.gz", [], "README.txt: not a POSCAR file"),
+        "not poscar": (tmp_path / "notposcar.tar.gz", [], "st3.vasp: not a readable POSCAR file"),
+        "repeated number": (tmp_path / "twice.tar", [], "two members have frame number 2"),
+        "range matches nothing": (tmp_path / "whole.tar.xz", ["--numbers", "5-9"], "no structure has a number in 5-9"),
+        "range reversed": (tmp_path / "whole.tar.xz", ["--numbers", "9-5"], "the range is empty"),
+        "range garbage": (tmp_path / "whole.tar.xz", ["--numbers", "five"], "expected A-B"),
+        "range on a file": (tmp_path / "ok.extxyz", ["--numbers", "1-2"], "--numbers selects st<N> structures"),
+    }
+    write(tmp_path / "ok.extxyz", _frames(synthetic_traj, 4))
+    for name, (source, extra, message) in cases.items():
+        out = tmp_path / f"out-{name.replace(' ', '_')}.h5"
+        r = run_cli("data", "import", source, *extra, "-o", out)
+        assert_one_line_error(r, message)
+        assert not out.exists(), name
+        assert not list(tmp_path.glob(f".{out.name}*")), name
+
+
+def test_import_published_archive_matches_published_folder(run_cli, tmp_path, seed_data):
+    """The first 50 members of the real 15,001-frame archive equal the 50 published files, labels and all."""
+    cl = seed_data / "cl_qd"
+    a, b = tmp_path / "folder.h5", tmp_path / "archive.h5"
+    labels = cl / "Cl_QD_elec_1-10k.csv"
+    assert run_cli("data", "import", cl / "structures", "--gaps", labels, "-o", a).exit_code == 0
+    r = run_cli("data", "import", cl / "structures_15001.tar.xz", "--numbers", "1-50", "--gaps", labels, "-o", b)
+    assert r.exit_code == 0, r.stderr
+    ta, tb = read_trajectory(a), read_trajectory(b)
+    np.testing.assert_array_equal(ta.positions_ang, tb.positions_ang)
+    np.testing.assert_array_equal(ta.gap_ev, tb.gap_ev)
+    np.testing.assert_array_equal(ta.time_fs, tb.time_fs)

@@ -31,13 +31,45 @@ def ext_h5(tmp_path_factory) -> Path:
 
 
 def _args(runs, ext, out, *extra):
-    return ("finetune", "--runs", runs, "--data", ext, "-o", out, "--freeze-blocks", 1, "--epochs", 2, "--stride", STRIDE, "--device", "cpu", "-j", 1, *extra)
+    return (
+        "finetune",
+        "--runs",
+        runs,
+        "--data",
+        ext,
+        "-o",
+        out,
+        "--freeze-blocks",
+        1,
+        "--epochs",
+        2,
+        "--stride",
+        STRIDE,
+        "--device",
+        "cpu",
+        "-j",
+        1,
+        *extra,
+    )
 
 
 def test_finetune_help(run_cli):
     r = run_cli("finetune", "--help")
     assert r.exit_code == 0
-    for opt in ("--runs", "--data", "--freeze-blocks", "--freeze-embeddings", "--epochs", "--lr", "--stride", "--seed", "--baselines", "--report", "--backend", "--partition"):
+    for opt in (
+        "--runs",
+        "--data",
+        "--freeze-blocks",
+        "--freeze-embeddings",
+        "--epochs",
+        "--lr",
+        "--stride",
+        "--seed",
+        "--baselines",
+        "--report",
+        "--backend",
+        "--partition",
+    ):
         assert opt in r.stdout, opt
 
 
@@ -48,7 +80,16 @@ def test_finetune_writes_members_report_and_predicts(run_cli, tmp_path, tiny_run
     assert "frozen" in r.stdout and "trainable parameters" in r.stdout
     for s in (0, 1):
         run = rf.run_dir(work / "runs_ft", s)
-        for name in (rf.CONFIG_JSON, rf.SPLIT_JSON, rf.METRICS_CSV, rf.CHECKPOINT_PT, rf.BEST_PT, rf.MODEL_TS, rf.TEST_METRICS_JSON, rf.DONE):
+        for name in (
+            rf.CONFIG_JSON,
+            rf.SPLIT_JSON,
+            rf.METRICS_CSV,
+            rf.CHECKPOINT_PT,
+            rf.BEST_PT,
+            rf.MODEL_TS,
+            rf.TEST_METRICS_JSON,
+            rf.DONE,
+        ):
             assert (run / name).is_file(), (s, name)
         done = json.loads((run / rf.DONE).read_text())
         assert done["frozen_params"] > 0 and done["trainable_params"] > 0
@@ -74,7 +115,9 @@ def test_finetune_writes_members_report_and_predicts(run_cli, tmp_path, tiny_run
     assert data[schema.GAP_PRED_EV].shape == (2, held_out)
     err = data[schema.GAP_MEAN_EV].astype(np.float64) - data[schema.GAP_TRUE_EV]
     assert np.sqrt(np.mean(err**2)) * 1000 == pytest.approx(float(rows[1]["rmse_mev"]), rel=1e-4)
-    fna = run_cli("fna", "--runs", work / "runs_ft", "--data", ext_h5, "--every", 10, "-o", tmp_path / "fna.h5", "--device", "cpu")
+    fna = run_cli(
+        "fna", "--runs", work / "runs_ft", "--data", ext_h5, "--every", 10, "-o", tmp_path / "fna.h5", "--device", "cpu"
+    )
     assert fna.exit_code == 0, fna.stderr
     assert (tmp_path / "average_rmse_results.csv").is_file()
 
@@ -96,7 +139,16 @@ def test_finetune_one_seed_then_rest_and_resume(run_cli, tmp_path, tiny_runs, ex
     member = rf.load_member(rf.run_dir(tiny_runs, 0))
     calls = {"n": 0}
     with pytest.raises(Interrupted):
-        ft.finetune_member(read_trajectory(ext_h5), member, settings, runs=tiny_runs, output=out, device="cpu", data_path=str(ext_h5), should_stop=lambda: (calls.__setitem__("n", calls["n"] + 1), calls["n"] > 1)[1])
+        ft.finetune_member(
+            read_trajectory(ext_h5),
+            member,
+            settings,
+            runs=tiny_runs,
+            output=out,
+            device="cpu",
+            data_path=str(ext_h5),
+            should_stop=lambda: (calls.__setitem__("n", calls["n"] + 1), calls["n"] > 1)[1],
+        )
     assert rf.member_state(rf.run_dir(out, 0)) == "interrupted"
     r = run_cli(*_args(tiny_runs, ext_h5, out, "--no-baselines"))
     assert r.exit_code == 0, r.stderr
@@ -115,7 +167,9 @@ def test_finetune_one_seed_then_rest_and_resume(run_cli, tmp_path, tiny_runs, ex
 
 
 def test_finetune_slurm_dry_run_lists_one_task_per_member(run_cli, tmp_path, tiny_runs, ext_h5):
-    r = run_cli(*_args(tiny_runs, ext_h5, tmp_path / "runs_ft", "--backend", "slurm", "--dry-run", "--partition", "gpu"))
+    r = run_cli(
+        *_args(tiny_runs, ext_h5, tmp_path / "runs_ft", "--backend", "slurm", "--dry-run", "--partition", "gpu")
+    )
     assert r.exit_code == 0, r.stderr
     assert "finetune --seed 0" in r.stdout and "finetune --seed 1" in r.stdout
     assert "--freeze-blocks 1" in r.stdout and "--no-freeze-embeddings" not in r.stdout
@@ -150,8 +204,12 @@ def test_finetune_rejects_bad_input(run_cli, tmp_path, tiny_runs, ext_h5, synthe
     assert_one_line_error(run_cli(*_args(tiny_runs, other, out)), "trained on Cd4Se13", "the data is")
     assert_one_line_error(run_cli(*_args(unfinished, ext_h5, out)), "none finished")
     assert_one_line_error(run_cli(*_args(tmp_path / "nowhere", ext_h5, out)), "no such runs folder")
-    assert_one_line_error(run_cli(*_args(tiny_runs, tmp_path / "missing.h5", out)), "missing.h5", "no such trajectory file")
-    assert_one_line_error(run_cli(*_args(tiny_runs, ext_h5, tiny_runs)), "would be both the pretrained runs (--runs) and the output (-o)")
+    assert_one_line_error(
+        run_cli(*_args(tiny_runs, tmp_path / "missing.h5", out)), "missing.h5", "no such trajectory file"
+    )
+    assert_one_line_error(
+        run_cli(*_args(tiny_runs, ext_h5, tiny_runs)), "would be both the pretrained runs (--runs) and the output (-o)"
+    )
     assert not out.exists() or not list(out.glob("run_*/DONE"))
 
 

@@ -74,6 +74,27 @@ def test_pipeline_runs_every_stage_and_resumes(run_cli, study):
     assert wd.predictions_extended.stat().st_mtime_ns != ext_mtime
 
 
+def test_pipeline_log_holds_stage_lines_and_worker_records(run_cli, tmp_path):
+    """WORKDIR/qdgap.log: every stage line with its time, and the records of the worker processes (--jobs 2)."""
+    write_trajectory(synthetic_trajectory(150, seed=1), tmp_path / "traj.h5")
+    write_trajectory(synthetic_trajectory(80, seed=2), tmp_path / "ext.h5")
+    r = run_cli(
+        "pipeline", "--data", tmp_path / "traj.h5", "--extended", tmp_path / "ext.h5", "--workdir", tmp_path / "w",
+        "--preset", "tiny", "--members", 2, "--jobs", 2, "--device", "cpu", "--fna-every", 20, "--finetune-epochs", 3,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    lines = Workdir(tmp_path / "w").log.read_text().splitlines()
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ pid (\d+) "
+    assert all(re.match(stamp, line) for line in lines if line and not line.startswith((" ", "Traceback"))), lines[:5]
+    for stage in ("train", "predict", "fna", "finetune", "predict-ext", "report"):
+        assert any(re.search(rf"stage {re.escape(stage)}: done in", line) for line in lines), stage
+    main_pid = int(re.match(stamp, next(ln for ln in lines if "stage train: started" in ln)).group(1))
+    member_lines = [ln for ln in lines if "run_" in ln and "test RMSE" in ln]
+    worker_pids = {int(re.match(stamp, ln).group(1)) for ln in member_lines}
+    assert len(member_lines) >= 4  # 2 members trained, 2 fine-tuned (and the scratch baseline)
+    assert worker_pids and main_pid not in worker_pids  # written by the spawned workers themselves
+
+
 def test_pipeline_rejects_bad_options(run_cli, study, tmp_path):
     assert_one_line_error(_pipeline(run_cli, study, "--from", "nowhere"), "--from must be one of")
     assert_one_line_error(_pipeline(run_cli, study, "--members", 0), "--members must be at least 1")

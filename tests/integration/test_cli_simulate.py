@@ -57,9 +57,7 @@ def test_build_qd_without_tblite(run_cli, tmp_path, monkeypatch):
 
 
 def test_build_qd_rejects_unknown_method(run_cli, tmp_path):
-    assert_one_line_error(
-        run_cli("data", "build-qd", "--method", "PM6", "-o", tmp_path / "q.xyz"), "PM6"
-    )
+    assert_one_line_error(run_cli("data", "build-qd", "--method", "PM6", "-o", tmp_path / "q.xyz"), "PM6")
 
 
 def test_simulate_help(run_cli):
@@ -69,9 +67,7 @@ def test_simulate_help(run_cli):
 
 def test_simulate_and_continue(run_cli, tmp_path, qd_xyz, springs):
     out = tmp_path / "traj.h5"
-    r = run_cli(
-        "data", "simulate", qd_xyz, "-o", out, "--steps", 6, "--thermalise-steps", 4, "--seed", 2
-    )
+    r = run_cli("data", "simulate", qd_xyz, "-o", out, "--steps", 6, "--thermalise-steps", 4, "--seed", 2)
     assert r.exit_code == 0, r.stderr
     t = read_trajectory(out)
     assert t.formula == "Cd28Se17Cl22" and t.num_frames == 7 and t.labelled.all()
@@ -125,23 +121,17 @@ def test_simulate_rejects_bad_options(run_cli, tmp_path, qd_xyz, args, fragment)
 
 def test_simulate_needs_exactly_one_input(run_cli, tmp_path, qd_xyz, synthetic_h5):
     assert_one_line_error(run_cli("data", "simulate", "-o", tmp_path / "t.h5"), "exactly one")
-    r = run_cli(
-        "data", "simulate", qd_xyz, "--continue-from", synthetic_h5, "-o", tmp_path / "t.h5"
-    )
+    r = run_cli("data", "simulate", qd_xyz, "--continue-from", synthetic_h5, "-o", tmp_path / "t.h5")
     assert_one_line_error(r, "exactly one")
 
 
 def test_simulate_continue_from_foreign_file(run_cli, tmp_path, synthetic_h5):
-    r = run_cli(
-        "data", "simulate", "--continue-from", synthetic_h5, "-o", tmp_path / "t.h5", "--steps", 2
-    )
+    r = run_cli("data", "simulate", "--continue-from", synthetic_h5, "-o", tmp_path / "t.h5", "--steps", 2)
     assert_one_line_error(r, str(synthetic_h5), "no final velocities")
 
 
 def test_simulate_without_tblite(run_cli, tmp_path, qd_xyz, monkeypatch):
-    monkeypatch.setitem(
-        sys.modules, "tblite.interface", None
-    )  # import fails as if tblite were absent
+    monkeypatch.setitem(sys.modules, "tblite.interface", None)  # import fails as if tblite were absent
     out = tmp_path / "t.h5"
     r = run_cli("data", "simulate", qd_xyz, "-o", out, "--steps", 2)
     assert_one_line_error(r, "tblite")

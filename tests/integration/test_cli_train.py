@@ -16,7 +16,9 @@ def test_train_help(run_cli):
 
 
 def test_train_writes_member_and_skips_when_done(run_cli, tmp_path, synthetic_h5):
-    r = run_cli("train", "--seed", 7, "--data", synthetic_h5, "--preset", "tiny", "-o", tmp_path / "runs", "--device", "cpu")
+    r = run_cli(
+        "train", "--seed", 7, "--data", synthetic_h5, "--preset", "tiny", "-o", tmp_path / "runs", "--device", "cpu"
+    )
     assert r.exit_code == 0, r.stderr
     run = tmp_path / "runs" / "run_7"
     assert rf.member_state(run) == "done"

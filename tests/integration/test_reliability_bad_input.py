@@ -18,7 +18,6 @@ ENOSPC injected into h5py checks the same path everywhere.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -124,10 +123,10 @@ class Bench:
         (what copying model.ts and DONE over from another run does)."""
         from dataclasses import replace
 
+        from qdgap.core.checkpoint import model_meta
         from qdgap.core.config import RunConfig
         from qdgap.core.export import export_torchscript
         from qdgap.core.model import GapModel
-        from qdgap.core.train import model_meta
 
         run = rf.run_dir(runs, 0)
         record = rf.read_json(run / rf.CONFIG_JSON)
@@ -336,14 +335,27 @@ def _(b):
 @case("pipeline-no-labelled-frames")
 def _(b):
     p = b.traj("nolabels.h5", lambda h: h["gap_ev"].__setitem__(Ellipsis, np.nan))
-    return ["pipeline", "--data", p, "--workdir", b.out / "work", "--preset", "tiny"], ("nolabels.h5", "no labelled frames")
+    return ["pipeline", "--data", p, "--workdir", b.out / "work", "--preset", "tiny"], (
+        "nolabels.h5",
+        "no labelled frames",
+    )
 
 
 @case("pipeline-extension-other-composition")
 def _(b):
     numbers, pos = small_cdse_cluster(radius_ang=5.1)
     write_trajectory(synthetic_trajectory(30, base=(numbers, pos)), b.root / "other.h5")
-    args = ["pipeline", "--data", b.h5, "--extended", b.root / "other.h5", "--workdir", b.out / "work", "--preset", "tiny"]
+    args = [
+        "pipeline",
+        "--data",
+        b.h5,
+        "--extended",
+        b.root / "other.h5",
+        "--workdir",
+        b.out / "work",
+        "--preset",
+        "tiny",
+    ]
     return args, ("other.h5", "does not continue")
 
 
@@ -409,7 +421,10 @@ def _(b):
 def _(b):
     p = b.xyz("five.xyz")
     csv = b.file("gaps.csv", "st1,2.1\nst1,2.2\n")
-    return ["data", "import", p, "--gaps", csv, "-o", b.out / "t.h5"], ("gaps.csv", "frame 1 is labelled more than once")
+    return ["data", "import", p, "--gaps", csv, "-o", b.out / "t.h5"], (
+        "gaps.csv",
+        "frame 1 is labelled more than once",
+    )
 
 
 # --------------------------------------------------------------- run folders and models
@@ -490,7 +505,11 @@ def _(b):
 @case("data-changed-since-training-predict")
 def _(b):
     runs, data = b.changed
-    return _predict(b, data, runs), (data.name, "changed since run_0 was trained on it (sha256 differs)", "--allow-data-change")
+    return _predict(b, data, runs), (
+        data.name,
+        "changed since run_0 was trained on it (sha256 differs)",
+        "--allow-data-change",
+    )
 
 
 @case("data-changed-since-training-fna")
@@ -509,7 +528,10 @@ def _(b):
 
     small = GapModel(replace(config.model, hidden_features=8))
     torch.save(small.state_dict(), rf.run_dir(runs, 0) / rf.BEST_PT)
-    return ["export", rf.run_dir(runs, 0), "--format", "torchscript", "-o", b.out / "m.ts"], ("best.pt", "weights do not fit the model")
+    return ["export", rf.run_dir(runs, 0), "--format", "torchscript", "-o", b.out / "m.ts"], (
+        "best.pt",
+        "weights do not fit the model",
+    )
 
 
 # --------------------------------------------------------------- checkpoints: safe loading
@@ -518,6 +540,7 @@ def _(b):
 @case("checkpoint-pickle-payload-train-resume")
 def _(b):
     runs = b.interrupted()
+    b.allowed.add("runs/run_0/FAILED")  # the member's note of why it stopped (`ensemble status` reads it)
     b.evil_pickle(rf.run_dir(runs, 0) / rf.CHECKPOINT_PT, zipped=True)
     args = ["train", "--seed", 0, "--data", b.h5, "--preset", "tiny", "-o", runs, "--device", "cpu"]
     return args, ("checkpoint.pt", "unsafe checkpoint: holds pickled Python objects (io.open)")
@@ -534,6 +557,7 @@ def _(b):
 @case("checkpoint-not-a-qdgap-checkpoint")
 def _(b):
     runs = b.interrupted()
+    b.allowed.add("runs/run_0/FAILED")  # the member's note of why it stopped (`ensemble status` reads it)
     torch.save({"weights": torch.zeros(3)}, rf.run_dir(runs, 0) / rf.CHECKPOINT_PT)
     args = ["train", "--seed", 0, "--data", b.h5, "--preset", "tiny", "-o", runs, "--device", "cpu"]
     return args, ("checkpoint.pt", "not a checkpoint of this member")
@@ -542,6 +566,7 @@ def _(b):
 @case("checkpoint-truncated")
 def _(b):
     runs = b.interrupted()
+    b.allowed.add("runs/run_0/FAILED")  # the member's note of why it stopped (`ensemble status` reads it)
     ck = rf.run_dir(runs, 0) / rf.CHECKPOINT_PT
     ck.write_bytes(ck.read_bytes()[:1000])
     args = ["train", "--seed", 0, "--data", b.h5, "--preset", "tiny", "-o", runs, "--device", "cpu"]
@@ -552,7 +577,10 @@ def _(b):
 def _(b):
     runs = b.runs()
     b.evil_pickle(rf.run_dir(runs, 0) / rf.BEST_PT, zipped=True)
-    return ["export", rf.run_dir(runs, 0), "--format", "torchscript", "-o", b.out / "m.ts"], ("best.pt", "unsafe checkpoint")
+    return ["export", rf.run_dir(runs, 0), "--format", "torchscript", "-o", b.out / "m.ts"], (
+        "best.pt",
+        "unsafe checkpoint",
+    )
 
 
 @case("import-alignn-pickle-payload")
@@ -569,7 +597,9 @@ def _(b):
 
 @case("members-0")
 def _(b):
-    return ["ensemble", "train", "--members", 0, "--data", b.h5, "-o", b.out / "runs"], ("--members must be at least 1",)
+    return ["ensemble", "train", "--members", 0, "--data", b.h5, "-o", b.out / "runs"], (
+        "--members must be at least 1",
+    )
 
 
 @case("jobs-0")
@@ -632,7 +662,10 @@ def _(b):
 @case("output-folder-is-a-file")
 def _(b):
     b.file("afile", "not a folder")
-    return _predict(b, b.h5) [:-4] + ["-o", b.root / "afile" / "pred.h5", "--device", "cpu"], ("afile", "cannot create the output folder")
+    return _predict(b, b.h5)[:-4] + ["-o", b.root / "afile" / "pred.h5", "--device", "cpu"], (
+        "afile",
+        "cannot create the output folder",
+    )
 
 
 @case("runs-folder-under-a-file")
@@ -652,13 +685,20 @@ def _(b):
 @case("train-output-read-only-mount")
 def _(b):
     ro = b.mount("ro", "ro,size=64k")
-    return _train(b, b.h5)[:-4] + ["-o", ro / "runs", "--device", "cpu"], ("ro/runs", "cannot create the output folder", "Read-only")
+    return _train(b, b.h5)[:-4] + ["-o", ro / "runs", "--device", "cpu"], (
+        "ro/runs",
+        "cannot create the output folder",
+        "Read-only",
+    )
 
 
 @case("output-file-is-a-folder")
 def _(b):
     (b.root / "pred.h5").mkdir()
-    return _predict(b, b.h5)[:-4] + ["-o", b.root / "pred.h5", "--device", "cpu"], ("pred.h5", "is a folder, expected a file name")
+    return _predict(b, b.h5)[:-4] + ["-o", b.root / "pred.h5", "--device", "cpu"], (
+        "pred.h5",
+        "is a folder, expected a file name",
+    )
 
 
 @case("output-folder-read-only-mount")
@@ -670,20 +710,28 @@ def _(b):
 @case("disk-full-predict")
 def _(b):
     full = b.mount("full", "size=64k", fill_to_kib=56)
-    return _predict(b, b.h5)[:-4] + ["-o", full / "pred.h5", "--device", "cpu"], ("pred.h5", "no space left on the device")
+    return _predict(b, b.h5)[:-4] + ["-o", full / "pred.h5", "--device", "cpu"], (
+        "pred.h5",
+        "no space left on the device",
+    )
 
 
 @case("disk-full-train-checkpoint")
 def _(b):
     full = b.mount("full", "size=64k", fill_to_kib=56)
-    b.allowed.update({"full/runs/run_0/config.json", "full/runs/run_0/split.json"})  # whole; the member resumes later
+    b.allowed.update(
+        {"full/runs/run_0/config.json", "full/runs/run_0/split.json", "full/runs/run_0/FAILED"}
+    )  # whole; the member resumes later
     return _train(b, b.h5)[:-4] + ["-o", full / "runs", "--device", "cpu"], ("no space left on the device",)
 
 
 @case("disk-full-import")
 def _(b):
     full = b.mount("full", "size=64k", fill_to_kib=60)
-    return ["data", "import", b.xyz("five.xyz", frames=40), "-o", full / "t.h5"], ("t.h5", "no space left on the device")
+    return ["data", "import", b.xyz("five.xyz", frames=40), "-o", full / "t.h5"], (
+        "t.h5",
+        "no space left on the device",
+    )
 
 
 @case("disk-full-injected-enospc")
@@ -734,7 +782,9 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_exits_2_with_one_line_and_leaves_nothing(name, run_cli, tmp_path, synthetic_h5, tiny_runs, changed, monkeypatch):
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing(
+    name, run_cli, tmp_path, synthetic_h5, tiny_runs, changed, monkeypatch
+):
     b = Bench(root=tmp_path / "case", h5=synthetic_h5, runs_src=tiny_runs, changed=changed, monkeypatch=monkeypatch)
     b.root.mkdir()
     try:
@@ -792,7 +842,13 @@ def test_safe_loading_every_torch_load_is_weights_only():
 
 
 def test_safe_loading_nothing_else_unpickles():
-    for pattern in (r"\bpickle\.loads?\(", r"\bpickle_load\(", r"allow_pickle\s*=\s*True", r"\bjoblib\.load\(", r"\bdill\."):
+    for pattern in (
+        r"\bpickle\.loads?\(",
+        r"\bpickle_load\(",
+        r"allow_pickle\s*=\s*True",
+        r"\bjoblib\.load\(",
+        r"\bdill\.",
+    ):
         for where, line, code in _calls(pattern):
             assert any(where == w and frag in code for w, frag in UNPICKLING_ALLOWED), f"{where}:{line}: {code}"
     for where, line, code in _calls(r"\bnp\.load\("):
@@ -803,6 +859,9 @@ def test_safe_loading_model_ts_only_through_the_checked_loader():
     """``torch.jit.load`` appears once, in ``export.load_torchscript``, which checks the sha256 first;
     ``predict``, ``fna`` and ``finetune`` reach it only through ``export.load_model``."""
     assert [w for w, _, _ in _calls(r"\btorch\.jit\.load\(")] == ["core/export.py"]
-    assert [w for w, _, _ in _calls(r"\bload_torchscript\(")] == ["core/export.py", "core/export.py"]  # def + load_model
+    assert [w for w, _, _ in _calls(r"\bload_torchscript\(")] == [
+        "core/export.py",
+        "core/export.py",
+    ]  # def + load_model
     users = {w for w, _, _ in _calls(r"\bload_model\(")}
     assert users <= {"core/export.py", "core/predict.py", "core/fna.py"}, users

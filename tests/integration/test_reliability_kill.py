@@ -39,9 +39,24 @@ FNA_EVERY = 20
 STEPS_PER_EPOCH = 2
 
 
-
 def _train_args(data: Path, runs: Path, *extra: object) -> list[object]:
-    return ["ensemble", "train", "--members", MEMBERS, "--data", data, "--preset", "tiny", "-o", runs, "--jobs", 1, "--device", "cpu", *extra]
+    return [
+        "ensemble",
+        "train",
+        "--members",
+        MEMBERS,
+        "--data",
+        data,
+        "--preset",
+        "tiny",
+        "-o",
+        runs,
+        "--jobs",
+        1,
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def _predict_args(runs: Path, data: Path, out: Path) -> list[object]:
@@ -54,7 +69,21 @@ def _fna_args(runs: Path, data: Path, out: Path) -> list[object]:
 
 
 def _finetune_args(runs: Path, data: Path, out: Path) -> list[object]:
-    return ["finetune", "--runs", runs, "--data", data, "-o", out, "--epochs", FT_EPOCHS, "--jobs", 1, "--device", "cpu"]
+    return [
+        "finetune",
+        "--runs",
+        runs,
+        "--data",
+        data,
+        "-o",
+        out,
+        "--epochs",
+        FT_EPOCHS,
+        "--jobs",
+        1,
+        "--device",
+        "cpu",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +152,9 @@ ENSEMBLE_CHAINS = {
 def test_ensemble_train_killed_resumes_to_identical_members(study, tmp_path, chain):
     data, _, ref = study
     runs = tmp_path / "runs"
-    out = _chain(_train_args(data, runs), ENSEMBLE_CHAINS[chain], lambda final: rel.check_runs(runs, ref.runs, final=final))
+    out = _chain(
+        _train_args(data, runs), ENSEMBLE_CHAINS[chain], lambda final: rel.check_runs(runs, ref.runs, final=final)
+    )
     assert any("resuming after epoch" in e for e in out)  # a killed member picked up from its checkpoint
     rel.check_no_visible_partials(runs)
 
@@ -178,7 +209,22 @@ def test_ensemble_sigterm_reaches_parallel_workers(study, tmp_path):
         pytest.skip("needs /proc")
     data, _, ref = study
     runs = tmp_path / "runs"
-    args = ["ensemble", "train", "--members", MEMBERS, "--data", data, "--preset", "tiny", "-o", runs, "--jobs", 2, "--device", "cpu"]
+    args = [
+        "ensemble",
+        "train",
+        "--members",
+        MEMBERS,
+        "--data",
+        data,
+        "--preset",
+        "tiny",
+        "-o",
+        runs,
+        "--jobs",
+        2,
+        "--device",
+        "cpu",
+    ]
     proc = rel.popen(*args, kill=f"step@{STEPS_PER_EPOCH + 1}!STOP")
     workers: dict[int, int] = {}
     deadline = time.monotonic() + 120
@@ -186,7 +232,10 @@ def test_ensemble_sigterm_reaches_parallel_workers(study, tmp_path):
         while len(workers) < MEMBERS or any(_proc_state(pid) != "T" for pid in workers.values()):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
             for s in range(MEMBERS):
-                holder = re.match(r"pid (\d+)", (rf.run_dir(runs, s) / rf.LOCK).read_text() if (rf.run_dir(runs, s) / rf.LOCK).exists() else "")
+                holder = re.match(
+                    r"pid (\d+)",
+                    (rf.run_dir(runs, s) / rf.LOCK).read_text() if (rf.run_dir(runs, s) / rf.LOCK).exists() else "",
+                )
                 if holder:
                     workers[s] = int(holder.group(1))
             time.sleep(0.05)
@@ -238,7 +287,15 @@ FNA_CHAINS = {
     "fast": ["forward@2", "forward@1", "write/fna.h5@1"],
     # early; mid-write of member 0's kept numbers; as fast; mid-write of member 1's kept numbers
     # (the first write of that run); both result files mid-write
-    "full": ["forward@1", "write@1", "forward@2", "forward@1", "write@1", "write/fna.h5@1", "write/average_rmse_results.csv@1"],
+    "full": [
+        "forward@1",
+        "write@1",
+        "forward@2",
+        "forward@1",
+        "write@1",
+        "write/fna.h5@1",
+        "write/average_rmse_results.csv@1",
+    ],
 }
 
 
@@ -316,8 +373,15 @@ PIPELINE_CHAINS = {
     "fast": ["write/predictions.csv@1", "write/average_rmse_results.csv@1", "write/report.html@1"],
     # training mid-epoch, predictions between HDF5 and CSV, FNA mid-member, its CSV mid-write,
     # fine-tuning mid-epoch, the extension's predictions mid-write, and the report mid-write
-    "full": ["step@3", "write/predictions.csv@1", "forward@2", "write/average_rmse_results.csv@1", "step@4",
-             "write/predictions_ext.h5@1", "write/report.html@1"],  # fmt: skip
+    "full": [
+        "step@3",
+        "write/predictions.csv@1",
+        "forward@2",
+        "write/average_rmse_results.csv@1",
+        "step@4",
+        "write/predictions_ext.h5@1",
+        "write/report.html@1",
+    ],  # fmt: skip
 }
 
 

@@ -27,9 +27,7 @@ def _no_slurm_reason() -> str | None:
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         return "Slurm's commands (sinfo, sbatch) are not installed"
     try:
-        proc = subprocess.run(
-            ["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, timeout=30
-        )
+        proc = subprocess.run(["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
         return "sinfo did not answer in 30 s"
     if proc.returncode != 0:
@@ -45,9 +43,7 @@ def slurm_cluster() -> None:
     if reason is None:
         return
     if os.environ.get("CI") == "true":
-        pytest.fail(
-            f"CI=true but no Slurm cluster: {reason}; .ci/run must run .ci/slurm-up.sh first"
-        )
+        pytest.fail(f"CI=true but no Slurm cluster: {reason}; .ci/run must run .ci/slurm-up.sh first")
     pytest.skip(f"no Slurm cluster ({reason}); start one with `sudo bash .ci/slurm-up.sh`")
 
 
@@ -66,18 +62,14 @@ RESOURCES = slurm.SlurmResources(time_min=5, cpus_per_task=1, mem_gb=1, job_name
 def test_slurm_array_runs_both_tasks(slurm_cluster, tmp_path, traj_h5):
     folder = slurm.slurm_folder(tmp_path / "runs")
     argv = ["data", "info", str(traj_h5)]
-    job = slurm.submit(
-        [argv, argv], folder=folder, resources=RESOURCES, members=[0, 1], cwd=tmp_path
-    )
+    job = slurm.submit([argv, argv], folder=folder, resources=RESOURCES, members=[0, 1], cwd=tmp_path)
     assert job.array and job.tasks == {0: 0, 1: 1}
     assert job.commands[0][:3] == (sys.executable, "-m", "qdgap")  # the venv's Python
 
     finished: list[int] = []
     states = slurm.wait(job, poll_s=1, timeout_s=300, progress=finished.append)
 
-    assert [s.state for s in states] == ["COMPLETED", "COMPLETED"], [
-        (s.state, s.message) for s in states
-    ]
+    assert [s.state for s in states] == ["COMPLETED", "COMPLETED"], [(s.state, s.message) for s in states]
     assert sum(finished) == 2
     for s in states:
         assert s.job_id == f"{job.job_id}_{s.task}"

@@ -113,9 +113,7 @@ def def_arguments(d: DefFile) -> dict[str, str]:
         line = line.strip()
         if line and not line.startswith("#"):
             key, sep, value = line.partition("=")
-            assert sep and key.strip() and value.strip(), (
-                f"%arguments line is not KEY=value: {line!r}"
-            )
+            assert sep and key.strip() and value.strip(), f"%arguments line is not KEY=value: {line!r}"
             out[key.strip()] = value.strip()
     return out
 
@@ -219,9 +217,7 @@ def cf_args(instructions: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def cf_substitute(value: str, variables: dict[str, str]) -> str:
-    return re.sub(
-        r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), value
-    )
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), value)
 
 
 def dockerignore_rules(text: str) -> list[tuple[bool, re.Pattern]]:
@@ -278,8 +274,7 @@ def docker_context(root: Path, rules) -> set[str]:
         dirnames[:] = [
             d
             for d in dirnames
-            if not _ignored(rel_dir + d, rules)
-            or any(p.startswith(re.escape(rel_dir + d)) for p in reinclude)
+            if not _ignored(rel_dir + d, rules) or any(p.startswith(re.escape(rel_dir + d)) for p in reinclude)
         ]
         out.update(rel_dir + f for f in filenames if not _ignored(rel_dir + f, rules))
     return out
@@ -374,16 +369,12 @@ def test_def_build_args_have_defaults_and_select_torch(deffile_text):
     used = set(_BUILD_VAR.findall(deffile_text))
     assert used <= set(args), f"used but not in %arguments: {used - set(args)}"
     cuda = torch_specs(parse_def(render_def(deffile_text)).sections["post"])["cuda"]
-    cpu = torch_specs(parse_def(render_def(deffile_text, TORCH_VARIANT="cpu")).sections["post"])[
-        "cpu"
-    ]
+    cpu = torch_specs(parse_def(render_def(deffile_text, TORCH_VARIANT="cpu")).sections["post"])["cpu"]
     assert cuda == f"torch=={args['TORCH_VERSION']}"
     assert cpu == f"torch=={args['TORCH_VERSION']} --index-url https://download.pytorch.org/whl/cpu"
     # The %post refuses a variant it does not know, rather than building a default.
     post = parse_def(render_def(deffile_text, TORCH_VARIANT="rocm")).sections["post"]
-    result = subprocess.run(
-        ["sh", "-c", post], capture_output=True, text=True, env={"PATH": os.environ["PATH"]}
-    )
+    result = subprocess.run(["sh", "-c", post], capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
     assert result.returncode != 0 and "TORCH_VARIANT must be cuda or cpu" in result.stderr
 
 
@@ -409,9 +400,7 @@ def test_def_runscript_passes_arguments_through(deffile, argv_stub, tmp_path):
         # apptainer's run action: source the environment, then exec the runscript.
         action = tmp_path / f"run-action-{shell}"
         action.write_text(f'. "{env_sh}"\nexec {shell} "{runscript}" "$@"\n')
-        result = subprocess.run(
-            ["sh", str(action), *TRICKY_ARGS], capture_output=True, text=True, env=env
-        )
+        result = subprocess.run(["sh", str(action), *TRICKY_ARGS], capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stdout + result.stderr
         assert json.loads(result.stdout) == TRICKY_ARGS
         assert int(result.stderr) == os.getpid(), "qdgap is not exec'd: a shell stays between"
@@ -467,13 +456,9 @@ def test_containerfile_entrypoint_passes_arguments_through(containerfile, argv_s
     stub = argv_stub(tmp_path / "venv" / "bin")
     env = {"PATH": f"{stub.parent}:{os.environ['PATH']}"}
     # What the engine executes for `podman run qdgap ARGS...`: ENTRYPOINT + ARGS, no shell.
-    result = subprocess.run(
-        [*json.loads(entrypoint), *TRICKY_ARGS], capture_output=True, text=True, env=env
-    )
+    result = subprocess.run([*json.loads(entrypoint), *TRICKY_ARGS], capture_output=True, text=True, env=env)
     assert json.loads(result.stdout) == TRICKY_ARGS
-    result = subprocess.run(
-        [*json.loads(entrypoint), *json.loads(cmd)], capture_output=True, text=True, env=env
-    )
+    result = subprocess.run([*json.loads(entrypoint), *json.loads(cmd)], capture_output=True, text=True, env=env)
     assert json.loads(result.stdout) == ["--help"]  # no arguments: the help
 
 
@@ -505,41 +490,29 @@ def _install_script_default_torch() -> str:
 
 
 def test_images_install_with_the_shared_script(deffile_text, containerfile):
-    post = (
-        parse_def(deffile_text).sections["post"].replace("{{ TORCH_VARIANT }}", "${TORCH_VARIANT}")
-    )
+    post = parse_def(deffile_text).sections["post"].replace("{{ TORCH_VARIANT }}", "${TORCH_VARIANT}")
     post = post.replace("{{ TORCH_VERSION }}", "${TORCH_VERSION}")
     run = next(r for r in cf_values(containerfile, "RUN") if "install.sh" in r)
     # The same torch requirement for each variant...
     assert torch_specs(post) == torch_specs(run)
     assert set(torch_specs(post)) == {"cuda", "cpu"}
     # ...and the default version is install.sh's, so `make install` and the images agree.
-    assert (
-        def_arguments(parse_def(deffile_text))["TORCH_VERSION"] == _install_script_default_torch()
-    )
+    assert def_arguments(parse_def(deffile_text))["TORCH_VERSION"] == _install_script_default_torch()
     assert cf_args(containerfile)["TORCH_VERSION"] == _install_script_default_torch()
     for script in (post, run):
         (install,) = [c for c in commands(script) if "install.sh" in c]
         words = shlex.split(install)
         env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("/"))
-        assert words[len(env) :] == ["bash", f"{PREFIX}/scripts/install.sh", f"{PREFIX}/venv"], (
-            install
-        )
+        assert words[len(env) :] == ["bash", f"{PREFIX}/scripts/install.sh", f"{PREFIX}/venv"], install
         assert env == {
             "PIP_NO_CACHE_DIR": "1",
             "QDGAP_TORCH_SPEC": "$torch_spec",
             "QDGAP_EDITABLE": "1",
         }
         # Nothing is pip-installed around the script: it is the one place to change.
-        assert not re.search(r"\bpip3?\s+install|-m\s+pip\b", script), (
-            "install only through scripts/install.sh"
-        )
+        assert not re.search(r"\bpip3?\s+install|-m\s+pip\b", script), "install only through scripts/install.sh"
     # The other steps match too (source compiled, readable by all users, cached bytecode gone).
-    steps = {
-        c
-        for c in commands(post)
-        if c.startswith(("find ", "chmod ", "/opt/qdgap/venv/bin/python -m"))
-    }
+    steps = {c for c in commands(post) if c.startswith(("find ", "chmod ", "/opt/qdgap/venv/bin/python -m"))}
     assert steps and steps <= set(commands(run)), steps - set(commands(run))
 
 
@@ -549,7 +522,7 @@ def test_images_copy_the_same_files_and_the_demo_data(deffile):
     # The package sits beside data/ in both images (editable install of /opt/qdgap), so its
     # own default, DEMO_DATA = <package>/../data/..., is the bundled file.
     assert ("qdgap", f"{PREFIX}/qdgap") in files
-    from qdgap.cli.types import DEMO_DATA
+    from qdgap.cli.options import DEMO_DATA
 
     in_image = f"{PREFIX}/{DEMO_DATA.relative_to(REPO).as_posix()}"
     assert in_image == f"{PREFIX}/data/{DEMO_NAME}"
@@ -565,15 +538,9 @@ def test_images_copy_the_same_files_and_the_demo_data(deffile):
         found = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         copied |= {p.relative_to(REPO).as_posix() for p in found if "__pycache__" not in p.parts}
     assert context == copied, (sorted(context - copied), sorted(copied - context))
-    assert not _ignored(f"data/{DEMO_NAME}", rules) and not _ignored(
-        f"data/{DEMO_NAME[:-3]}_ext.h5", rules
-    )
+    assert not _ignored(f"data/{DEMO_NAME}", rules) and not _ignored(f"data/{DEMO_NAME[:-3]}_ext.h5", rules)
     # Both smoke tests read the bundled file and check the built-in default finds it.
-    (smoke,) = [
-        r
-        for r in parse_containerfile(CONTAINERFILE.read_text())
-        if r[0] == "RUN" and "data info" in r[1]
-    ]
+    (smoke,) = [r for r in parse_containerfile(CONTAINERFILE.read_text()) if r[0] == "RUN" and "data info" in r[1]]
     for script in (deffile.sections["test"], smoke[1]):
         assert f"qdgap data info {in_image}" in script
         assert "DEMO_DATA.is_file()" in script
@@ -634,9 +601,7 @@ def _make(target: str, bin_dir: Path, *extra: str) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
     env["PATH"] = os.pathsep.join(path)
     make = shutil.which("make")
-    return subprocess.run(
-        [make, "-s", "-C", str(REPO), target, *extra], capture_output=True, text=True, env=env
-    )
+    return subprocess.run([make, "-s", "-C", str(REPO), target, *extra], capture_output=True, text=True, env=env)
 
 
 def _one_line(result: subprocess.CompletedProcess) -> str:
@@ -695,13 +660,9 @@ def test_make_image_and_sif_pass_the_build_arguments(tmp_path):
     version = package_version_pyproject()
     # podman first (no daemon needed); the version label from pyproject.toml.
     assert podman == (
-        "podman build -t qdgap -f Containerfile "
-        f"--build-arg TORCH_VARIANT=cpu --build-arg QDGAP_VERSION={version} ."
+        f"podman build -t qdgap -f Containerfile --build-arg TORCH_VARIANT=cpu --build-arg QDGAP_VERSION={version} ."
     )
-    assert (
-        apptainer
-        == "apptainer build --force --build-arg TORCH_VARIANT=cuda qdgap.sif apptainer.def"
-    )
+    assert apptainer == "apptainer build --force --build-arg TORCH_VARIANT=cuda qdgap.sif apptainer.def"
 
 
 # ----------------------------------------------------------------------------------------
@@ -744,24 +705,18 @@ def built_prefix(tmp_path_factory, deffile):
     return root, image, labels
 
 
-def _run_in_image(
-    deffile: DefFile, image: Path, script: str, cwd: Path
-) -> subprocess.CompletedProcess:
+def _run_in_image(deffile: DefFile, image: Path, script: str, cwd: Path) -> subprocess.CompletedProcess:
     """Source %environment, then run SCRIPT, as `apptainer exec/test` would."""
     full = _in_image(deffile.sections["environment"], image) + "\n" + _in_image(script, image)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    return subprocess.run(
-        ["sh", "-c", full], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
-    )
+    return subprocess.run(["sh", "-c", full], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.mark.slow
 def test_def_post_installs_a_working_qdgap(built_prefix, deffile, tmp_path):
     root, image, labels = built_prefix
     assert (image / "venv" / "bin" / "qdgap").is_file()
-    assert list((image / "qdgap" / "cli" / "__pycache__").glob("app.*.pyc")), (
-        "%post did not compile the sources"
-    )
+    assert list((image / "qdgap" / "cli" / "__pycache__").glob("app.*.pyc")), "%post did not compile the sources"
     result = _run_in_image(
         deffile,
         image,
@@ -783,8 +738,7 @@ def test_def_test_section_passes_on_the_bundled_demo_data(built_prefix, deffile,
     root, image, _ = built_prefix
     if not (image / "data" / DEMO_NAME).is_file():
         pytest.skip(
-            f"data/{DEMO_NAME} is not in the repository yet; %test reads it "
-            "(qdgap --help was checked without it)"
+            f"data/{DEMO_NAME} is not in the repository yet; %test reads it (qdgap --help was checked without it)"
         )
     # From a folder that is not the image's (apptainer runs in the host's working directory).
     result = _run_in_image(deffile, image, deffile.sections["test"], tmp_path)
@@ -809,16 +763,11 @@ def test_install_script_non_editable_into_fresh_venv(tmp_path):
         env={**env, "QDGAP_EDITABLE": "0", "PIP_NO_CACHE_DIR": "1"},
     )
     qdgap_bin = venv / "bin" / "qdgap"
-    result = subprocess.run(
-        [str(qdgap_bin), "--help"], capture_output=True, text=True, cwd=tmp_path, env=env
-    )
+    result = subprocess.run([str(qdgap_bin), "--help"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 0 and "Usage: qdgap" in result.stdout, result.stderr
     demo = REPO / "data" / DEMO_NAME
     if not demo.is_file():
-        pytest.skip(
-            f"data/{DEMO_NAME} is not in the repository yet; "
-            "`qdgap --help` passed, `qdgap data info` not run"
-        )
+        pytest.skip(f"data/{DEMO_NAME} is not in the repository yet; `qdgap --help` passed, `qdgap data info` not run")
     result = subprocess.run(
         [str(qdgap_bin), "data", "info", f"data/{DEMO_NAME}"],
         capture_output=True,

@@ -76,7 +76,10 @@ def test_write_refuses_existing_without_force(tmp_path, synthetic_traj):
         (lambda d: d["positions"].__setitem__((2, 1, 1), np.inf), "frame 2 has NaN or infinite coordinates"),
         (lambda d: d["gap"].__setitem__(4, np.inf), "frame 4 has an infinite band gap"),
         (lambda d: d["time"].__setitem__(5, d["time"][4]), "not strictly increasing at frame 5"),
-        (lambda d: d["positions"].__setitem__((6, 1), d["positions"][6, 0] + [0.3, 0, 0]), "frame 6 has two atoms 0.300 Å apart"),
+        (
+            lambda d: d["positions"].__setitem__((6, 1), d["positions"][6, 0] + [0.3, 0, 0]),
+            "frame 6 has two atoms 0.300 Å apart",
+        ),
     ],
 )
 def test_validate_rejects(mutate, message, synthetic_traj):
@@ -94,7 +97,9 @@ def test_validate_rejects(mutate, message, synthetic_traj):
 def test_validate_allows_nan_gaps(synthetic_traj):
     gaps = synthetic_traj.gap_ev.copy()
     gaps[::2] = np.nan
-    traj = make_trajectory(synthetic_traj.numbers, synthetic_traj.positions_ang, time_fs=synthetic_traj.time_fs, gap_ev=gaps)
+    traj = make_trajectory(
+        synthetic_traj.numbers, synthetic_traj.positions_ang, time_fs=synthetic_traj.time_fs, gap_ev=gaps
+    )
     validate_trajectory(traj, source="x")
     assert trajectory_info(traj)["unlabelled_frames"] == (len(gaps) + 1) // 2
 

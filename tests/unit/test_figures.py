@@ -9,6 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from qdgap.core import figures as figs
+from qdgap.core import metrics
 from qdgap.core.labels import atom_labels
 
 DPI = 60
@@ -47,12 +48,12 @@ def _cluster():
 def test_error_stats_and_coverage_values():
     true = np.array([1.0, 1.1, np.nan, 1.3])
     pred = np.array([1.01, 1.08, 1.5, 1.3])
-    rmse, mae = figs.error_stats_mev(true, pred)
+    rmse, mae = metrics.error_stats_mev(true, pred)
     assert rmse == pytest.approx(np.sqrt((10.0**2 + 20.0**2 + 0.0) / 3), rel=1e-6)
     assert mae == pytest.approx(10.0, rel=1e-6)
     std = np.array([0.004, 0.02, 0.1, 0.001])
-    assert figs.coverage_2sigma(true, pred, std) == pytest.approx(2 / 3)
-    assert np.isnan(figs.error_stats_mev(np.array([np.nan]), np.array([1.0]))[0])
+    assert metrics.coverage_ksigma(true, pred, std, 2.0) == pytest.approx(2 / 3)
+    assert np.isnan(metrics.error_stats_mev(np.array([np.nan]), np.array([1.0]))[0])
 
 
 def test_species_of_reads_the_element_of_a_label():
@@ -96,7 +97,7 @@ def test_parity_reports_rmse_mae_in_the_corner():
     true[::5] = np.nan  # unlabelled frames are left out
     fig = figs.parity(true, mean, std)
     ax = fig.axes[0]
-    rmse, mae = figs.error_stats_mev(true, mean)
+    rmse, mae = metrics.error_stats_mev(true, mean)
     text = " ".join(t.get_text() for t in ax.texts)
     assert f"RMSE {rmse:.1f} meV" in text and f"MAE {mae:.1f} meV" in text
     assert "(eV)" in ax.get_xlabel() and "(eV)" in ax.get_ylabel()
@@ -118,11 +119,7 @@ def test_gap_vs_time_marks_training_frames(sparse_truth):
     train[::10] = True
     fig = figs.gap_vs_time(t, true, mean, std, train_mask=train)
     ax, ax_err = fig.axes[:2]
-    assert (
-        ax.get_ylabel() == "band gap (eV)"
-        and ax_err.get_xlabel() == "time (fs)"
-        and "meV" in ax_err.get_ylabel()
-    )
+    assert ax.get_ylabel() == "band gap (eV)" and ax_err.get_xlabel() == "time (fs)" and "meV" in ax_err.get_ylabel()
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "true gap" in legend and "ensemble mean" in legend and "training frames (20)" in legend
     _png(fig)
@@ -141,9 +138,7 @@ def test_atom_importance_sorted_bars_for_every_label():
     numbers, _ = _cluster()
     labels = atom_labels(numbers)
     mean = RNG.uniform(20, 80, len(labels))
-    fig = figs.atom_importance(
-        labels, mean, RNG.uniform(1, 5, len(labels)), baseline_rmse_mev=np.array([18.0, 21.0])
-    )
+    fig = figs.atom_importance(labels, mean, RNG.uniform(1, 5, len(labels)), baseline_rmse_mev=np.array([18.0, 21.0]))
     ax = fig.axes[0]
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks == [labels[i] for i in np.argsort(-mean)]
@@ -186,9 +181,7 @@ def test_transfer_comparison_with_and_without_baselines():
     ax = fig.axes[0]
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert (
-        ticks[0].startswith("pretrained")
-        and ticks[1].startswith("fine-tuned")
-        and ticks[2].startswith("from scratch")
+        ticks[0].startswith("pretrained") and ticks[1].startswith("fine-tuned") and ticks[2].startswith("from scratch")
     )
     assert "95.0 s" in ticks[1] and "6.7 min" in ticks[2] and "training" not in ticks[0]
     assert all("50 frames scored" in t for t in ticks)
@@ -201,9 +194,7 @@ def test_transfer_comparison_with_and_without_baselines():
 
 def test_extension_gap_vs_time_names_the_finetuned_ensemble():
     t, true, mean, std = _series(60)
-    fig = figs.extension_gap_vs_time(
-        t + 1000.0, true, mean, std, train_mask=np.arange(60) % 10 == 0
-    )
+    fig = figs.extension_gap_vs_time(t + 1000.0, true, mean, std, train_mask=np.arange(60) % 10 == 0)
     legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
     assert "fine-tuned ensemble mean" in legend
     assert "fine-tuned" in _labels(fig)

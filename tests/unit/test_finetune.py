@@ -13,12 +13,12 @@ import torch
 
 from qdgap.core import finetune as ft
 from qdgap.core import runs as rf
+from qdgap.core.checkpoint import load_weights
 from qdgap.core.config import PRESETS
 from qdgap.core.errors import Interrupted, QdgapError
 from qdgap.core.model import GapModel
 from qdgap.core.runs import Member
 from qdgap.core.splits import split_frames
-from qdgap.core.train import load_weights
 
 EXT_FRAMES = 60
 EXT_SEED = 7  # another stretch of motion of the same cluster as ``synthetic_h5`` (seed 0)
@@ -84,7 +84,10 @@ def test_finetune_frozen_parameters_bitwise_equal(tmp_path, tiny_runs, ext):
         for name in frozen | buffers:
             assert torch.equal(state[name], before[name]), name
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert all(not n.startswith(("alignn_layers.0.", "atom_embedding.", "edge_embedding.", "angle_embedding.")) for n in trainable)
+    assert all(
+        not n.startswith(("alignn_layers.0.", "atom_embedding.", "edge_embedding.", "angle_embedding."))
+        for n in trainable
+    )
     assert any(not torch.equal(after_last["model"][n], before[n]) for n in trainable)
     assert not torch.equal(after_last["model"]["fc.weight"], before["fc.weight"])
     # The optimiser holds exactly the trainable tensors.
@@ -129,14 +132,20 @@ def test_finetune_trainable_counts_paper_model_k0_to_k4():
     config = PRESETS["paper"]
     model = GapModel(config.model)
     total = sum(p.numel() for p in model.parameters())
-    emb = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in ("atom_embedding", "edge_embedding", "angle_embedding"))
+    emb = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.split(".")[0] in ("atom_embedding", "edge_embedding", "angle_embedding")
+    )
     block = sum(p.numel() for p in model.alignn_layers[0].parameters())
     assert config.model.alignn_layers == 4
     counts = [ft.parameter_counts(config, ft.FinetuneSettings(freeze_blocks=k)) for k in range(5)]
     for k, c in enumerate(counts):
         assert c.frozen == emb + k * block, k
         assert c.trainable == total - emb - k * block, k
-    assert ft.parameter_counts(config, ft.FinetuneSettings(freeze_blocks=2, freeze_embeddings=False)).frozen == 2 * block
+    assert (
+        ft.parameter_counts(config, ft.FinetuneSettings(freeze_blocks=2, freeze_embeddings=False)).frozen == 2 * block
+    )
     assert ft.parameter_counts(config, ft.FinetuneSettings()) == counts[3]  # default K = 3 on the paper model
 
 
@@ -170,7 +179,15 @@ def test_finetune_resume_after_interruption_gives_same_weights(tmp_path, tiny_ru
         return calls["n"] == per_epoch + 2  # polled after each batch and once after each epoch
 
     with pytest.raises(Interrupted, match="stopped during epoch 2"):
-        ft.finetune_member(ext, member, settings, runs=tiny_runs, output=tmp_path / "resumed", device="cpu", should_stop=stop_mid_second_epoch)
+        ft.finetune_member(
+            ext,
+            member,
+            settings,
+            runs=tiny_runs,
+            output=tmp_path / "resumed",
+            device="cpu",
+            should_stop=stop_mid_second_epoch,
+        )
     run = rf.run_dir(tmp_path / "resumed", 0)
     assert rf.member_state(run) == "interrupted"
     result = ft.finetune_member(ext, member, settings, runs=tiny_runs, output=tmp_path / "resumed", device="cpu")
@@ -179,9 +196,13 @@ def test_finetune_resume_after_interruption_gives_same_weights(tmp_path, tiny_ru
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # An interrupted member is resumed only with the same freezing.
     with pytest.raises(Interrupted):
-        ft.finetune_member(ext, member, settings, runs=tiny_runs, output=tmp_path / "x", device="cpu", should_stop=lambda: True)
+        ft.finetune_member(
+            ext, member, settings, runs=tiny_runs, output=tmp_path / "x", device="cpu", should_stop=lambda: True
+        )
     with pytest.raises(QdgapError, match="another finetune setting"):
-        ft.finetune_member(ext, member, replace(settings, freeze_blocks=0), runs=tiny_runs, output=tmp_path / "x", device="cpu")
+        ft.finetune_member(
+            ext, member, replace(settings, freeze_blocks=0), runs=tiny_runs, output=tmp_path / "x", device="cpu"
+        )
 
 
 # --------------------------------------------------------------------------
@@ -206,7 +227,10 @@ def test_finetune_refuses_other_feature_size(tmp_path, tiny_runs, ext):
     member = rf.load_member(run)
     with pytest.raises(QdgapError, match="93 cgcnn features per atom.*feature size mismatch"):
         ft.check_members([member], ext, ft.FinetuneSettings(freeze_blocks=1))
-    with pytest.raises(QdgapError, match=r"best.pt: weights do not fit .*atom_embedding.layer.0.weight is \(16, 92\), the config says \(16, 93\)"):
+    with pytest.raises(
+        QdgapError,
+        match=r"best.pt: weights do not fit .*atom_embedding.layer.0.weight is \(16, 92\), the config says \(16, 93\)",
+    ):
         ft.load_pretrained(member)
 
 
@@ -253,12 +277,23 @@ def test_finetune_configs_and_paths():
     demo = PRESETS["demo"]
     s = ft.FinetuneSettings(epochs=7, learning_rate=2e-4, stride=5)
     f, sc = ft.finetune_config(demo, s), ft.scratch_config(demo, s)
-    assert (f.train.epochs, f.train.learning_rate, f.train.stride, f.train.patience) == (7, 2e-4, 5, demo.train.patience)
+    assert (f.train.epochs, f.train.learning_rate, f.train.stride, f.train.patience) == (
+        7,
+        2e-4,
+        5,
+        demo.train.patience,
+    )
     assert (sc.train.epochs, sc.train.learning_rate, sc.train.stride) == (7, demo.train.learning_rate, 5)
     assert f.model == demo.model and sc.model == demo.model and f.train.batch_size == demo.train.batch_size
-    assert ft.finetune_config(demo, ft.FinetuneSettings()).train.learning_rate == demo.train.learning_rate  # the default
+    assert (
+        ft.finetune_config(demo, ft.FinetuneSettings()).train.learning_rate == demo.train.learning_rate
+    )  # the default
     p = ft.output_paths(Path("work/runs_ft"))
-    assert (p.scratch, p.report_csv, p.report_json) == (Path("work/runs_scratch"), Path("work/finetune_report.csv"), Path("work/finetune_report.json"))
+    assert (p.scratch, p.report_csv, p.report_json) == (
+        Path("work/runs_scratch"),
+        Path("work/finetune_report.csv"),
+        Path("work/finetune_report.json"),
+    )
     assert ft.output_paths(Path("work/runs_ft"), report=Path("k2.csv")).report_json == Path("k2.json")
     with pytest.raises(QdgapError, match="expected a .csv"):
         ft.output_paths(Path("runs_ft"), report=Path("report.txt"))
@@ -270,7 +305,9 @@ def test_finetune_argv_round_trips_through_the_cli():
 
     from qdgap.cli.app import app
 
-    s = ft.FinetuneSettings(freeze_blocks=2, freeze_embeddings=False, epochs=9, learning_rate=3e-4, patience=4, stride=6)
+    s = ft.FinetuneSettings(
+        freeze_blocks=2, freeze_embeddings=False, epochs=9, learning_rate=3e-4, patience=4, stride=6
+    )
     argv = ft.finetune_argv(3, runs=Path("runs"), data=Path("ext.h5"), output=Path("runs_ft"), settings=s, device="cpu")
     assert argv[:4] == ["--quiet", "finetune", "--seed", "3"]
     ctx = typer.main.get_command(app).make_context("qdgap", list(argv), resilient_parsing=True)
@@ -279,7 +316,9 @@ def test_finetune_argv_round_trips_through_the_cli():
     assert (params["seed"], params["freeze_blocks"], params["freeze_embeddings"], params["epochs"]) == (3, 2, False, 9)
     assert (params["lr"], params["patience"], params["stride"], params["batch_size"]) == (3e-4, 4, 6, None)
     assert Path(params["runs"]).is_absolute() and Path(params["output"]).is_absolute()
-    plain = ft.finetune_argv(0, runs=Path("r"), data=Path("d.h5"), output=Path("o"), settings=ft.FinetuneSettings(), device="auto")
+    plain = ft.finetune_argv(
+        0, runs=Path("r"), data=Path("d.h5"), output=Path("o"), settings=ft.FinetuneSettings(), device="auto"
+    )
     assert "--lr" not in plain and "--freeze-blocks" not in plain  # defaults resolve the same way in the task
 
 
@@ -312,7 +351,15 @@ def test_finetune_report_rows(tmp_path, tiny_runs, ext, ext_h5):
     scratch = [rf.load_member(rf.run_dir(paths.scratch, s)) for s in (0, 1)]
     assert all(m.record.get("finetune") is None and m.config.train.epochs == 2 for m in scratch)
     assert scratch[0].config.train.learning_rate == members[0].config.train.learning_rate
-    rows = ft.compare(ext, finetuned=finetuned, pretrained=members, scratch=scratch, paths=paths, pretrained_runs=tiny_runs, device="cpu")
+    rows = ft.compare(
+        ext,
+        finetuned=finetuned,
+        pretrained=members,
+        scratch=scratch,
+        paths=paths,
+        pretrained_runs=tiny_runs,
+        device="cpu",
+    )
     pool = np.arange(0, EXT_FRAMES, 3)
     assert [r.model for r in rows] == list(ft.REPORT_MODELS)
     for r in rows:
@@ -321,7 +368,14 @@ def test_finetune_report_rows(tmp_path, tiny_runs, ext, ext_h5):
         assert r.seeds == [0, 1] and len(r.member_rmse_mev) == 2
     assert np.isnan(rows[0].wall_s) and rows[1].wall_s > 0 and rows[2].wall_s > 0
     assert rows[1].member_epochs == [2, 2]
-    ft.write_report(rows, paths, traj=ext, data_path=ext_h5, settings=settings, counts=ft.parameter_counts(members[0].config, settings))
+    ft.write_report(
+        rows,
+        paths,
+        traj=ext,
+        data_path=ext_h5,
+        settings=settings,
+        counts=ft.parameter_counts(members[0].config, settings),
+    )
     lines = paths.report_csv.read_text().splitlines()
     assert lines[0] == ",".join(ft.REPORT_COLUMNS)
     assert lines[1].startswith("pretrained,") and lines[1].split(",")[3] == ""  # no training: blank wall time

@@ -92,7 +92,9 @@ def test_fna_chunking_does_not_change_results(packed):
     base = gather_frames(packed, torch.arange(5))
     whole = fna_masked_gaps(model, base, num_atoms=17, chunk_size=5 * 18)
     for chunk in (1, 4, 18, 31):
-        torch.testing.assert_close(fna_masked_gaps(model, base, num_atoms=17, chunk_size=chunk), whole, rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            fna_masked_gaps(model, base, num_atoms=17, chunk_size=chunk), whole, rtol=0, atol=1e-6
+        )
 
 
 def test_tile_masked_masks_the_right_atom_bonds_and_angles(packed):
@@ -114,16 +116,19 @@ def test_tile_masked_masks_the_right_atom_bonds_and_angles(packed):
 
 def test_fna_ranks_the_atoms_the_label_depends_on(tmp_path):
     """Two dopants (Te for Se) set the label through their bonds: every atom not bonded to one ranks below both."""
+    from qdgap.core.checkpoint import load_weights
     from qdgap.core.splits import split_frames
     from qdgap.core.synthetic import small_cdse_cluster, synthetic_trajectory
-    from qdgap.core.train import load_weights, train_member
+    from qdgap.core.train import train_member
 
     numbers, pos = small_cdse_cluster()
     important = [6, 13]
     numbers = numbers.copy()
     numbers[important] = 52
     traj = synthetic_trajectory(150, seed=1, base=(numbers, pos), important=important, correlation_fs=1.0)
-    config = replace(PRESETS["tiny"], train=replace(PRESETS["tiny"].train, epochs=40, patience=40, stride=1, learning_rate=1e-2))
+    config = replace(
+        PRESETS["tiny"], train=replace(PRESETS["tiny"].train, epochs=40, patience=40, stride=1, learning_rate=1e-2)
+    )
     train_member(traj, config, seed=0, run_dir=tmp_path, device="cpu")
     model = GapModel(config.model)
     model.load_state_dict(load_weights(tmp_path / "best.pt"))
@@ -171,9 +176,13 @@ def test_fna_result_tables_agree(tiny_runs, synthetic_h5, tmp_path):
         i = labels.index(r["atom_label"])
         assert float(r["rmse_mev_mean"]) == pytest.approx(data[schema.RMSE_MEV_MEAN][i], abs=1e-5)
         assert float(r["rmse_mev_std"]) == pytest.approx(data[schema.RMSE_MEV_STD][i], abs=1e-5)
-        assert float(r["delta_rmse_mev"]) == pytest.approx(float(r["rmse_mev_mean"]) - data[schema.BASELINE_RMSE_MEV].mean(), abs=1e-5)
+        assert float(r["delta_rmse_mev"]) == pytest.approx(
+            float(r["rmse_mev_mean"]) - data[schema.BASELINE_RMSE_MEV].mean(), abs=1e-5
+        )
     # A rerun finds every member's numbers in the partial folder and recomputes nothing.
     calls = []
-    again = run_fna(members, traj, frames, cache_dir=tmp_path / "cache", partial_dir=tmp_path / "partial", progress=calls.append)
+    again = run_fna(
+        members, traj, frames, cache_dir=tmp_path / "cache", partial_dir=tmp_path / "partial", progress=calls.append
+    )
     np.testing.assert_array_equal(again.masked_ev, result.masked_ev)
     assert calls == [len(frames) * 18] * 2

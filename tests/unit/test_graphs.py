@@ -45,7 +45,13 @@ def _assert_frame_matches_upstream(packed, traj, f, params):
 
 def test_graph_bonds_match_upstream_on_published_frames(tmp_path, run_cli, seed_data):
     out = tmp_path / "seed.h5"
-    args = ("data", "import", seed_data / "cl_qd" / "structures", "--gaps", seed_data / "cl_qd" / "Cl_QD_elec_1-10k.csv")
+    args = (
+        "data",
+        "import",
+        seed_data / "cl_qd" / "structures",
+        "--gaps",
+        seed_data / "cl_qd" / "Cl_QD_elec_1-10k.csv",
+    )
     assert run_cli(*args, "-o", out).exit_code == 0
     traj = read_trajectory(out)
     params = GraphConfig(cutoff_ang=5.0, max_neighbors=12, three_body_cutoff_ang=3.5)
@@ -54,7 +60,9 @@ def test_graph_bonds_match_upstream_on_published_frames(tmp_path, run_cli, seed_
         _assert_frame_matches_upstream(packed, traj, f, params)
 
 
-@pytest.mark.parametrize("params", [GraphConfig(), GraphConfig(cutoff_ang=4.0, max_neighbors=8, three_body_cutoff_ang=3.0)])
+@pytest.mark.parametrize(
+    "params", [GraphConfig(), GraphConfig(cutoff_ang=4.0, max_neighbors=8, three_body_cutoff_ang=3.0)]
+)
 def test_graph_bonds_match_upstream_periodic_crystal(params):
     """A bulk crystal, where periodic images are real neighbours."""
     crystal = bulk("CdSe", "zincblende", a=6.05).repeat((2, 1, 1))
@@ -72,7 +80,7 @@ def test_graph_isolated_cluster_has_no_images(synthetic_traj):
     assert (packed.bond_len <= 5.0).all() and (packed.bond_len > 0.5).all()
     # Without the neighbour cap every bond appears in both directions.
     e0, e1 = packed.edge_ptr[0], packed.edge_ptr[1]
-    pairs = set(zip(packed.edge_src[e0:e1].tolist(), packed.edge_dst[e0:e1].tolist()))
+    pairs = set(zip(packed.edge_src[e0:e1].tolist(), packed.edge_dst[e0:e1].tolist(), strict=True))
     assert all((j, i) in pairs for i, j in pairs)
 
 
@@ -102,7 +110,7 @@ def test_graph_cache_roundtrip(tmp_path, synthetic_traj):
     path = graph_cache_path(tmp_path / "cache", traj, params)
     assert path.exists()
     again = load_or_build_graphs(traj, params, cache_dir=tmp_path / "cache")
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         assert torch.equal(a, b)
     other = graph_cache_path(tmp_path / "cache", traj, GraphConfig(max_neighbors=8))
     assert other != path

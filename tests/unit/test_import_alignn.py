@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -214,7 +215,7 @@ def _edit_config(cfg: Path, *, model: dict | None = None, **top) -> None:
         ({"atom_input_features": 11}, {}, "atom_input_features=11, but CGCNN features have 92"),
         ({}, {"target_multiplication_factor": 27.2}, "target_multiplication_factor=27.2"),
         ({}, {"standard_scalar_and_pca": True}, "standard_scalar_and_pca"),
-        ({}, {"neighbor_strategy": "k-nearest"}, "neighbor_strategy='k-nearest'"),
+        ({}, {"neighbor_strategy": "radius_graph"}, "neighbor_strategy='radius_graph'"),
         ({}, {"max_neighbors": None}, "no 'max_neighbors' setting"),
         ({}, {"three_body_cutoff": 6.0}, "three_body_cutoff=6 exceeds cutoff=5"),
     ],
@@ -230,12 +231,60 @@ def test_import_refuses_unsupported_config(tmp_path, model, top, fragment):
 
 def test_import_other_graphs_only_when_allowed(tmp_path):
     ckpt, cfg, _ = write_upstream_run(tmp_path / "upstream")
-    _edit_config(cfg, neighbor_strategy="k-nearest", cutoff=8.0)
+    _edit_config(cfg, neighbor_strategy="radius_graph", cutoff=8.0)
     result = import_alignn(ckpt, cfg, run_dir=tmp_path / "run_0", allow_other_graphs=True)
-    assert "k-nearest" in result.graph_note
+    assert "radius_graph" in result.graph_note
     gc = result.config.graph
-    assert (gc.cutoff_ang, gc.three_body_cutoff_ang) == (8.0, 8.0)  # k-nearest forms angles between all bonds
+    assert (gc.neighbor_strategy, gc.cutoff_ang) == ("pure_torch", 8.0)
     assert rf.load_member(result.run_dir).record["import"]["graph_note"] == result.graph_note
+
+
+@pytest.mark.parametrize("top", [{}, {"use_canonize": True}])
+def test_import_canonised_k_nearest_is_the_paper_graph(tmp_path, top):
+    """train_alignn.py's default (use_canonize left out, or true): the graph of the paper preset, no flag needed."""
+    from qdgap.core.config import PRESETS
+
+    ckpt, cfg, _ = write_upstream_run(tmp_path / "upstream")
+    _edit_config(cfg, neighbor_strategy="k-nearest", cutoff=5.0, max_neighbors=12, **top)
+    result = import_alignn(ckpt, cfg, run_dir=tmp_path / "run_0")
+    assert result.graph_note is None
+    gc = result.config.graph
+    assert (gc.neighbor_strategy, gc.use_canonize, gc.max_neighbors) == ("k-nearest", True, 12)
+    assert gc == replace(PRESETS["paper"].graph, three_body_cutoff_ang=gc.three_body_cutoff_ang)
+
+
+def test_import_dgl_era_k_nearest_needs_no_permission(tmp_path, boxed):
+    """The original study's graphs (k-nearest, use_canonize=False): qdgap builds them, so the model imports
+    as it is, and model.ts predicts what qdgap's forward gives on those graphs."""
+    ckpt, cfg, net = write_upstream_run(tmp_path / "upstream", name="alignn_atomwise")
+    _edit_config(cfg, neighbor_strategy="k-nearest", use_canonize=False, cutoff=5.0, max_neighbors=12)
+    result = import_alignn(ckpt, cfg, run_dir=tmp_path / "run_0")
+    assert result.graph_note is None
+    gc = result.config.graph
+    assert (gc.neighbor_strategy, gc.cutoff_ang, gc.max_neighbors) == ("k-nearest", 5.0, 12)
+    assert rf.load_member(result.run_dir).config.graph == gc
+    from qdgap.core.model import GapModel
+
+    ours = GapModel(result.config.model).eval()
+    ours.load_state_dict({**ours.state_dict(), **{k: v for k, v in net.state_dict().items() if k != "_species_table"}})
+    with torch.no_grad():
+        want = ours.predict_batch(gather_frames(build_graphs(boxed, gc), torch.tensor(FRAMES)))
+    torch.testing.assert_close(_imported_out(result.run_dir, boxed, FRAMES), want, rtol=0, atol=TOL_EV)
+
+
+def test_import_qdgap_best_pt_round_trip(tmp_path, tiny_runs):
+    """A qdgap best.pt (statistics folded into fc) imports with an upstream config of its sizes and gives
+    back the same weights and statistics, to float32 rounding."""
+    from qdgap.core.checkpoint import load_weights
+
+    run = rf.run_dir(tiny_runs, 1)
+    sizes = json.loads((run / rf.CONFIG_JSON).read_text())["model"]
+    _, cfg, _ = write_upstream_run(tmp_path / "upstream", model={k: sizes[k] for k in SIZES})
+    result = import_alignn(run / rf.BEST_PT, cfg, run_dir=tmp_path / "run_1")
+    before, after = load_weights(run / rf.BEST_PT), load_weights(result.run_dir / rf.BEST_PT)
+    assert before.keys() == after.keys() and abs(float(after["target_std"]) - 1.0) > 0.5
+    for k in before:
+        torch.testing.assert_close(after[k], before[k], rtol=1e-6, atol=1e-7)
 
 
 def test_import_output_rules(tmp_path):

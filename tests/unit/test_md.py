@@ -63,9 +63,7 @@ class SpringPotential:
         forces = np.zeros_like(x)
         np.add.at(forces, self.i, f_pair)
         np.add.at(forces, self.j, -f_pair)
-        return md.Evaluation(
-            float(0.5 * self.k * (strain**2).sum()), forces, float(1.7 + 0.5 * strain.mean())
-        )
+        return md.Evaluation(float(0.5 * self.k * (strain**2).sum()), forces, float(1.7 + 0.5 * strain.mean()))
 
 
 def _start(tmp_path=None):
@@ -116,14 +114,10 @@ def test_langevin_reaches_temperature():
     pot = SpringPotential(start.numbers, start.positions_ang)
     m = md._masses(start.numbers)
     rng = np.random.default_rng(0)
-    state = md.MDState(
-        start.positions_ang, np.zeros_like(start.positions_ang), pot(start.positions_ang)
-    )
+    state = md.MDState(start.positions_ang, np.zeros_like(start.positions_ang), pot(start.positions_ang))
     temps = []
     for step in range(3000):
-        state = md.langevin_step(
-            state, pot, m, 1.0, temperature=300.0, friction_per_fs=0.05, rng=rng
-        )
+        state = md.langevin_step(state, pot, m, 1.0, temperature=300.0, friction_per_fs=0.05, rng=rng)
         if step >= 500:
             temps.append(md.temperature_k(state.velocities_ang_per_fs, m, dof=3 * len(m)))
     assert np.mean(temps) == pytest.approx(300.0, rel=0.1)
@@ -161,9 +155,7 @@ def test_simulate_resumes_after_interrupt_exactly(tmp_path):
         return pot
 
     md.simulate(_start(), cut, steps=30, config=CONFIG, potential_factory=counting)
-    assert (
-        calls[0].calls == 1 + 20
-    )  # resumed: one evaluation of the saved frame, then the 20 missing steps
+    assert calls[0].calls == 1 + 20  # resumed: one evaluation of the saved frame, then the 20 missing steps
     a, b = read_trajectory(whole), read_trajectory(cut)
     np.testing.assert_array_equal(a.positions_ang, b.positions_ang)
     np.testing.assert_array_equal(a.gap_ev, b.gap_ev)
@@ -193,16 +185,12 @@ def test_continue_from_finished_run(tmp_path):
     md.simulate(start, ext, steps=10, config=config, potential_factory=springs)
     a, b = read_trajectory(whole), read_trajectory(ext)
     np.testing.assert_allclose(b.time_fs, np.arange(10.0, 21.0))
-    np.testing.assert_array_equal(
-        b.positions_ang, a.positions_ang[10:]
-    )  # the continuation retraces the long run
+    np.testing.assert_array_equal(b.positions_ang, a.positions_ang[10:])  # the continuation retraces the long run
 
 
 def test_simulate_rejects_bad_options(tmp_path):
     with pytest.raises(QdgapError, match="--steps"):
-        md.simulate(
-            _start(), tmp_path / "t.h5", steps=0, config=CONFIG, potential_factory=SpringPotential
-        )
+        md.simulate(_start(), tmp_path / "t.h5", steps=0, config=CONFIG, potential_factory=SpringPotential)
     with pytest.raises(QdgapError, match="--method"):
         md.simulate(_start(), tmp_path / "t.h5", steps=2, config=md.SimulationConfig(method="PM6"))
 
@@ -243,9 +231,7 @@ def test_simulate_resumes_after_sigkill(tmp_path):
     md.simulate(_start(), out, steps=30, config=CONFIG, potential_factory=SpringPotential)
     whole = tmp_path / "whole.h5"
     md.simulate(_start(), whole, steps=30, config=CONFIG, potential_factory=SpringPotential)
-    np.testing.assert_array_equal(
-        read_trajectory(out).positions_ang, read_trajectory(whole).positions_ang
-    )
+    np.testing.assert_array_equal(read_trajectory(out).positions_ang, read_trajectory(whole).positions_ang)
 
 
 @pytest.mark.slow

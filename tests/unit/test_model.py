@@ -13,11 +13,11 @@ from ase.data import chemical_symbols
 from jarvis.core.atoms import Atoms as JarvisAtoms
 
 from qdgap.core import runs as rf
+from qdgap.core.checkpoint import load_weights
 from qdgap.core.config import PRESETS, GraphConfig
 from qdgap.core.data import make_trajectory
 from qdgap.core.graphs import build_graphs
-from qdgap.core.model import UPSTREAM_EXTRA_BUFFERS, GapModel, upstream_state_dict
-from qdgap.core.train import load_weights
+from qdgap.core.model import FOLDED_STATS, UPSTREAM_EXTRA_BUFFERS, GapModel, upstream_state_dict
 from qdgap.kernels.batch import gather_frames
 
 TOL_EV = 1e-5
@@ -26,7 +26,9 @@ TOL_EV = 1e-5
 def _boxed(traj, box=22.0):
     """The synthetic cluster in a cubic box, as the published POSCARs hold it (upstream needs a cell)."""
     pos = traj.positions_ang - traj.positions_ang.mean(axis=(0, 1)) + box / 2
-    return make_trajectory(traj.numbers, pos, time_fs=traj.time_fs, gap_ev=traj.gap_ev, cell_ang=np.eye(3) * box, pbc=[True] * 3)
+    return make_trajectory(
+        traj.numbers, pos, time_fs=traj.time_fs, gap_ev=traj.gap_ev, cell_ang=np.eye(3) * box, pbc=[True] * 3
+    )
 
 
 def _upstream_out(model, traj, frames, params):
@@ -70,34 +72,74 @@ def test_model_matches_upstream_paper_size(synthetic_traj):
     upstream.load_state_dict(upstream_state_dict(model), strict=True)
     traj = _boxed(synthetic_traj)
     frames = [0, 9, 50]
-    ours = model.predict_batch(gather_frames(build_graphs(traj, config.graph), torch.tensor(frames))).detach()
-    theirs = _upstream_out(upstream, traj, frames, config.graph)
+    # Upstream's pure_torch graphs (the paper preset's k-nearest ones: tests/unit/test_graphs_knn.py).
+    graph = GraphConfig()
+    ours = model.predict_batch(gather_frames(build_graphs(traj, graph), torch.tensor(frames))).detach()
+    theirs = _upstream_out(upstream, traj, frames, graph)
     assert ours.std() > 10 * TOL_EV  # the frames really differ
     torch.testing.assert_close(ours, theirs, rtol=0, atol=TOL_EV)
 
 
 def test_best_pt_loads_into_upstream(tiny_runs, synthetic_h5):
-    """A run's config.json model section is an upstream config and best.pt its weights."""
+    """A run's config.json model section is an upstream config and best.pt its weights: upstream's own
+    forward on the file as it lies predicts the gap in eV, as qdgap does."""
     from qdgap.core.data import read_trajectory
 
     run = rf.run_dir(tiny_runs, 0)
     record = json.loads((run / rf.CONFIG_JSON).read_text())
     upstream = ALIGNNAtomWisePure(ALIGNNAtomWisePureConfig(**record["model"])).eval()
-    state = load_weights(run / rf.BEST_PT)
-    result = upstream.load_state_dict(state, strict=False)
+    raw = torch.load(run / rf.BEST_PT, weights_only=True)  # as an upstream user loads it
+    result = upstream.load_state_dict(raw, strict=False)
     assert result.missing_keys == []
-    assert sorted(result.unexpected_keys) == sorted(UPSTREAM_EXTRA_BUFFERS)
+    assert sorted(result.unexpected_keys) == sorted(UPSTREAM_EXTRA_BUFFERS + FOLDED_STATS)
     ours = GapModel(PRESETS["tiny"].model).eval()
-    ours.load_state_dict(state)
+    ours.load_state_dict(load_weights(run / rf.BEST_PT))
+    assert abs(float(ours.target_std) - 1.0) > 0.5  # trained on standardised gaps: there was something to fold
     traj = _boxed(read_trajectory(synthetic_h5))
     frames = [3, 4, 100]
     mine = ours.predict_batch(gather_frames(build_graphs(traj, GraphConfig()), torch.tensor(frames))).detach()
-    # Upstream gives the standardised output; the run's target statistics map it to eV ...
-    raw = _upstream_out(upstream, traj, frames, GraphConfig())
-    torch.testing.assert_close(raw * state["target_std"] + state["target_mean"], mine, rtol=0, atol=TOL_EV)
-    # ... or, folded into the output layer, upstream predicts eV directly.
-    upstream.load_state_dict(upstream_state_dict(ours), strict=True)
-    torch.testing.assert_close(_upstream_out(upstream, traj, frames, GraphConfig()), mine, rtol=0, atol=TOL_EV)
+    theirs = _upstream_out(upstream, traj, frames, GraphConfig())
+    torch.testing.assert_close(theirs, mine, rtol=0, atol=1e-4)
+    assert (theirs - float(ours.target_mean)).abs().max() < 3 * float(ours.target_std)  # eV, not standardised
+    # Without qdgap's keys the file loads strictly, with the same result.
+    upstream.load_state_dict({k: v for k, v in raw.items() if k not in result.unexpected_keys}, strict=True)
+    torch.testing.assert_close(_upstream_out(upstream, traj, frames, GraphConfig()), theirs, rtol=0, atol=0)
+    torch.testing.assert_close(upstream_state_dict(ours)["fc.bias"], raw["fc.bias"], rtol=0, atol=1e-6)
+
+
+def test_best_pt_folded_and_unfolded_load_alike(tmp_path, synthetic_traj):
+    """best.pt as written now (statistics folded into fc) and as written before (unfolded) load into the
+    same model, to float32 rounding; the folded file predicts eV with target_mean 0 and target_std 1."""
+    from qdgap.core.checkpoint import save_weights
+
+    model = _randomise(GapModel(PRESETS["tiny"].model)).eval()
+    model.set_target_stats(1.73, 0.11)
+    state = model.state_dict()
+    torch.save(state, tmp_path / "old.pt")
+    save_weights(tmp_path / "new.pt", state)
+    raw = torch.load(tmp_path / "new.pt", weights_only=True)
+    assert (float(raw["target_mean"]), float(raw["target_std"])) == (0.0, 1.0)
+    assert torch.equal(raw["folded_target_mean"], state["target_mean"])
+    assert torch.equal(raw["folded_target_std"], state["target_std"])
+    batch = gather_frames(build_graphs(synthetic_traj, GraphConfig()), torch.arange(6))
+    with torch.no_grad():
+        want = model.predict_batch(batch)
+        as_is = GapModel(PRESETS["tiny"].model).eval()
+        as_is.load_state_dict({k: v for k, v in raw.items() if k not in FOLDED_STATS})
+        torch.testing.assert_close(as_is.predict_batch(batch), want, rtol=0, atol=1e-6)
+        for name in ("old.pt", "new.pt"):
+            loaded = load_weights(tmp_path / name)
+            assert loaded.keys() == state.keys()
+            for k, v in state.items():
+                if k.startswith("fc."):
+                    # Folded (b * std + mean, rounded to float32) and unfolded again: the rounding of the folded
+                    # bias, ~eps32 x 1.73 eV, comes back divided by std = 0.11: up to ~4e-6 in the bias.
+                    torch.testing.assert_close(loaded[k], v, rtol=1e-6, atol=2 * 1.2e-7 * 1.73 / 0.11)
+                else:
+                    assert torch.equal(loaded[k], v), k
+            again = GapModel(PRESETS["tiny"].model).eval()
+            again.load_state_dict(loaded)
+            torch.testing.assert_close(again.predict_batch(batch), want, rtol=0, atol=1e-6)
 
 
 def test_torchscript_matches_eager(synthetic_traj):

@@ -52,9 +52,7 @@ def make_workdir(
     wd.root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     traj_path = wd.root / "traj.h5"
-    write_trajectory(
-        synthetic_trajectory(num_frames, base=base, important=important, seed=0), traj_path
-    )
+    write_trajectory(synthetic_trajectory(num_frames, base=base, important=important, seed=0), traj_path)
     traj = read_trajectory(traj_path)
     seeds = list(range(members))
 
@@ -67,9 +65,7 @@ def make_workdir(
 
     def fake_predictions(gap: np.ndarray) -> np.ndarray:
         common = smooth(len(gap), 0.015)
-        return np.stack(
-            [gap + common + smooth(len(gap), 0.012) + rng.normal(0, 0.006, len(gap)) for _ in seeds]
-        )
+        return np.stack([gap + common + smooth(len(gap), 0.012) + rng.normal(0, 0.006, len(gap)) for _ in seeds])
 
     def fake_runs(runs: Path, gap: np.ndarray, path: Path) -> None:
         for s in seeds:
@@ -89,11 +85,7 @@ def make_workdir(
             )
             epochs = int(rng.integers(25, 45))
             e = np.arange(1, epochs + 1)
-            val = (
-                18
-                + 140 * np.exp(-e / 7) * rng.uniform(0.8, 1.2)
-                + rng.normal(0, 2, epochs).cumsum() * 0.1
-            )
+            val = 18 + 140 * np.exp(-e / 7) * rng.uniform(0.8, 1.2) + rng.normal(0, 2, epochs).cumsum() * 0.1
             rows = [
                 {
                     "epoch": int(i),
@@ -106,9 +98,7 @@ def make_workdir(
                 for i, v in zip(e, val, strict=True)
             ]
             rf.write_metrics_csv(run / rf.METRICS_CSV, rows)
-            rf.write_json(
-                run / rf.TEST_METRICS_JSON, {"rmse_mev": 25.0 + s, "mae_mev": 19.0 + s, "n": 2}
-            )
+            rf.write_json(run / rf.TEST_METRICS_JSON, {"rmse_mev": 25.0 + s, "mae_mev": 19.0 + s, "n": 2})
             rf.write_json(run / rf.DONE, {"model_sha256": "0" * 64})
 
     def write_predictions(path: Path, t, gap_true, pred, input_path: Path) -> None:
@@ -151,23 +141,27 @@ def make_workdir(
             + 60.0 * np.exp(-dist / 2.5)[None] * rng.uniform(0.7, 1.3, (members, len(labels)))
             + rng.uniform(0, 4, (members, len(labels)))
         )
+        # Masked predictions whose RMSEs are ``rmse``: each member errs with that spread, atom by atom.
+        from qdgap.core.fna import FnaResult, write_fna
+
         frames = np.arange(0, num_frames, stride)
-        write_results(
-            wd.fna,
-            {
-                schema.FRAME_INDEX: frames,
-                schema.ATOM_LABEL: labels,
-                schema.BASELINE_EV: rng.normal(1.7, 0.1, (members, len(frames))),
-                schema.MASKED_EV: rng.normal(1.7, 0.1, (members, len(frames), len(labels))),
-                schema.RMSE_MEV: rmse,
-                schema.RMSE_MEV_MEAN: rmse.mean(0),
-                schema.RMSE_MEV_STD: rmse.std(0),
-                schema.BASELINE_RMSE_MEV: baseline,
-            },
-            fmt=schema.FNA_FORMAT,
-            version=schema.FNA_VERSION,
-            attrs={schema.ATTR_INPUT_SHA256: traj.sha256},
+        true = traj.gap_ev[frames].astype(np.float64)
+        unit = rng.normal(0, 1, (members, len(frames), len(labels)))
+        unit /= np.sqrt((unit**2).mean(axis=1, keepdims=True))
+        base_unit = rng.normal(0, 1, (members, len(frames)))
+        base_unit /= np.sqrt((base_unit**2).mean(axis=1, keepdims=True))
+        result = FnaResult(
+            frame_index=frames,
+            time_fs=traj.time_fs[frames],
+            gap_true_ev=true.astype(np.float32),
+            atom_label=labels,
+            baseline_ev=(true + baseline[:, None] / 1000 * base_unit).astype(np.float32),
+            masked_ev=(true[None, :, None] + rmse[:, None, :] / 1000 * unit).astype(np.float32),
+            seeds=np.arange(members),
+            numbers=traj.numbers,
+            positions_ang=traj.positions_ang[frames],
         )
+        write_fna(result, wd.fna, wd.fna_csv, attrs={schema.ATTR_INPUT_SHA256: traj.sha256})
 
     if finetune:
         ext = synthetic_trajectory(ext_frames, base=base, important=important, seed=5)
@@ -197,9 +191,7 @@ def full_workdir(tmp_path_factory) -> Workdir:
 
 def _assert_self_contained(text: str) -> None:
     srcs = re.findall(r'src\s*=\s*"([^"]*)"', text)
-    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs), [
-        s[:40] for s in srcs
-    ]
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs), [s[:40] for s in srcs]
     for bad in ("<link", "<script", "http://", "https://", "url(", "@import"):
         assert bad not in text.lower(), bad
 
@@ -229,16 +221,13 @@ def test_report_embeds_the_png_it_writes(full_workdir):
     import base64
 
     text = full_workdir.report_html.read_text()
-    embedded = {
-        base64.b64decode(m)
-        for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    }
+    embedded = {base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)}
     on_disk = {(full_workdir.figures / n).read_bytes() for n in FIGURE_NAMES}
     assert embedded == on_disk
 
 
 def test_report_summary_numbers_match_predictions(full_workdir):
-    from qdgap.core.figures import error_stats_mev
+    from qdgap.core.metrics import error_stats_mev
     from qdgap.core.results import read_results
 
     wd = full_workdir
@@ -343,3 +332,36 @@ def test_cli_report_prints_the_html_path(tmp_path, capsys):
     assert str(wd.report_html) in result.output
     help_text = CliRunner().invoke(app, ["report", "--help"]).output
     assert "report.html" in help_text and "--data" in help_text
+
+
+def test_report_shows_importance_intervals_over_time_and_groups(full_workdir):
+    from qdgap.core.results import read_results
+
+    fna, _ = read_results(full_workdir.fna, fmt=schema.FNA_FORMAT)
+    text = full_workdir.report_html.read_text()
+    for name in ("importance_over_time.png", "importance_groups.png", "atom_importance.png"):
+        assert (full_workdir.figures / name).is_file(), name
+    assert "Significant atoms (FNA)" in text and "95 % interval" in text and "Holm" in text
+    for group in fna[schema.GROUP_LABEL]:
+        assert f"<td>{group}</td>" in text
+
+
+def test_report_computes_statistics_for_an_fna_file_that_predates_them(tmp_path):
+    from qdgap.core.results import read_results, write_results
+
+    wd = make_workdir(tmp_path / "w", finetune=False)
+    data, attrs = read_results(wd.fna, fmt=schema.FNA_FORMAT)
+    old = (schema.FRAME_INDEX, schema.TIME_FS, schema.GAP_TRUE_EV, schema.ATOM_LABEL, schema.BASELINE_EV)
+    old += (schema.MASKED_EV, schema.RMSE_MEV, schema.RMSE_MEV_MEAN, schema.RMSE_MEV_STD, schema.BASELINE_RMSE_MEV)
+    write_results(
+        wd.fna,
+        {k: (list(data[k]) if k == schema.ATOM_LABEL else data[k]) for k in old},
+        fmt=schema.FNA_FORMAT,
+        version=schema.FNA_VERSION,
+        attrs={schema.ATTR_INPUT_SHA256: attrs[schema.ATTR_INPUT_SHA256]},
+    )
+    text = write_report(wd.root, dpi=TEST_DPI).read_text()
+    assert "predates the importance statistics" in text
+    assert (wd.figures / "importance_groups.png").is_file() and (wd.figures / "importance_over_time.png").is_file()
+    top = np.asarray(data[schema.ATOM_LABEL])[np.argsort(-data[schema.IMPORTANCE_MEAN_MEV], kind="stable")[:5]]
+    assert ", ".join(top) in text

@@ -51,9 +51,7 @@ def fake_slurm(tmp_path, monkeypatch):
 
 def _result(job: slurm.ArrayJob, task: int, outcome: str, payload: str) -> None:
     """Write the result pickle submitit's runner leaves for a finished task."""
-    cloudpickle_dump(
-        (outcome, payload), job.folder / "logs" / f"{job.task_job_id(task)}_0_result.pkl"
-    )
+    cloudpickle_dump((outcome, payload), job.folder / "logs" / f"{job.task_job_id(task)}_0_result.pkl")
 
 
 # --------------------------------------------------------------------------
@@ -196,9 +194,7 @@ def test_submit_records_the_array(tmp_path, fake_slurm):
 def test_failed_tasks_are_reported_by_member_and_resubmitted_alone(tmp_path, fake_slurm):
     folder = tmp_path / ".slurm"
     argvs = [["train", "--seed", str(s)] for s in (10, 11, 12, 13)]
-    job = slurm.submit(
-        argvs, folder=folder, resources=slurm.SlurmResources(), members=[10, 11, 12, 13]
-    )
+    job = slurm.submit(argvs, folder=folder, resources=slurm.SlurmResources(), members=[10, 11, 12, 13])
     _result(job, 0, "success", "trained")
     error = "submitit.core.utils.FailedJobError: qdgap: error: x.h5: no such file"
     trace = f"Traceback (most recent call last):\n  ...\n{error}\n"

@@ -15,7 +15,12 @@ def test_split_partitions_pool_80_10_10():
     assert (len(s.train), len(s.val), len(s.test)) == (801, 100, 100)
     pool = labelled_pool(gaps, stride=10)
     np.testing.assert_array_equal(s.pool, pool)
-    assert len(np.intersect1d(s.train, s.val)) == len(np.intersect1d(s.train, s.test)) == len(np.intersect1d(s.val, s.test)) == 0
+    assert (
+        len(np.intersect1d(s.train, s.val))
+        == len(np.intersect1d(s.train, s.test))
+        == len(np.intersect1d(s.val, s.test))
+        == 0
+    )
     assert len(s.unseen) == 10_001 - len(pool)
     assert len(np.intersect1d(s.unseen, pool)) == 0
     assert np.all(pool % 10 == 0)

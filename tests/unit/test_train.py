@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from qdgap.core import runs as rf
+from qdgap.core.checkpoint import load_weights
 from qdgap.core.config import PRESETS
 from qdgap.core.data import read_trajectory
 from qdgap.core.errors import Interrupted, QdgapError
 from qdgap.core.graphs import build_graphs
-from qdgap.core.splits import split_frames
 from qdgap.core.model import GapModel
-from qdgap.core.train import accumulate_gradient, load_weights, train_member
+from qdgap.core.splits import split_frames
+from qdgap.core.train import accumulate_gradient, train_member
 from qdgap.kernels.batch import gather_frames
 
 TINY = PRESETS["tiny"]
@@ -30,7 +31,16 @@ def _weights(run):
 
 def test_train_writes_run_folder_contract(tiny_runs):
     run = rf.run_dir(tiny_runs, 0)
-    for name in (rf.CONFIG_JSON, rf.SPLIT_JSON, rf.METRICS_CSV, rf.CHECKPOINT_PT, rf.BEST_PT, rf.MODEL_TS, rf.TEST_METRICS_JSON, rf.DONE):
+    for name in (
+        rf.CONFIG_JSON,
+        rf.SPLIT_JSON,
+        rf.METRICS_CSV,
+        rf.CHECKPOINT_PT,
+        rf.BEST_PT,
+        rf.MODEL_TS,
+        rf.TEST_METRICS_JSON,
+        rf.DONE,
+    ):
         assert (run / name).is_file(), name
     split = json.loads((run / rf.SPLIT_JSON).read_text())
     assert set(split) == {"train", "val", "test"}
@@ -93,7 +103,9 @@ def test_train_resume_after_interruption_gives_same_weights(tmp_path, synthetic_
         return calls["n"] == 2 * per_epoch + per_epoch // 2
 
     with pytest.raises(Interrupted, match="stopped during epoch 3"):
-        train_member(synthetic_traj, config, seed=2, run_dir=tmp_path / "resumed", device="cpu", should_stop=stop_mid_third_epoch)
+        train_member(
+            synthetic_traj, config, seed=2, run_dir=tmp_path / "resumed", device="cpu", should_stop=stop_mid_third_epoch
+        )
     assert rf.member_state(tmp_path / "resumed") == "interrupted"
     assert len(rf.read_metrics_csv(tmp_path / "resumed" / rf.METRICS_CSV)) == 2
     result = train_member(synthetic_traj, config, seed=2, run_dir=tmp_path / "resumed", device="cpu")
@@ -125,11 +137,14 @@ def test_model_ts_reproduces_test_metrics_with_plain_torch(tiny_runs, synthetic_
     traj = read_trajectory(synthetic_h5)
     split = json.loads((run / rf.SPLIT_JSON).read_text())
     batch = gather_frames(build_graphs(traj, TINY.graph), torch.tensor(split["test"]))
-    torch.save({"args": list(batch[:-1]), "num_graphs": batch.num_graphs, "y": torch.from_numpy(traj.gap_ev[split["test"]])}, tmp_path / "in.pt")
+    torch.save(
+        {"args": list(batch[:-1]), "num_graphs": batch.num_graphs, "y": torch.from_numpy(traj.gap_ev[split["test"]])},
+        tmp_path / "in.pt",
+    )
     script = f"""
 import sys, json, torch
 m = torch.jit.load({str(run / rf.MODEL_TS)!r})
-d = torch.load({str(tmp_path / 'in.pt')!r})
+d = torch.load({str(tmp_path / "in.pt")!r})
 with torch.no_grad():
     err = (m(*d["args"], d["num_graphs"]) - d["y"]).double()
 assert not any(k.startswith(("qdgap", "alignn", "jarvis")) for k in sys.modules)

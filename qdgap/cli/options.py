@@ -1,0 +1,96 @@
+"""Every reusable option and argument type of the CLI, each help text giving its unit or format.
+
+Commands import their options from here and never from each other, so one option
+(the Slurm group included) is defined once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DEMO_DATA = Path(__file__).resolve().parents[2] / "data" / "cd28se17cl22_demo.h5"
+DEMO_EXTENDED = Path(__file__).resolve().parents[2] / "data" / "cd28se17cl22_demo_ext.h5"
+
+TrajPath = Annotated[Path, typer.Option("--data", "-d", help="Trajectory HDF5 file (from `qdgap data import`).")]
+TrajArg = Annotated[Path, typer.Argument(help="Trajectory HDF5 file (from `qdgap data import`).", show_default=False)]
+RunsDir = Annotated[Path, typer.Option("--runs", "-r", help="Folder of ensemble members (run_<seed>/).")]
+OutPath = Annotated[Path, typer.Option("--output", "-o", help="Output file.")]
+OutDir = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
+Seed = Annotated[int, typer.Option("--seed", "-s", help="Member seed: fixes the split and the initial weights.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")]
+Preset = Annotated[
+    str,
+    typer.Option(
+        "--preset",
+        help="Model and training preset: demo (small, seconds per member on a laptop), cpu (the real study on two CPU cores), paper (the original study's model and graphs) or tiny (smoke tests).",
+    ),
+]
+Stride = Annotated[
+    int | None,
+    typer.Option("--stride", help="Labelled pool spacing in frames (default 10: every 10 fs at a 1 fs step)."),
+]
+FramesFrom = Annotated[
+    Path | None,
+    typer.Option(
+        "--frames-from",
+        help="Train on exactly the labelled frames of this CSV (its frame_index column, e.g. from `qdgap select`), "
+        "split 80/10/10 per member seed; --stride is then unused.",
+        show_default=False,
+    ),
+]
+
+
+def parse_range(text: str, *, option: str) -> tuple[int, int]:
+    """``"A-B"`` -> (A, B): two whole numbers with A <= B, for an option such as ``--numbers``."""
+    from qdgap.core.errors import QdgapError
+
+    parts = text.strip().split("-")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise QdgapError(f"{option} {text!r}: expected A-B with two whole numbers, e.g. 1-10001")
+    a, b = (int(p) for p in parts)
+    if a > b:
+        raise QdgapError(f"{option} {text}: the range is empty (A must be <= B)")
+    return a, b
+
+
+Epochs = Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (default: the preset's).")]
+Patience = Annotated[
+    int | None, typer.Option("--patience", help="Stop after this many epochs without a better validation MAE.")
+]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Frames per training batch.")]
+LearningRate = Annotated[float | None, typer.Option("--lr", help="Peak learning rate of the one-cycle schedule.")]
+
+Members = Annotated[int, typer.Option("--members", "-m", help="Number of members; member i trains with seed base + i.")]
+SeedBase = Annotated[int, typer.Option("--seed-base", help="Seed of the first member.")]
+Backend = Annotated[str, typer.Option("--backend", help="local (worker processes here) or slurm (one job array).")]
+Jobs = Annotated[
+    int | None, typer.Option("--jobs", "-j", help="local: members trained at once (default: one per core; 1 on CUDA).")
+]
+
+
+def _slurm_panel(text: str) -> dict:
+    return {"help": text, "rich_help_panel": "Slurm backend"}
+
+
+# The Slurm backend's options, shared by every command that trains members (ensemble train, finetune).
+SlurmPartition = Annotated[str | None, typer.Option(**_slurm_panel("Partition."))]
+SlurmAccount = Annotated[str | None, typer.Option(**_slurm_panel("Account to charge."))]
+SlurmTime = Annotated[int, typer.Option("--time", **_slurm_panel("Wall time per member, minutes."))]
+SlurmCpus = Annotated[int, typer.Option("--cpus", **_slurm_panel("CPU cores per member."))]
+SlurmGpus = Annotated[int, typer.Option("--gpus", **_slurm_panel("GPUs per member."))]
+SlurmMem = Annotated[float | None, typer.Option("--mem", **_slurm_panel("Memory per member, GB."))]
+SlurmImage = Annotated[
+    Path | None,
+    typer.Option("--image", **_slurm_panel("Apptainer image: tasks run `apptainer run --nv IMAGE <command> ...`.")),
+]
+SlurmMaxParallel = Annotated[
+    int | None, typer.Option("--max-parallel", **_slurm_panel("Most members running at once."))
+]
+SlurmWait = Annotated[
+    bool, typer.Option("--wait", **_slurm_panel("Follow the job array until every member has finished."))
+]
+SlurmDryRun = Annotated[bool, typer.Option("--dry-run", **_slurm_panel("Print the sbatch script; submit nothing."))]
