@@ -7,11 +7,11 @@ STAMP  := $(VENV)/.qdgap-installed
 WORK   ?= work/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo reproduce test test-slow lint fna bench bench-quick bench-gpu sif image clean
+.PHONY: install demo reproduce test test-slow lint fna bench bench-quick bench-gpu sif image clean constraints image-test sif-from-image
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml scripts/install.sh scripts/constraints.txt
 	bash scripts/install.sh $(VENV) dev
 	@touch $(STAMP)
 
@@ -68,6 +68,13 @@ bench-gpu: $(STAMP)
 clean:
 	rm -rf $(WORK) .pytest_cache
 
+# Pin every package but qdgap and torch (installed first, by its own spec) at the versions of the
+# tested install; scripts/install.sh, and so both images, install through it. Rerun after an upgrade.
+constraints: $(STAMP)
+	{ echo "# The tested install's versions (make constraints; scripts/install.sh installs with -c this file)."; \
+	  $(VENV)/bin/python -m pip freeze --exclude-editable --exclude qdgap --exclude torch; } > scripts/constraints.txt.tmp
+	mv scripts/constraints.txt.tmp scripts/constraints.txt
+
 # ---- container images (README: "Running on a cluster") -----------------------
 # Both fail with one line, before doing anything, when their tool is missing.
 SIF           ?= qdgap.sif
@@ -77,6 +84,8 @@ SIF_FLAGS     ?=
 IMAGE_FLAGS   ?=
 # Lazy (=), so only the sif/image recipes pay for these shell calls.
 QDGAP_VERSION = $(shell sed -n '/^\[project\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' pyproject.toml)
+# The commit the image is built from (-dirty: with uncommitted changes); `qdgap --version` reports it.
+QDGAP_COMMIT ?= $(shell c=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD -- 2>/dev/null && echo $$c || echo $$c-dirty; } || echo unknown)
 _on_path      = $(shell command -v $(1) 2>/dev/null)
 # An engine counts only when it answers: a docker CLI without a daemon does not.
 _engine_ok    = $(if $(call _on_path,$(1)),$(shell $(1) info >/dev/null 2>&1 && echo $(1)))
@@ -84,8 +93,24 @@ _engines_seen = $(strip $(foreach e,podman docker,$(if $(call _on_path,$(e)),$(e
 
 sif:
 	$(if $(call _on_path,apptainer),,$(error make sif: apptainer not found on PATH; install Apptainer >= 1.2 or build where it is installed))
-	apptainer build --force $(SIF_FLAGS) --build-arg TORCH_VARIANT=$(TORCH_VARIANT) $(SIF) apptainer.def
+	apptainer build --force $(SIF_FLAGS) --build-arg TORCH_VARIANT=$(TORCH_VARIANT) --build-arg QDGAP_COMMIT=$(QDGAP_COMMIT) $(SIF) apptainer.def
 
 image:
 	$(eval _engine := $(or $(call _engine_ok,podman),$(call _engine_ok,docker)))$(if $(_engine),,$(error make image: $(if $(_engines_seen),$(_engines_seen) on PATH but $(foreach e,$(_engines_seen),'$(e) info') failed (is the daemon running?); start it or install podman,neither podman nor docker on PATH; install one) (or build the Apptainer image: make sif)))
-	$(_engine) build $(IMAGE_FLAGS) -t $(IMAGE) -f Containerfile --build-arg TORCH_VARIANT=$(TORCH_VARIANT) --build-arg QDGAP_VERSION=$(QDGAP_VERSION) .
+	$(_engine) build $(IMAGE_FLAGS) -t $(IMAGE) -f Containerfile --build-arg TORCH_VARIANT=$(TORCH_VARIANT) --build-arg QDGAP_VERSION=$(QDGAP_VERSION) --build-arg QDGAP_COMMIT=$(QDGAP_COMMIT) .
+
+# Build the Containerfile and run a small study inside it, compared with the host install's
+# (scripts/image-test.sh: settings, base image, what runs). Exit 2: something to fix, said in one line.
+image-test: $(STAMP)
+	bash scripts/image-test.sh
+
+# The SIF from exactly the image image-test ran: an OCI archive to copy to the cluster, and the
+# one command that turns it into a SIF there (no registry, no rebuild).
+TEST_IMAGE  ?= localhost/qdgap:test
+OCI_ARCHIVE ?= qdgap.oci.tar
+sif-from-image:
+	$(eval _engine := $(or $(call _engine_ok,podman),$(call _engine_ok,docker)))$(if $(_engine),,$(error make sif-from-image: $(if $(_engines_seen),$(_engines_seen) on PATH but $(foreach e,$(_engines_seen),'$(e) info') failed (is the daemon running?); start it or install podman,neither podman nor docker on PATH; install podman) and run make image-test first))
+	@$(_engine) image inspect $(TEST_IMAGE) >/dev/null 2>&1 || { echo "make sif-from-image: no image $(TEST_IMAGE); build it with make image-test (or pass TEST_IMAGE=)" >&2; exit 2; }
+	$(_engine) save $(if $(filter podman,$(_engine)),--format oci-archive) -o $(OCI_ARCHIVE) $(TEST_IMAGE)
+	@echo "copy $(OCI_ARCHIVE) to the cluster and run there:"
+	@echo "apptainer build $(SIF) $(if $(filter podman,$(_engine)),oci-archive,docker-archive)://$(OCI_ARCHIVE)"

@@ -3,8 +3,10 @@
 #   scripts/install.sh VENV [EXTRAS]     e.g. scripts/install.sh .venv dev
 # Creates VENV if missing, installs torch first (the CPU 2.13.0 wheel unless
 # QDGAP_TORCH_SPEC says otherwise, e.g. "torch==2.13.0 --index-url .../cu126"),
-# then qdgap itself in editable mode with the given extras. Idempotent: a second
-# run installs nothing new.
+# then qdgap itself in editable mode with the given extras, every other package at
+# the version in scripts/constraints.txt (QDGAP_CONSTRAINTS= turns that off), and
+# records the git commit (QDGAP_COMMIT, else the checkout's) for `qdgap --version`.
+# Idempotent: a second run installs nothing new.
 set -euo pipefail
 venv=${1:?usage: scripts/install.sh VENV [EXTRAS]}
 extras=${2:-}
@@ -12,6 +14,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 torch_spec=${QDGAP_TORCH_SPEC:-torch==2.13.0}
 editable=${QDGAP_EDITABLE:-1}
+# The versions of the tested install (make constraints): the same environment next month.
+constraints=${QDGAP_CONSTRAINTS-$here/scripts/constraints.txt}
+pin=()
+[ -n "$constraints" ] && pin=(-c "$constraints")
 
 if [ ! -x "$venv/bin/python" ]; then
     "$py" -m venv "$venv"
@@ -22,8 +28,12 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 "${pip[@]}" $torch_spec
 target="$here"
 [ -n "$extras" ] && target="$here[$extras]"
+# torch's own dependencies are pinned here, after the fact: its index (e.g. the CPU
+# wheels') need not carry the pinned versions.
 if [ "$editable" = 1 ]; then
-    "${pip[@]}" -e "$target"
+    "${pip[@]}" "${pin[@]}" -e "$target"
 else
-    "${pip[@]}" "$target"
+    "${pip[@]}" "${pin[@]}" "$target"
 fi
+# qdgap/_build_info.json beside the installed package: the commit, for `qdgap --version`.
+"$venv/bin/python" -m qdgap.core.buildinfo --write --source "$here" > /dev/null

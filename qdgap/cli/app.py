@@ -14,7 +14,6 @@ from typing import Annotated
 
 import typer
 
-from qdgap import __version__
 from qdgap.cli import data, ensemble, export, finetune, predict, report, train, ui, upstream, workflow
 from qdgap.cli import select as select_cmd
 
@@ -37,20 +36,29 @@ app.command("fna", rich_help_panel="Analysis")(predict.fna)
 app.command("select", rich_help_panel="Analysis")(select_cmd.select)
 app.command("label", rich_help_panel="Data")(select_cmd.label)
 app.command("report", rich_help_panel="Workflow")(report.report)
+app.command("status", rich_help_panel="Workflow")(ensemble.status)
 app.command("pipeline", rich_help_panel="Workflow")(workflow.pipeline)
 app.command("reproduce", rich_help_panel="Workflow")(workflow.reproduce)
 
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"qdgap {__version__}")
+        from qdgap.core.buildinfo import version_lines
+
+        typer.echo("\n".join(version_lines()))
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the versions of qdgap (with its git commit) and torch (CPU or CUDA build), whether CUDA is usable, and exit.",
+        ),
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; warnings and errors only.")] = False,

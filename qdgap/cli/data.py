@@ -61,7 +61,8 @@ def import_(
     if output.exists() and not force:
         raise_error(f"{output}: output exists; choose another name or pass --force")
     numbers_range = parse_range(numbers, option="--numbers") if numbers is not None else None
-    from qdgap.core.data import import_trajectory, write_trajectory
+    from qdgap.core.data import write_trajectory
+    from qdgap.core.importers import import_trajectory
 
     with ui.progress("import", None, unit="structures") as advance:
         traj = import_trajectory(

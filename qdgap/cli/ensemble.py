@@ -240,15 +240,26 @@ def _ranges(seeds) -> str:
 
 @app.command("status")
 def status(
-    runs: Annotated[Path, typer.Argument(help="The ensemble folder (run_<seed>/ inside).")] = Path("runs"),
+    runs: Annotated[
+        Path,
+        typer.Argument(
+            help="The ensemble folder (run_<seed>/ inside), or the output of a predict/FNA job array "
+            "(predictions.h5, fna.h5) to see its parts."
+        ),
+    ] = Path("runs"),
 ) -> None:
-    """Each member's state (done, running, pending, interrupted, failed, missing), epochs, best validation MAE and test RMSE."""
+    """Each member's state (done, running, pending, interrupted, failed, missing), epochs, best validation MAE and
+    test RMSE; for a predict/FNA output, each part's state (done, pending, running, failed) and Slurm task."""
     from rich.table import Table
 
     from qdgap.core.ensemble import ensemble_status
+    from qdgap.core.parts import parts_folder
 
+    if parts_folder(runs).is_dir():
+        _parts_status(runs)
+        return
     if not runs.is_dir():
-        raise ui.usage_error(f"{runs}: no such runs folder")
+        raise ui.usage_error(f"{runs}: no such runs folder, nor the output of a predict/FNA job array")
     rows = ensemble_status(runs)
     if not rows:
         raise ui.usage_error(f"{runs}: no ensemble members here")
@@ -265,3 +276,26 @@ def status(
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     ui.stdout_console().print(", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+def _parts_status(output: Path) -> None:
+    """The parts of the predict/FNA job arrays that write ``output``, one row each."""
+    from rich.table import Table
+
+    from qdgap.core.part_array import part_states
+    from qdgap.core.parts import parts_folder
+
+    rows = part_states(parts_folder(output))
+    if not rows:
+        raise ui.usage_error(f"{output}: no parts computed or submitted yet")
+    table = Table(title=f"{output} (parts SEED:BLOCK)", show_lines=False)
+    for col in ("part", "state", "slurm task", "note"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.part, r.state, r.job_id, r.message[:80])
+    ui.stdout_console().print(table)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    merged = " (merged)" if output.is_file() else ""
+    ui.stdout_console().print(", ".join(f"{n} {k}" for k, n in counts.items()) + merged)

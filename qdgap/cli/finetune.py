@@ -107,6 +107,7 @@ def finetune(
     """Fine-tune every finished member on the extension's labelled frames into OUTPUT/run_<seed>/, then compare
     pretrained, fine-tuned and from-scratch ensembles on the extension's other frames (finetune_report.csv)."""
     from qdgap.core import finetune as ft
+    from qdgap.core import transfer as tr
 
     settings = ft.FinetuneSettings(
         freeze_blocks=freeze_blocks,
@@ -156,7 +157,7 @@ def finetune(
     if seed is not None:
         _finetune_one(traj, members[0], settings, runs=runs, data=data, output=output, device=device)
         return
-    ft.check_scorable(traj, settings, members)
+    tr.check_scorable(traj, settings, members)
     if backend == "slurm":
         resources = dict(
             partition=partition, account=account, time_min=time_min, cpus_per_task=cpus, gpus_per_task=gpus,
@@ -319,17 +320,17 @@ def _finetune_slurm(members, settings, *, runs, data, paths, device, baselines, 
 
 
 def _report(traj, members, settings, counts, *, runs, data, paths, device, baselines) -> None:
-    from qdgap.core import finetune as ft
     from qdgap.core import runs as rf
+    from qdgap.core import transfer as tr
     from qdgap.core.runtime import resolve_device
 
     seeds = [m.seed for m in members]
     finetuned = [rf.load_member(rf.run_dir(paths.finetuned, s)) for s in seeds]
     scratch = [rf.load_member(rf.run_dir(paths.scratch, s)) for s in seeds] if baselines else None
-    n_frames = len(ft.scored_frames(finetuned, traj))
+    n_frames = len(tr.scored_frames(finetuned, traj))
     total = n_frames * len(members) * (3 if baselines else 1)
     with ui.progress("scoring the ensembles", total, unit="frame") as advance:
-        rows = ft.compare(
+        rows = tr.compare(
             traj,
             finetuned=finetuned,
             pretrained=members if baselines else None,
@@ -339,7 +340,7 @@ def _report(traj, members, settings, counts, *, runs, data, paths, device, basel
             device=str(resolve_device(device)),
             progress=advance,
         )
-    ft.write_report(rows, paths, traj=traj, data_path=data, settings=settings, counts=counts)
+    tr.write_report(rows, paths, traj=traj, data_path=data, settings=settings, counts=counts)
     out = ui.stdout_console()
     out.print(
         f"wrote {paths.report_csv} and {paths.report_json.name}: {len(members)} members, {n_frames} held-out extension frames"

@@ -76,21 +76,31 @@ def _slurm_panel(text: str) -> dict:
     return {"help": text, "rich_help_panel": "Slurm backend"}
 
 
-# The Slurm backend's options, shared by every command that trains members (ensemble train, finetune).
+# The Slurm backend's options, shared by every command that runs as a job array (ensemble train,
+# finetune, predict, fna): a task is one member, or one part (member x block of frames) of predict/FNA.
 SlurmPartition = Annotated[str | None, typer.Option(**_slurm_panel("Partition."))]
 SlurmAccount = Annotated[str | None, typer.Option(**_slurm_panel("Account to charge."))]
-SlurmTime = Annotated[int, typer.Option("--time", **_slurm_panel("Wall time per member, minutes."))]
-SlurmCpus = Annotated[int, typer.Option("--cpus", **_slurm_panel("CPU cores per member."))]
-SlurmGpus = Annotated[int, typer.Option("--gpus", **_slurm_panel("GPUs per member."))]
-SlurmMem = Annotated[float | None, typer.Option("--mem", **_slurm_panel("Memory per member, GB."))]
+SlurmTime = Annotated[int, typer.Option("--time", **_slurm_panel("Wall time per task (member or part), minutes."))]
+SlurmCpus = Annotated[int, typer.Option("--cpus", **_slurm_panel("CPU cores per task."))]
+SlurmGpus = Annotated[int, typer.Option("--gpus", **_slurm_panel("GPUs per task."))]
+SlurmMem = Annotated[float | None, typer.Option("--mem", **_slurm_panel("Memory per task, GB."))]
 SlurmImage = Annotated[
     Path | None,
     typer.Option("--image", **_slurm_panel("Apptainer image: tasks run `apptainer run --nv IMAGE <command> ...`.")),
 ]
-SlurmMaxParallel = Annotated[
-    int | None, typer.Option("--max-parallel", **_slurm_panel("Most members running at once."))
-]
+SlurmMaxParallel = Annotated[int | None, typer.Option("--max-parallel", **_slurm_panel("Most tasks running at once."))]
 SlurmWait = Annotated[
-    bool, typer.Option("--wait", **_slurm_panel("Follow the job array until every member has finished."))
+    bool, typer.Option("--wait", **_slurm_panel("Follow the job array until every task has finished (then merge)."))
 ]
 SlurmDryRun = Annotated[bool, typer.Option("--dry-run", **_slurm_panel("Print the sbatch script; submit nothing."))]
+FramesPerTask = Annotated[
+    int | None,
+    typer.Option(
+        "--frames-per-task",
+        **_slurm_panel("predict/fna: cut each member's frames into blocks of this many, one task per member x block "
+        "(default: one task per member)."),
+        show_default=False,
+    ),
+]  # fmt: skip
+# What an array task of predict/fna runs: compute only part SEED:BLOCK and write its file beside the output.
+PartOpt = Annotated[str | None, typer.Option("--part", hidden=True, help="SEED[:BLOCK]: compute only this part.")]

@@ -32,9 +32,13 @@ ReportData = Annotated[
 def report(workdir: WorkdirArg, data: ReportData = None) -> None:
     """Write WORKDIR/report.html (one self-contained page) and WORKDIR/figures/*.png.
 
-    Sections whose inputs are missing (no fna.h5 or fine-tuning yet) are skipped with a note.
+    Sections whose inputs are missing (no fna.h5 or fine-tuning yet) are skipped with a note. Prints how many
+    frames of each predictions file lie outside what the ensemble knows, then the path of report.html.
     """
-    from qdgap.core.report import write_report
+    from qdgap.core.report import extrapolation_summary, write_report
 
     path = write_report(workdir, data=data)
-    ui.stdout_console().print(str(path), markup=False, highlight=False)
+    out = ui.stdout_console()
+    for line in extrapolation_summary(workdir):
+        out.print(line, markup=False, highlight=False)
+    out.print(str(path), markup=False, highlight=False)  # last, so that scripts can take the last line

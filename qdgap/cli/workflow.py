@@ -356,7 +356,8 @@ def reproduce(
     comparison = workdir / "comparison.md"
 
     def import_both() -> None:
-        from qdgap.core.data import import_trajectory, write_trajectory
+        from qdgap.core.data import write_trajectory
+        from qdgap.core.importers import import_trajectory
 
         for out, gaps, numbers in ((data, labels, train_range), (extended, ext_labels, ext_range)):
             if out is None or _readable_traj(out):

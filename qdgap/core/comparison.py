@@ -129,7 +129,7 @@ def render(
     *,
     unseen: Accuracy,
     own_test: tuple[np.ndarray, np.ndarray],
-    rankings: dict[str, tuple[RankingComparison, np.ndarray, Sequence[str]]],
+    rankings: dict[str, tuple[RankingComparison, np.ndarray, Sequence[str], dict[str, np.ndarray]]],
     finetune_rows: list[dict[str, str]],
     finetune_test: tuple[np.ndarray, np.ndarray] | None,
     setup: dict[str, object],
@@ -139,7 +139,9 @@ def render(
     Args:
         unseen: accuracy on the labelled frames outside every member's pool.
         own_test: (M,) RMSE and (M,) MAE of each member on its own test split, meV.
-        rankings: mode -> (comparison, (N,) masked RMSE averaged over members in meV, (N,) labels).
+        rankings: mode -> (comparison, (N,) masked RMSE averaged over members in meV, (N,) labels, and the
+            paired importance statistics when the file has them: ``importance_mean_mev`` (N,),
+            ``importance_ci_mev`` (N, 2), ``significant`` (N,)).
         finetune_rows: rows of ``finetune_report.csv``.
         finetune_test: the fine-tuned members' own test-split RMSE and MAE, meV, if any.
         setup: preset, members, graph and what else describes the run.
@@ -162,10 +164,13 @@ def render(
         "",
         "The published frame set is not stated. qdgap's unseen frames are the labelled frames outside every "
         "member's labelled pool (train, val and test); a member's own test split is the 10 % of its pool it "
-        "never trained on.",
+        "never trained on. The two differ for a reason: every unseen frame lies 2-4 fs from a pool frame, "
+        "most of them training frames, and the gap's autocorrelation time is ~46 fs, so unseen frames are "
+        "close interpolations; a test frame's nearest training frames are 10 fs away.",
     ]
-    for mode, (cmp_, masked_mean, labels) in rankings.items():
+    for mode, (cmp_, masked_mean, labels, stats) in rankings.items():
         lab = list(labels)
+        has_stats = bool(stats)
         out += ["", f"## Atom ranking, FNA `--mask {mode}`", ""]
         out += [
             "| | " + " | ".join(f"top {k}" for k in TOP_KS) + " | Spearman's rho over the published 23 |",
@@ -180,17 +185,32 @@ def render(
             )
             + " |",
             "",
-            "| rank | published | its bin, meV | qdgap | qdgap masked RMSE, meV | qdgap rank of the published atom |",
-            "|---|---|---|---|---|---|",
+            "| rank | published | its bin, meV | qdgap | qdgap masked RMSE, meV | qdgap rank of the published atom |"
+            + (" its paired importance, meV (95 % CI) |" if has_stats else ""),
+            "|---|---|---|---|---|---|" + ("---|" if has_stats else ""),
         ]
         for r, atom in enumerate(PUBLISHED_TOP23):
             ours = cmp_.order[r]
             lo_hi = PUBLISHED_BINS_MEV.get(atom)
             bin_text = f"{lo_hi[0]:g}-{lo_hi[1]:g}" if lo_hi else ""
-            out.append(
+            row = (
                 f"| {r + 1} | {atom} | {bin_text} | {ours} | {masked_mean[lab.index(ours)]:.1f} "
                 f"| {cmp_.rank_of_published[r]} ({masked_mean[lab.index(atom)]:.1f} meV) |"
             )
+            if has_stats:
+                i = lab.index(atom)
+                lo, hi = stats["importance_ci_mev"][i]
+                star = " *" if stats["significant"][i] else ""
+                row += f" {stats['importance_mean_mev'][i]:+.1f} ({lo:+.1f} to {hi:+.1f}){star} |"
+            out.append(row)
+        if has_stats:
+            n_sig = int(np.sum(stats["significant"]))
+            out += [
+                "",
+                f"Paired importance: each member's masked RMSE minus its own unmasked RMSE on the same frames, "
+                f"averaged over members; 95 % intervals from a block bootstrap over frames and members; `*` marks "
+                f"atoms significant after correcting for testing all {len(lab)} ({n_sig} are).",
+            ]
     out += ["", "## Transfer learning to 10-15 ps", ""]
     out += ["Published: 500 labelled frames, about 50 epochs with early stopping; no accuracy published.", ""]
     if finetune_rows:
@@ -243,7 +263,13 @@ def write_comparison(workdir: Path, *, output: Path, setup: dict[str, object]) -
         labels = [a.decode() if isinstance(a, bytes) else str(a) for a in fna[schema.ATOM_LABEL]]
         per_member = np.asarray(fna[schema.RMSE_MEV], dtype=np.float64)  # (M, N)
         mean = np.asarray(fna[schema.RMSE_MEV_MEAN], dtype=np.float64)
-        rankings[mode] = (compare_ranking(labels, mean, member_scores=per_member), mean, labels)
+        stats = {
+            k: np.asarray(fna[k])
+            for k in (schema.IMPORTANCE_MEAN_MEV, schema.IMPORTANCE_CI_MEV, schema.SIGNIFICANT)
+            if k in fna
+        }
+        stats = stats if len(stats) == 3 else {}
+        rankings[mode] = (compare_ranking(labels, mean, member_scores=per_member), mean, labels, stats)
     rows: list[dict[str, str]] = []
     if wd.finetune_csv.exists():
         import csv

@@ -128,11 +128,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def provenance(**extra: object) -> dict[str, object]:
-    """What produced a result: qdgap version, command line, UTC time, plus ``extra``."""
+    """What produced a result: qdgap version and commit, torch's version and build, whether CUDA was
+    usable, command line, UTC time, plus ``extra`` (see ``core/buildinfo.py``)."""
     from qdgap import __version__
+    from qdgap.core.buildinfo import build_provenance
 
     return {
         "qdgap_version": __version__,
+        **build_provenance(),
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **extra,

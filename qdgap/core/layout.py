@@ -53,6 +53,10 @@ class Workdir:
         return self.root / "predictions_ext.h5"
 
     @property
+    def selection_json(self) -> Path:  # optional: bench/bench_selection.py's record, drawn by the report
+        return self.root / "selection.json"
+
+    @property
     def report_html(self) -> Path:
         return self.root / "report.html"
 

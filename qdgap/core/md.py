@@ -293,8 +293,8 @@ def start_from_structure(path: str | Path) -> Start:
     Raises:
         QdgapError: the file is missing or unreadable, or the structure is periodic.
     """
-    from qdgap.core.data import read_structure
     from qdgap.core.files import sha256_file
+    from qdgap.core.importers import read_structure
 
     traj = read_structure(path)
     if traj.pbc.any():

@@ -35,6 +35,10 @@ ATTR_SEEDS: Final[str] = "seeds"  # (M,) int64 | member seeds
 ATTR_CREATED: Final[str] = "created"  # str | ISO 8601 UTC time of writing
 ATTR_SOURCE: Final[str] = "source"  # str | what a trajectory was imported or simulated from
 ATTR_INPUT_PATH: Final[str] = "input_path"  # str | absolute path of the input trajectory file
+# predictions.h5 and fna.h5 merged from the parts of a Slurm job array (core/part_array.py):
+ATTR_SLURM_JOBS: Final[str] = "slurm_jobs"  # str | comma-separated ids of the arrays whose tasks computed the parts
+ATTR_SLURM_PARTS: Final[str] = "slurm_parts"  # int | parts merged (members x blocks of frames)
+ATTR_FRAMES_PER_TASK: Final[str] = "frames_per_task"  # int | frames per part; 0 for one part per member
 
 # --------------------------------------------------------------------------
 # predictions.h5

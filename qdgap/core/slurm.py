@@ -22,7 +22,9 @@ accounting is enabled; a task that left the queue without a result is ``LOST``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import io
 import json
 import logging
 import os
@@ -352,7 +354,9 @@ def _submit_array(logs: Path, params: Mapping[str, object], fns: Sequence[Callab
     executor = submitit.SlurmExecutor(folder=logs)
     executor.update_parameters(**params)
     try:
-        jobs = executor.submit_array(list(fns))
+        # submitit prints a refused sbatch's whole stderr; it comes back below as one line of the error.
+        with contextlib.redirect_stderr(io.StringIO()):
+            jobs = executor.submit_array(list(fns))
     except FailedSubmissionError as exc:  # sbatch said something without a job id
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         raise QdgapError(f"sbatch gave no job id: {first}") from exc
@@ -574,6 +578,9 @@ def _read_outcome(paths) -> tuple[str, str] | None:
     lines = [ln.strip() for ln in str(payload).splitlines() if ln.strip()]
     # The runner's traceback ends with the command's last stderr line (qdgap's one-line error).
     last = lines[-1] if lines else "failed"
+    if last == _COMMAND_FAILED.rstrip(": "):
+        # The command wrote nothing on stderr before it ended: killed by a signal (OOM killer, kill -9).
+        return FAILED, f"the command died without an error message (killed?); see {paths.stderr}"
     return FAILED, last.removeprefix(_COMMAND_FAILED)
 
 

@@ -14,6 +14,7 @@ from tests.conftest import assert_one_line_error
 FIGURES = (
     "learning_curves.png",
     "parity_unseen.png",
+    "reliability_unseen.png",
     "gap_vs_time.png",
     "atom_importance.png",
     "quantum_dot_3d.png",

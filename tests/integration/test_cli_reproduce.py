@@ -71,7 +71,7 @@ def test_make_reproduce_tiny_on_real_frames(tmp_path, seed_data):
 
     pred, _ = read_results(work / "predictions.h5", fmt=schema.PREDICTIONS_FORMAT)
     assert pred[schema.GAP_PRED_EV].shape == (2, 401)
-    assert np.isfinite(pred[schema.GAP_TRUE_EV]).sum() == 200  # st1, st3, ..., st399
+    assert np.isfinite(pred[schema.GAP_TRUE_EV]).sum() == 201  # st1, st3, ..., st401
     # A rerun finds every stage up to date and changes nothing.
     before = (work / "comparison.md").stat().st_mtime_ns
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)

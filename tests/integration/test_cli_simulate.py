@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from qdgap.core import md
-from qdgap.core.data import read_structure, read_trajectory, read_trajectory_extras
+from qdgap.core.data import read_trajectory, read_trajectory_extras
+from qdgap.core.importers import read_structure
 from tests.conftest import assert_one_line_error
 from tests.unit.test_md import SpringPotential
 

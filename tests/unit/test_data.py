@@ -11,13 +11,13 @@ from qdgap.core.data import (
     TrajectoryAppender,
     make_trajectory,
     read_frame,
-    read_labels_csv,
     read_trajectory,
     trajectory_info,
     validate_trajectory,
     write_trajectory,
 )
 from qdgap.core.errors import QdgapError
+from qdgap.core.importers import read_labels_csv
 from qdgap.core.labels import atom_labels, formula
 
 

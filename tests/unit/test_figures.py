@@ -214,3 +214,96 @@ def test_figures_do_not_touch_pyplot():
     else:
         figs.parity(*_series()[1:])
         assert "matplotlib.pyplot" not in sys.modules
+
+
+# ==========================================================================
+# Uncertainty: calibrated band, extrapolation flags, reliability, selection
+# ==========================================================================
+
+
+def test_flagged_spans_cover_runs_of_flagged_frames():
+    t = np.arange(10, dtype=np.float64) * 2.0  # 2 fs apart
+    flags = np.zeros(10, bool)
+    flags[[0, 1, 5, 9]] = True
+    assert figs.flagged_spans(t, flags) == [(-1.0, 3.0), (9.0, 11.0), (17.0, 19.0)]
+    assert figs.flagged_spans(t, np.zeros(10, bool)) == []
+
+
+def test_gap_vs_time_draws_the_calibrated_band_and_shades_extrapolating_frames():
+    from matplotlib.patches import Rectangle
+
+    t, true, mean, std = _series(120)
+    lo, hi = mean - 1.96 * 0.8 * std, mean + 1.96 * 0.8 * std
+    flags = np.zeros(120, bool)
+    flags[30:40] = flags[100:103] = True  # two runs
+    fig = figs.extension_gap_vs_time(
+        t,
+        true,
+        mean,
+        std,
+        train_mask=np.arange(120) % 10 == 0,
+        gap_lo_ev=lo,
+        gap_hi_ev=hi,
+        level=0.95,
+        extrapolating=flags,
+    )
+    ax, ax_err = fig.axes[:2]
+    legend = [x.get_text() for x in ax.get_legend().get_texts()]
+    assert "calibrated 95 % interval" in legend and "extrapolating (13 frames)" in legend
+    assert "mean ± 2 std (raw)" in legend
+    for a in (ax, ax_err):  # one shaded span per run of flagged frames, in both panels
+        spans = [p for p in a.patches if isinstance(p, Rectangle)]
+        assert len(spans) == 2
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    np.testing.assert_allclose(dashed[0].get_ydata(), lo)  # the band is drawn where the file puts it
+    _png(fig)
+
+
+def test_gap_vs_time_without_calibration_is_unchanged():
+    t, true, mean, std = _series(60)
+    fig = figs.gap_vs_time(t, true, mean, std)
+    legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["true gap", "mean ± 2 std", "ensemble mean"]
+    assert not fig.axes[0].patches
+
+
+def test_reliability_diagram_follows_the_diagonal_when_calibrated():
+    rng = np.random.default_rng(3)
+    std = rng.uniform(0.005, 0.03, 4000)
+    err = rng.normal(0.0, std)  # errors drawn with exactly the stated spread
+    fig = figs.reliability_diagram(err, 2.0 * std, std_calibrated_ev=std)
+    ax, ax_sp = fig.axes[:2]
+    raw, cal = [ln for ln in ax.lines if "miscalibration" in ln.get_label()]
+    assert "raw" in raw.get_label() and "calibrated" in cal.get_label()
+    np.testing.assert_allclose(cal.get_xdata(), figs.RELIABILITY_LEVELS)
+    assert np.max(np.abs(cal.get_ydata() - figs.RELIABILITY_LEVELS)) < 0.04  # calibrated: on the diagonal
+    assert np.all(raw.get_ydata() >= figs.RELIABILITY_LEVELS)  # twice too wide: above it
+    assert "expected coverage" in ax.get_xlabel() and "observed coverage" in ax.get_ylabel()
+    assert "meV" in ax_sp.get_xlabel() and "meV" in ax_sp.get_ylabel() and "Spearman" in ax_sp.get_title()
+    _png(fig)
+
+
+def test_reliability_diagram_raw_only_for_files_without_calibration():
+    _, true, mean, std = _series(80)
+    fig = figs.reliability_diagram(mean - true, std)
+    curves = [ln for ln in fig.axes[0].lines if "miscalibration" in ln.get_label()]
+    assert len(curves) == 1 and "raw" in curves[0].get_label()
+    assert "raw spread" in fig.axes[1].get_xlabel()
+    _png(fig)
+    with pytest.raises(ValueError):
+        figs.reliability_diagram(np.full(3, np.nan), np.ones(3))
+
+
+def test_selection_curve_one_line_per_strategy_and_references():
+    stats = {
+        "random": {25: (30.0, 2.0, 2), 50: (15.0, 0.1, 2)},
+        "spread": {25: (45.0, 0.6, 2), 50: (36.0, 1.2, 2)},
+    }
+    fig = figs.selection_curve(stats, pretrained_rmse_mev=83.7, all_rmse_mev=2.5, all_frames=351)
+    ax = fig.axes[0]
+    legend = [x.get_text() for x in ax.get_legend().get_texts()]
+    assert legend[:2] == ["spread", "random"]  # the strategies in select's order
+    assert "all 351 frames (2.5 meV)" in legend and "pretrained (83.7 meV)" in legend
+    assert [x.get_text() for x in ax.get_xticklabels()] == ["25", "50"]
+    assert "meV" in ax.get_ylabel()
+    _png(fig)

@@ -13,6 +13,7 @@ import torch
 
 from qdgap.core import finetune as ft
 from qdgap.core import runs as rf
+from qdgap.core import transfer as tr
 from qdgap.core.checkpoint import load_weights
 from qdgap.core.config import PRESETS
 from qdgap.core.errors import Interrupted, QdgapError
@@ -265,7 +266,7 @@ def test_finetune_settings_refuse_bad_values():
 
 def test_finetune_refuses_stride_leaving_nothing_to_score(tiny_runs, ext):
     with pytest.raises(QdgapError, match="--stride 1: every labelled frame"):
-        ft.check_scorable(ext, ft.FinetuneSettings(stride=1), ft.finished_members(tiny_runs))
+        tr.check_scorable(ext, ft.FinetuneSettings(stride=1), ft.finished_members(tiny_runs))
 
 
 # --------------------------------------------------------------------------
@@ -351,7 +352,7 @@ def test_finetune_report_rows(tmp_path, tiny_runs, ext, ext_h5):
     scratch = [rf.load_member(rf.run_dir(paths.scratch, s)) for s in (0, 1)]
     assert all(m.record.get("finetune") is None and m.config.train.epochs == 2 for m in scratch)
     assert scratch[0].config.train.learning_rate == members[0].config.train.learning_rate
-    rows = ft.compare(
+    rows = tr.compare(
         ext,
         finetuned=finetuned,
         pretrained=members,
@@ -368,7 +369,7 @@ def test_finetune_report_rows(tmp_path, tiny_runs, ext, ext_h5):
         assert r.seeds == [0, 1] and len(r.member_rmse_mev) == 2
     assert np.isnan(rows[0].wall_s) and rows[1].wall_s > 0 and rows[2].wall_s > 0
     assert rows[1].member_epochs == [2, 2]
-    ft.write_report(
+    tr.write_report(
         rows,
         paths,
         traj=ext,
@@ -377,7 +378,7 @@ def test_finetune_report_rows(tmp_path, tiny_runs, ext, ext_h5):
         counts=ft.parameter_counts(members[0].config, settings),
     )
     lines = paths.report_csv.read_text().splitlines()
-    assert lines[0] == ",".join(ft.REPORT_COLUMNS)
+    assert lines[0] == ",".join(tr.REPORT_COLUMNS)
     assert lines[1].startswith("pretrained,") and lines[1].split(",")[3] == ""  # no training: blank wall time
     record = json.loads(paths.report_json.read_text())
     assert [r["model"] for r in record["rows"]] == list(ft.REPORT_MODELS)

@@ -322,7 +322,7 @@ def test_imported_member_fits_any_composition_with_features(tmp_path, synthetic_
 
 def test_import_paper_size_matches_upstream_on_published_frames(tmp_path, seed_data):
     """Upstream ALIGNN's default sizes with 4 + 4 layers and hidden 256, on the published Cd28Se17Cl22 POSCARs."""
-    from qdgap.core.data import import_trajectory
+    from qdgap.core.importers import import_trajectory
 
     traj = import_trajectory([seed_data / "cl_qd" / "structures"], gaps_csv=None)
     paper = {"alignn_layers": 4, "gcn_layers": 4, "edge_input_features": 80, "triplet_input_features": 40}

@@ -17,19 +17,33 @@ PACKAGE = Path(__file__).resolve().parents[2] / "qdgap"
 
 # Rows, bottom to top; a module imports from its own room or from rows below.
 ROWS: tuple[dict[str, tuple[str, ...]], ...] = (
-    {"common": ("errors", "faults", "files", "schema", "metrics", "logs", "runtime", "labels")},
-    {"data": ("data", "splits", "synthetic"), "config": ("config",)},
+    {"common": ("errors", "faults", "files", "schema", "metrics", "logs", "runtime", "labels", "buildinfo")},
+    {"data": ("data", "importers", "splits", "synthetic"), "config": ("config",)},
     {"graphs": ("graphs",), "model": ("model",)},
     {"store": ("runs", "results", "layout")},
     {"deploy": ("checkpoint", "export", "ensemble_forward")},
     {"train": ("train",)},
     {
-        "analysis": ("predict", "fna", "importance", "calibration", "select", "comparison"),
+        "analysis": ("predict", "fna", "importance", "calibration", "select", "comparison", "parts"),
         "sim": ("qd", "md"),
         "interop": ("upstream",),
     },
-    {"workflow": ("ensemble", "slurm", "finetune", "label")},
-    {"report": ("report", "figures")},
+    {"workflow": ("ensemble", "slurm", "finetune", "transfer", "label", "part_array")},
+    {
+        "report": (
+            "report",
+            "report_page",
+            "report_ensemble",
+            "report_fna",
+            "report_transfer",
+            "figures",
+            "figures_base",
+            "figures_training",
+            "figures_gap",
+            "figures_importance",
+            "figures_uncertainty",
+        )
+    },
 )
 PLACE = {f"qdgap.core.{m}": (row, room) for row, rooms in enumerate(ROWS) for room, mods in rooms.items() for m in mods}
 

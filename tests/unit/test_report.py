@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from qdgap.core.layout import Workdir
 from qdgap.core.report import FIGURE_NAMES, write_report
 
 TEST_DPI = 60
+CAL_SCALE = 0.8  # calibrated std / raw std of the synthetic predictions
+CAL_THRESHOLD_QUANTILE = 0.9  # flags the frames whose calibrated spread exceeds this quantile of the trajectory's
 
 
 # ==========================================================================
@@ -35,12 +38,18 @@ def make_workdir(
     ext_frames: int = 60,
     stride: int = 10,
     input_path_attr: bool = True,
+    calibrated: bool = True,
+    selection: bool = False,
 ) -> Workdir:
     """Fill ``root`` with what ``qdgap pipeline`` writes, from a synthetic trajectory and fake members.
 
     Member predictions are the true gap plus an error shared by all members and
     one of their own (both smooth in time), so the ensemble std is meaningful.
-    FNA RMSEs grow near the ``important`` atoms.
+    FNA RMSEs grow near the ``important`` atoms. With ``calibrated`` the predictions
+    files carry what ``qdgap predict`` adds after calibration (a spread scaled by
+    ``CAL_SCALE``, its 95 % interval and flags above ``CAL_THRESHOLD_QUANTILE``
+    of the trajectory's calibrated spread); ``selection`` writes a ``selection.json``
+    as ``bench/bench_selection.py`` does.
     """
     from qdgap.core.data import read_trajectory, write_trajectory
     from qdgap.core.labels import atom_labels
@@ -101,21 +110,42 @@ def make_workdir(
             rf.write_json(run / rf.TEST_METRICS_JSON, {"rmse_mev": 25.0 + s, "mae_mev": 19.0 + s, "n": 2})
             rf.write_json(run / rf.DONE, {"model_sha256": "0" * 64})
 
+    threshold_ev: list[float] = []  # the trajectory's, reused for the extension as predict would
+
     def write_predictions(path: Path, t, gap_true, pred, input_path: Path) -> None:
         attrs = {schema.ATTR_INPUT_SHA256: traj.sha256, schema.ATTR_SEEDS: np.array(seeds)}
         if input_path_attr:
             attrs["input_path"] = str(input_path)
+        datasets = {
+            schema.FRAME_INDEX: np.arange(len(t)),
+            schema.TIME_FS: t,
+            schema.GAP_TRUE_EV: gap_true.astype(np.float32),
+            schema.GAP_PRED_EV: pred.astype(np.float32),
+            schema.GAP_MEAN_EV: pred.mean(0).astype(np.float32),
+            schema.GAP_STD_EV: pred.std(0).astype(np.float32),
+            schema.SEEDS: np.array(seeds),
+        }
+        if calibrated:
+            mean, std = pred.mean(0), pred.std(0) * CAL_SCALE
+            if not threshold_ev:
+                threshold_ev.append(float(np.quantile(std, CAL_THRESHOLD_QUANTILE)))
+            datasets |= {
+                schema.GAP_STD_CALIBRATED_EV: std.astype(np.float32),
+                schema.GAP_LO_EV: (mean - 1.96 * std).astype(np.float32),
+                schema.GAP_HI_EV: (mean + 1.96 * std).astype(np.float32),
+                schema.EXTRAPOLATING: std > threshold_ev[0],
+            }
+            attrs |= {
+                schema.ATTR_INTERVAL_LEVEL: 0.95,
+                schema.ATTR_INTERVAL_METHOD: "scale",
+                schema.ATTR_CALIBRATION_SCALE: CAL_SCALE,
+                schema.ATTR_EXTRAPOLATION_THRESHOLD_EV: threshold_ev[0],
+                "threshold_frames": "between",
+                "calibration_frames": 40,
+            }
         write_results(
             path,
-            {
-                schema.FRAME_INDEX: np.arange(len(t)),
-                schema.TIME_FS: t,
-                schema.GAP_TRUE_EV: gap_true.astype(np.float32),
-                schema.GAP_PRED_EV: pred.astype(np.float32),
-                schema.GAP_MEAN_EV: pred.mean(0).astype(np.float32),
-                schema.GAP_STD_EV: pred.std(0).astype(np.float32),
-                schema.SEEDS: np.array(seeds),
-            },
+            datasets,
             fmt=schema.PREDICTIONS_FORMAT,
             version=schema.PREDICTIONS_VERSION,
             attrs=attrs,
@@ -179,12 +209,21 @@ def make_workdir(
         if scratch:
             lines.append(f"scratch,44.0,35.1,410.0,{ext_frames}")
         (wd.finetune_csv).write_text("\n".join(lines) + "\n")
+    if selection:
+        rows = [
+            {"strategy": strategy, "k": k, "repeat": r, "rmse_mev": float(base_mev * 30 / k + rng.uniform(0, 3))}
+            for strategy, base_mev in (("spread", 40.0), ("spread-diverse", 30.0), ("random", 28.0), ("grid", 33.0))
+            for k in (10, 20, 40)
+            for r in range(2)
+        ]
+        record = {"data": "ext.h5", "members": seeds, "epochs": 30, "holdout": 20, "rest": 40, "rows": rows}
+        wd.selection_json.write_text(json.dumps(record | {"pretrained_rmse_mev": 83.7, "all_rmse_mev": 2.5}))
     return wd
 
 
 @pytest.fixture(scope="module")
 def full_workdir(tmp_path_factory) -> Workdir:
-    wd = make_workdir(tmp_path_factory.mktemp("work"))
+    wd = make_workdir(tmp_path_factory.mktemp("work"), selection=True)
     write_report(wd.root, dpi=TEST_DPI)
     return wd
 
@@ -259,7 +298,7 @@ def test_report_skips_missing_optional_parts(tmp_path):
     text = path.read_text()
     _assert_self_contained(text)
     written = {p.name for p in wd.figures.glob("*.png")}
-    assert written == {"learning_curves.png", "parity_unseen.png", "gap_vs_time.png"}
+    assert written == {"learning_curves.png", "parity_unseen.png", "reliability_unseen.png", "gap_vs_time.png"}
     assert "fna.h5 not found" in text and "finetune_report.csv not found" in text
     assert "Skipped" in text
 
@@ -365,3 +404,121 @@ def test_report_computes_statistics_for_an_fna_file_that_predates_them(tmp_path)
     assert (wd.figures / "importance_groups.png").is_file() and (wd.figures / "importance_over_time.png").is_file()
     top = np.asarray(data[schema.ATOM_LABEL])[np.argsort(-data[schema.IMPORTANCE_MEAN_MEV], kind="stable")[:5]]
     assert ", ".join(top) in text
+
+
+# ==========================================================================
+# Uncertainty: calibration, extrapolation, selection
+# ==========================================================================
+
+
+def _unseen_scored(wd: Workdir) -> tuple[dict, np.ndarray]:
+    from qdgap.core.results import read_results
+
+    pred, _ = read_results(wd.predictions, fmt=schema.PREDICTIONS_FORMAT)
+    pool = set()
+    for run in rf.member_dirs(wd.runs):
+        split = rf.read_json(run / rf.SPLIT_JSON)
+        pool |= set(split["train"]) | set(split["val"]) | set(split["test"])
+    unseen = ~np.isin(pred[schema.FRAME_INDEX], sorted(pool)) & np.isfinite(pred[schema.GAP_TRUE_EV])
+    return pred, unseen
+
+
+def test_report_shows_reliability_and_coverage_raw_against_calibrated(full_workdir):
+    from qdgap.core import metrics
+
+    wd = full_workdir
+    text = wd.report_html.read_text()
+    assert (wd.figures / "reliability_unseen.png").is_file()
+    assert "Reliability on the" in text and "<h2>Uncertainty</h2>" in text
+    pred, unseen = _unseen_scored(wd)
+    true, mean = pred[schema.GAP_TRUE_EV][unseen], pred[schema.GAP_MEAN_EV][unseen]
+    raw, cal = pred[schema.GAP_STD_EV][unseen], pred[schema.GAP_STD_CALIBRATED_EV][unseen]
+    err = mean.astype(np.float64) - true
+    # The table's numbers are the metrics' own, to the digits shown.
+    raw95 = metrics.coverage_ksigma(true, mean, raw, 1.959964)
+    cal95 = metrics.coverage_ksigma(true, mean, cal, 1.959964)
+    assert (
+        f"<td>coverage of mean ± 1.96 std (expected 95 %)</td><td>{100 * raw95:.1f} %</td><td>{100 * cal95:.1f} %</td>"
+        in text
+    )
+    assert (
+        f"{metrics.miscalibration_area(err, raw):.3f}" in text
+        and f"{metrics.miscalibration_area(err, cal):.3f}" in text
+    )
+    assert f"{metrics.spearman_rho(raw, np.abs(err)):.2f}" in text
+    inside = metrics.coverage(true, pred[schema.GAP_LO_EV][unseen], pred[schema.GAP_HI_EV][unseen])
+    assert f"gap_lo..gap_hi (95 % scale)</td><td>–</td><td>{100 * inside:.1f} %" in text
+    assert "Coverage 68 / 95 % on unseen frames, calibrated" in text
+
+
+def test_report_says_how_many_frames_extrapolate(full_workdir):
+    from qdgap.core.report import extrapolation_summary
+    from qdgap.core.results import read_results
+
+    wd = full_workdir
+    text = wd.report_html.read_text()
+    counts = {}
+    for what, path in (("trajectory", wd.predictions), ("extension", wd.predictions_extended)):
+        pred, _ = read_results(path, fmt=schema.PREDICTIONS_FORMAT)
+        n, f = int(pred[schema.EXTRAPOLATING].sum()), len(pred[schema.FRAME_INDEX])
+        counts[what] = (n, f)
+        line = f"{n} of {f} frames ({100 * n / f:.1f} %) outside what the ensemble knows"
+        assert f"<td>Extrapolating frames ({what})</td><td>{line}" in text
+    n_ext, f_ext = counts["extension"]
+    assert n_ext > 0  # the synthetic extension has flagged frames, so the band is drawn
+    assert f"{n_ext} of {f_ext} frames flagged as extrapolating (shaded red)" in text  # in the extension's caption
+    assert "calibrated 95 % interval (dashed green, scale)" in text
+    lines = extrapolation_summary(wd.root)
+    assert [x.split(":")[0] for x in lines] == ["trajectory", "extension"]
+    assert (
+        lines[1].startswith(f"extension: {n_ext} of {f_ext} frames")
+        and "the largest between its pool frames" in lines[1]
+    )
+
+
+def test_report_of_files_written_before_calibration(tmp_path):
+    from qdgap.core.report import extrapolation_summary
+
+    wd = make_workdir(tmp_path / "w", calibrated=False)
+    text = write_report(wd.root, dpi=TEST_DPI).read_text()
+    _assert_self_contained(text)
+    for name in ("reliability_unseen.png", "gap_vs_time.png", "extension_gap_vs_time.png"):
+        assert (wd.figures / name).is_file(), name  # raw spread only
+    assert "predictions.h5 predates calibration" in text and "predictions_ext.h5 predates calibration" in text
+    assert "Extrapolating frames" not in text and "calibrated interval" not in text
+    assert "Coverage 68 / 95 % on unseen frames, raw spread" in text
+    assert extrapolation_summary(wd.root) == []
+
+
+def test_report_draws_the_selection_curve_only_with_a_selection_record(full_workdir, tmp_path):
+    text = full_workdir.report_html.read_text()
+    assert (full_workdir.figures / "selection_learning_curve.png").is_file()
+    assert "<h2>Choosing frames to label</h2>" in text and "<th>K = 40</th>" in text
+    wd = make_workdir(tmp_path / "w", fna=False, finetune=False)
+    text = write_report(wd.root, dpi=TEST_DPI).read_text()
+    assert "Choosing frames to label" not in text and not (wd.figures / "selection_learning_curve.png").exists()
+
+
+def test_report_rejects_an_unreadable_selection_record(tmp_path):
+    wd = make_workdir(tmp_path / "w", fna=False, finetune=False)
+    wd.selection_json.write_text("{not json")
+    with pytest.raises(QdgapError, match="selection.json") as exc:
+        write_report(wd.root, dpi=TEST_DPI)
+    assert "\n" not in str(exc.value)
+
+
+def test_cli_report_prints_the_extrapolation_line(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from qdgap.cli import report as cli_report
+
+    wd = make_workdir(tmp_path / "w", members=2, fna=False, finetune=False)
+    app = typer.Typer()
+    app.command("report")(cli_report.report)
+    app.command("other")(lambda: None)
+    result = CliRunner().invoke(app, ["report", str(wd.root)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == str(wd.report_html)  # the path stays the last line, for scripts
+    assert any(x.startswith("trajectory: ") and "outside what the ensemble knows" in x for x in lines)

@@ -228,6 +228,26 @@ def test_failed_tasks_are_reported_by_member_and_resubmitted_alone(tmp_path, fak
     assert latest[11].job_id == "101_0"
 
 
+def test_killed_command_says_so_and_names_its_log(tmp_path, fake_slurm):
+    job = slurm.submit(TRAIN, folder=tmp_path, resources=slurm.SlurmResources())
+    # What the runner leaves when the command died of SIGKILL: the error without any stderr line.
+    _result(job, 0, "error", "Traceback (most recent call last):\n  ...\nsubmitit.core.utils.FailedJobError\n")
+    state = slurm.task_states(job)[0]
+    assert state.state == "FAILED" and "killed?" in state.message and str(state.stderr) in state.message
+
+
+def test_sbatch_refusal_does_not_print_sbatch_stderr(tmp_path, fake_slurm, capsys):
+    bin_dir = fake_slurm.parent / "fakebin"
+    _exe(bin_dir / "sbatch", "echo 'sbatch: error: invalid partition specified: nope' >&2\n"
+         "echo 'sbatch: error: Batch job submission failed: Invalid partition name specified' >&2; exit 1\n")  # fmt: skip
+    with pytest.raises(QdgapError) as exc:
+        slurm.submit(TRAIN, folder=tmp_path, resources=slurm.SlurmResources(partition="nope"))
+    assert str(exc.value) == (
+        "sbatch refused the job array: sbatch: error: Batch job submission failed: Invalid partition name specified"
+    )
+    assert capsys.readouterr().err == ""  # the one line above is all the user sees
+
+
 def test_resubmit_with_nothing_failed_submits_nothing(tmp_path, fake_slurm):
     job = slurm.submit(TRAIN, folder=tmp_path, resources=slurm.SlurmResources())
     for i in range(2):
