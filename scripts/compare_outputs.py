@@ -23,6 +23,7 @@ import numpy as np
 # model.ts, whose zip entries carry the temporary file's name (its tensors are compared instead).
 VOLATILE = {"created", "command", "path", "input_path", "model_sha256", "seconds"}
 SKIP_SUFFIXES = {".out", ".err", ".lock"}
+SKIP_NAMES = {".lock"}  # a run folder's lock: the pid and host that held it
 RTOL, ATOL = 1e-5, 1e-7  # float32 rounding, when the two torch builds differ
 
 
@@ -145,7 +146,7 @@ def compare(host: Path, inside: Path, *, bitwise: bool) -> list[str]:
     files = sorted(p for p in host.rglob("*") if p.is_file())
     for path in files:
         rel = path.relative_to(host)
-        if path.suffix in SKIP_SUFFIXES and path.name != "data.out":
+        if (path.suffix in SKIP_SUFFIXES or path.name in SKIP_NAMES) and path.name != "data.out":
             continue
         other = inside / rel
         if not other.is_file():
@@ -154,7 +155,7 @@ def compare(host: Path, inside: Path, *, bitwise: bool) -> list[str]:
         diff.values(str(rel), _load(path), _load(other))
     for path in sorted(p for p in inside.rglob("*") if p.is_file()):
         rel = path.relative_to(inside)
-        if path.suffix not in SKIP_SUFFIXES and not (host / rel).exists():
+        if path.suffix not in SKIP_SUFFIXES and path.name not in SKIP_NAMES and not (host / rel).exists():
             diff.lines.append(f"{rel}: written only inside the image")
     print(f"compared {len(files)} files ({'bitwise' if bitwise else f'floats to rtol {RTOL:g}'})")
     return diff.lines

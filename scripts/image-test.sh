@@ -14,6 +14,7 @@
 #   WORK         where both runs write               [work/image-test]
 #   RUN_USER     uid:gid inside the image            [the caller's; 65534:65534 for root]
 #   BUILD_FLAGS  extra flags for the build
+#   BUILD        0: test the IMAGE already built, without building it  [1]
 #   TORCH_CPU_INDEX  the CPU torch wheels' index [download.pytorch.org/whl/cpu, or the host's index if unreachable]
 # The torch variant follows the host install's torch (CPU or CUDA build), and the host's pip settings
 # (find-links, indexes, certificate, constraints) are passed into the build with their folders
@@ -100,7 +101,12 @@ fi
 say "base image: $base"
 
 # ---- the host's torch and pip settings -------------------------------------------------------
-torch_cuda=$("$host_py" -c 'import torch; print(torch.version.cuda or "")')
+# One interpreter start (torch's import is slow): its CUDA version, qdgap's version and commit.
+{ read -r torch_cuda && read -r version && read -r commit; } < <("$host_py" -c '
+import torch, qdgap
+from qdgap.core.buildinfo import qdgap_commit
+print(torch.version.cuda or "", qdgap.__version__, qdgap_commit(), sep="\n")') \
+    || die "$host_py cannot import torch and qdgap; run 'make install' (or set HOST_VENV)"
 variant=$([ -n "$torch_cuda" ] && echo cuda || echo cpu)
 pip_env=()
 pip_mounts=()
@@ -130,8 +136,11 @@ while IFS= read -r line; do
             fi
         fi
     done
-done < <("$host_py" -m pip config list 2> /dev/null | grep -v '^:env:' || true
-    "$host_py" -m pip config list 2> /dev/null | grep '^:env:' || true)
+done < <(pip_config=$("$host_py" -m pip config list 2> /dev/null || true)
+    grep -v '^:env:' <<< "$pip_config" || true
+    grep '^:env:' <<< "$pip_config" || true)
+# docker build cannot bind folders in: the settings then only work if they point at URLs.
+[ "$engine" = docker ] && pip_mounts=()
 # The CPU wheels' index (download.pytorch.org) may be out of reach where the host's pip settings
 # hold the wheel: then the build asks the host's own index instead.
 torch_cpu_index=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
@@ -139,10 +148,12 @@ if [ "$variant" = cpu ] && [ -z "${TORCH_CPU_INDEX:-}" ] && ! curl -fsS --max-ti
     torch_cpu_index=$("$host_py" -m pip config get global.index-url 2> /dev/null || echo https://pypi.org/simple)
     say "$torch_cpu_index stands in for the unreachable download.pytorch.org/whl/cpu"
 fi
-commit=$("$host_py" -c 'from qdgap.core.buildinfo import qdgap_commit; print(qdgap_commit())')
-version=$("$host_py" -c 'import qdgap; print(qdgap.__version__)')
 
 # ---- build -----------------------------------------------------------------------------------
+if [ "${BUILD:-1}" = 0 ]; then
+    have_image "$IMAGE" || die "BUILD=0 but there is no image $IMAGE; build it (unset BUILD) or set IMAGE"
+    build_s=0
+else
 say "building $IMAGE ($variant torch) with $engine; log in $WORK/build.log"
 t0=$(now)
 # shellcheck disable=SC2086
@@ -154,6 +165,7 @@ if ! "${LOW[@]}" "$engine" build "${build_iso[@]}" --network host "${pip_mounts[
     fail "the build failed; see $WORK/build.log"
 fi
 build_s=$(($(now) - t0))
+fi
 size=$("$engine" image inspect --format '{{.Size}}' "$IMAGE")
 say "built in ${build_s} s; image size $((size / 1000000)) MB"
 
