@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from alignn.torch_graph_builder import batch_torch_graph_pairs  # noqa: E402
 
 from qdgap.core.config import GraphConfig  # noqa: E402
-from qdgap.core.graphs import build_graphs  # noqa: E402
+from qdgap.core.graphs.build import build_graphs  # noqa: E402
 from qdgap.kernels.batch import gather_frames  # noqa: E402
 
 LARGE_BATCH = {"demo": 256, "paper": 64}  # frames per forward in the large-batch inference rows
@@ -84,7 +84,7 @@ def case_matmul(a: C.CaseArgs) -> dict:
 
 
 def case_flops(a: C.CaseArgs) -> dict:
-    from qdgap.core.model import GapModel  # noqa: F401
+    from qdgap.core.model.network import GapModel  # noqa: F401
 
     traj = C.load_demo()
     frames = C.spaced_frames(traj.num_frames, FLOP_FRAMES // (2 if a.quick else 1))

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qdgap.core import metrics
-from qdgap.core import runs as rf
+from qdgap.core.analysis.predict import predict_ensemble, select_frames
+from qdgap.core.common import metrics
 from qdgap.core.config import PRESETS, GraphConfig, ModelConfig, RunConfig
-from qdgap.core.data import read_trajectory
-from qdgap.core.predict import predict_ensemble, select_frames
-from qdgap.core.train import train_member
+from qdgap.core.data.trajectory import read_trajectory
+from qdgap.core.store import runs as rf
+from qdgap.core.train.loop import train_member
 
 _DEMO = PRESETS["demo"]
 
@@ -83,7 +83,8 @@ def run_setting(name: str, data: Path, out: Path, seed: int, epochs: int | None)
     rows = rf.read_metrics_csv(run_dir / rf.METRICS_CSV)
     test = json.loads((run_dir / rf.TEST_METRICS_JSON).read_text())
     n_params = sum(
-        p.numel() for p in __import__("qdgap.core.model", fromlist=["GapModel"]).GapModel(config.model).parameters()
+        p.numel()
+        for p in __import__("qdgap.core.model.network", fromlist=["GapModel"]).GapModel(config.model).parameters()
     )
     return {
         "setting": name,

@@ -22,9 +22,9 @@ all three, so they compute the same numbers; the kernel is also timed in mode
 * ``kernel``: ``qdgap.kernels.fna.fna_masked_gaps(model, gather_frames(packed,
   frames), num_atoms=67, chunk_size=c)`` with the same TorchScript model, for
   several chunk sizes in increasing order (so each peak-memory reading is that
-  chunk's), the default being ``qdgap.core.fna.chunk_for``.
+  chunk's), the default being ``qdgap.core.analysis.fna.chunk_for``.
 * ``kernel_onnx``: the same kernel calling the model through ONNX Runtime
-  (``qdgap.core.export.export_onnx``/``load_onnx``), at the default chunk and
+  (``qdgap.core.deploy.onnx.export_onnx``/``load_onnx``), at the default chunk and
   one frame's copies per forward; skipped when ONNX is unavailable.
 
 Frames per timed call: kernel demo 8, paper 2 (half in --quick); loop and
@@ -45,10 +45,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_ceiling import fractions  # noqa: E402
 
+from qdgap.core.analysis.fna import chunk_for  # noqa: E402
 from qdgap.core.config import GraphConfig  # noqa: E402
-from qdgap.core.fna import chunk_for  # noqa: E402
-from qdgap.core.graphs import build_graphs  # noqa: E402
-from qdgap.core.model import fast_cpu_math  # noqa: E402
+from qdgap.core.graphs.build import build_graphs  # noqa: E402
+from qdgap.core.model.network import fast_cpu_math  # noqa: E402
 from qdgap.kernels.batch import PackedGraphs, gather_frames  # noqa: E402
 from qdgap.kernels.fna import fna_loop, fna_masked_gaps  # noqa: E402
 
@@ -69,7 +69,7 @@ def _frames(a: C.CaseArgs) -> np.ndarray:
 
 
 def _qdgap_setup(a: C.CaseArgs):
-    from qdgap.core.export import export_torchscript, load_torchscript
+    from qdgap.core.deploy.torchscript import export_torchscript, load_torchscript
 
     fast_cpu_math()  # as qdgap's fna does
     traj = C.load_demo()
@@ -130,10 +130,10 @@ def case_kernel(a: C.CaseArgs) -> dict:
 
 def case_kernel_onnx(a: C.CaseArgs) -> dict:
     """The kernel through ONNX Runtime (``export_onnx``/``load_onnx``), when qdgap and the machine have them."""
-    from qdgap.core import export
+    from qdgap.core.deploy import onnx as export
 
     if not hasattr(export, "export_onnx") or not hasattr(export, "load_onnx"):
-        return {"skipped": "qdgap.core.export has no export_onnx/load_onnx"}
+        return {"skipped": "qdgap.core.deploy.onnx has no export_onnx/load_onnx"}
     try:
         import onnxruntime  # noqa: F401
     except ImportError as exc:

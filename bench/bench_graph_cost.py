@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from qdgap.core.config import K_NEAREST, PRESETS, GraphConfig
-from qdgap.core.data import read_trajectory
-from qdgap.core.graphs import build_graphs
-from qdgap.core.model import GapModel
+from qdgap.core.data.trajectory import read_trajectory
+from qdgap.core.graphs.build import build_graphs
+from qdgap.core.model.network import GapModel
 from qdgap.kernels.batch import gather_frames
 
 

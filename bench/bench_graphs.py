@@ -5,7 +5,7 @@
 
 Cases (each in its own process):
 
-* ``qdgap``: ``qdgap.core.graphs.build_graphs(traj, GraphConfig())`` on the demo
+* ``qdgap``: ``qdgap.core.graphs.build.build_graphs(traj, GraphConfig())`` on the demo
   trajectory as qdgap runs it (an isolated cluster, no cell): one call for all frames.
 * ``qdgap_boxed``: the same frames in a 22 Å periodic box, the exact input upstream gets.
 * ``upstream``: ``alignn.torch_graph_builder.build_pure_torch_graph(atoms, two_body_cutoff=5,
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from alignn.torch_graph_builder import build_pure_torch_graph  # noqa: E402,F401
 
 from qdgap.core.config import GraphConfig  # noqa: E402
-from qdgap.core.graphs import build_graphs  # noqa: E402
+from qdgap.core.graphs.build import build_graphs  # noqa: E402
 
 AIM = 20.0  # issue 4: at least 20x upstream's builder
 

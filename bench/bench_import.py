@@ -3,7 +3,7 @@
     python bench/bench_import.py [--frames 10001] [--workdir bench/_out/import]
 
 The trajectory is generated here (the demo's first frame, jiggled with
-``qdgap.core.synthetic``, gaps in each frame's info), written once with ASE and
+``qdgap.testing.synthetic``, gaps in each frame's info), written once with ASE and
 kept, so a rerun times only the import. The import runs as the CLI does
 (``python -m qdgap data import``, a fresh process), so its time includes
 Python start-up and imports. Then one frame is read back from the HDF5 file
@@ -30,8 +30,8 @@ def make_extxyz(path: Path, num_frames: int) -> None:
     from ase.io import write
 
     from qdgap.cli.options import DEMO_DATA
-    from qdgap.core.data import read_trajectory
-    from qdgap.core.synthetic import synthetic_trajectory
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.testing.synthetic import synthetic_trajectory
 
     demo = read_trajectory(DEMO_DATA)
     traj = synthetic_trajectory(num_frames, base=(demo.numbers, demo.positions_ang[0]), amplitude_ang=0.05, seed=0)

@@ -3,7 +3,7 @@
     python bench/bench_inference.py [--quick]
 
 Every case loads the same weights (deterministic random ones; upstream gets
-them through ``qdgap.core.model.upstream_state_dict``), graphs are built
+them through ``qdgap.core.model.network.upstream_state_dict``), graphs are built
 beforehand (graph building is benchmarked on its own), and each case runs
 batch 1 first, then 16 frames, then the large batch (demo 256, paper 64
 frames), so the peak-memory reading of each is its own.
@@ -21,7 +21,7 @@ What one timed call does:
   (``export_torchscript`` then ``load_torchscript``): what ``qdgap predict`` runs.
 * ``qdgap_ts_frozen``: ``torch.jit.optimize_for_inference(torch.jit.freeze(...))``
   of the scripted model (a variant, not what predict runs).
-* ``qdgap_onnx``: ONNX Runtime through ``qdgap.core.export.export_onnx``/``load_onnx``
+* ``qdgap_onnx``: ONNX Runtime through ``qdgap.core.deploy.onnx.export_onnx``/``load_onnx``
   when the package has them and onnxruntime is installed; skipped otherwise.
 * ``upstream_ts``: upstream's own TorchScript export path
   (``alignn/scripts/export_torchscript.py``: ``_ScriptWrapper`` over
@@ -48,8 +48,8 @@ from alignn.torch_graph_builder import batch_torch_graph_pairs  # noqa: E402
 from bench_ceiling import LARGE_BATCH, fractions  # noqa: E402
 
 from qdgap.core.config import GraphConfig  # noqa: E402
-from qdgap.core.graphs import build_graphs  # noqa: E402
-from qdgap.core.model import fast_cpu_math  # noqa: E402
+from qdgap.core.graphs.build import build_graphs  # noqa: E402
+from qdgap.core.model.network import fast_cpu_math  # noqa: E402
 from qdgap.kernels.batch import PackedGraphs, gather_frames  # noqa: E402
 
 SINGLE_CALLS = {"demo": 32, "paper": 8}  # single-frame calls per timed repeat
@@ -138,7 +138,7 @@ def case_qdgap_eager(a: C.CaseArgs) -> dict:
 
 
 def _exported(a: C.CaseArgs):
-    from qdgap.core.export import export_torchscript, load_torchscript
+    from qdgap.core.deploy.torchscript import export_torchscript, load_torchscript
 
     path = a.tmp / "model.ts"
     export_torchscript(C.gap_model(a.preset), path, meta={"bench": True})
@@ -162,10 +162,10 @@ def case_qdgap_ts_frozen(a: C.CaseArgs) -> dict:
 
 
 def case_qdgap_onnx(a: C.CaseArgs) -> dict:
-    from qdgap.core import export
+    from qdgap.core.deploy import onnx as export
 
     if not hasattr(export, "export_onnx") or not hasattr(export, "load_onnx"):
-        raise Skip("qdgap.core.export has no export_onnx/load_onnx yet")
+        raise Skip("qdgap.core.deploy.onnx has no export_onnx/load_onnx yet")
     try:
         import onnxruntime  # noqa: F401
     except ImportError as exc:

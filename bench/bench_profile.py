@@ -8,7 +8,7 @@ For each preset, three workloads at the sizes qdgap picks on this device
 * ``inference``: the exported TorchScript model on that many frames per call;
 * ``fna``: ``fna_masked_gaps`` on one frame (68 masked copies), default chunk;
 * ``train``: one optimiser step of a batch of the preset's size, gradient summed
-  over micro-batches (``qdgap.core.train.accumulate_gradient``), AdamW.
+  over micro-batches (``qdgap.core.train.loop.accumulate_gradient``), AdamW.
 
 Each is warmed up, then profiled over a few calls. Every operator's *self* CPU
 time goes to one class: matrix products (``mm``, ``addmm``, ``bmm``), gathers
@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from qdgap.core.config import GraphConfig  # noqa: E402
-from qdgap.core.graphs import build_graphs  # noqa: E402
-from qdgap.core.model import fast_cpu_math  # noqa: E402
+from qdgap.core.graphs.build import build_graphs  # noqa: E402
+from qdgap.core.model.network import fast_cpu_math  # noqa: E402
 from qdgap.kernels.batch import gather_frames, graphs_per_forward  # noqa: E402
 from qdgap.kernels.fna import fna_masked_gaps  # noqa: E402
 
@@ -177,7 +177,7 @@ def case_fna(a: C.CaseArgs) -> dict:
 
 
 def case_train(a: C.CaseArgs) -> dict:
-    from qdgap.core.train import accumulate_gradient
+    from qdgap.core.train.loop import accumulate_gradient
 
     packed, model, edges = _setup(a)
     model.train()

@@ -58,8 +58,8 @@ def _args() -> argparse.Namespace:
 
 
 def _rmse_on(members, traj, frames, cache_dir, device) -> float:
-    from qdgap.core.metrics import rmse_mev
-    from qdgap.core.predict import predict_ensemble
+    from qdgap.core.analysis.predict import predict_ensemble
+    from qdgap.core.common.metrics import rmse_mev
 
     pred = predict_ensemble(members, traj, frames, cache_dir=cache_dir, device=device)
     return rmse_mev(pred.gap_mean_ev.astype(np.float64) - pred.gap_true_ev.astype(np.float64))
@@ -67,8 +67,8 @@ def _rmse_on(members, traj, frames, cache_dir, device) -> float:
 
 def _finetune(data, members, pool, *, runs, out, epochs, freeze_blocks, jobs, device) -> list:
     """Fine-tune ``members`` on exactly ``pool`` (``--frames-from``'s path) into ``out``; the fine-tuned members."""
-    from qdgap.core import finetune as ft
-    from qdgap.core import runs as rf
+    from qdgap.core.store import runs as rf
+    from qdgap.core.workflow import finetune as ft
 
     settings = ft.with_defaults(
         ft.FinetuneSettings(freeze_blocks=freeze_blocks, epochs=epochs, pool_frames=tuple(int(f) for f in pool)),
@@ -93,11 +93,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    from qdgap.core import calibration as cb
-    from qdgap.core import runs as rf
-    from qdgap.core import select as sl
-    from qdgap.core.data import read_trajectory
-    from qdgap.core.predict import runs_cache_dir
+    from qdgap.core.analysis import calibration as cb
+    from qdgap.core.analysis import select as sl
+    from qdgap.core.analysis.predict import runs_cache_dir
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.core.store import runs as rf
 
     ks = [int(k) for k in args.ks.split(",")]
     strategies = [s for s in args.strategies.split(",") if s]

@@ -10,7 +10,7 @@ frame count is the first from 160 (80) up whose training set is a multiple of
 the preset's batch size, so upstream's loader (``drop_last=True``) runs exactly
 the batches qdgap runs.
 
-* ``qdgap``: ``qdgap.core.train.train_member(traj, config, seed=7, ...)`` end to end,
+* ``qdgap``: ``qdgap.core.train.loop.train_member(traj, config, seed=7, ...)`` end to end,
   CPU or ``--device``.
 * ``upstream``: upstream's own pipeline, as ``train_alignn.py`` runs a user
   dataset: records ``{"atoms": Atoms.to_dict(), "target": gap, "jid": id}`` of
@@ -54,9 +54,9 @@ from alignn.config import TrainingConfig  # noqa: E402
 from alignn.data import get_train_val_loaders  # noqa: E402
 from alignn.train import train_dgl  # noqa: E402
 
-import qdgap.core.train as qtrain  # noqa: E402
+import qdgap.core.train.loop as qtrain  # noqa: E402
 from qdgap.core.config import resolve_config  # noqa: E402
-from qdgap.core.splits import split_frames  # noqa: E402
+from qdgap.core.data.splits import split_frames  # noqa: E402
 from qdgap.kernels.batch import graphs_per_forward  # noqa: E402
 
 SEED = 7
@@ -98,7 +98,7 @@ def _summary(train_s: list[float], full_s: list[float], warm: int, n_train: int,
 
 def _batch_sizes(sub, config, device_type: str) -> tuple[int, int]:
     """qdgap's (validation batch, training micro-batch) for these frames, as train_member picks them."""
-    from qdgap.core.graphs import build_graphs
+    from qdgap.core.graphs.build import build_graphs
 
     g = build_graphs(sub, config.graph)
     edges, hidden = float(g.edge_ptr[-1]) / max(1, g.num_frames), config.model.hidden_features

@@ -325,7 +325,7 @@ def matmul_gflops(
 
 def load_demo():
     """The bundled demo trajectory (1,001 frames of Cd28Se17Cl22, an isolated cluster)."""
-    from qdgap.core.data import read_trajectory
+    from qdgap.core.data.trajectory import read_trajectory
 
     return read_trajectory(DEMO_DATA)
 
@@ -336,7 +336,7 @@ def boxed(traj, box: float = BOX_ANG):
     At 22 Å no periodic image comes within the 5 Å cutoff, so the graphs
     equal the isolated cluster's; upstream's builder needs a cell.
     """
-    from qdgap.core.data import make_trajectory
+    from qdgap.core.data.trajectory import make_trajectory
 
     pos = traj.positions_ang - traj.positions_ang.mean(axis=(0, 1)) + box / 2
     return make_trajectory(
@@ -383,7 +383,7 @@ def run_config(preset: str):
 
 def gap_model(preset: str, *, seed: int = 0):
     """qdgap's ``GapModel`` of the preset's size, deterministic random weights (the same in every process), eval mode."""
-    from qdgap.core.model import GapModel
+    from qdgap.core.model.network import GapModel
 
     torch.manual_seed(seed)
     model = GapModel(run_config(preset).model)
@@ -399,7 +399,7 @@ def upstream_model(model, preset: str, **overrides):
     """Upstream ``ALIGNNAtomWisePure`` built from the run config's ``model`` section, holding ``model``'s weights."""
     from alignn.models.alignn_atomwise_pure import ALIGNNAtomWisePure, ALIGNNAtomWisePureConfig
 
-    from qdgap.core.model import upstream_state_dict
+    from qdgap.core.model.network import upstream_state_dict
 
     section = {**run_config(preset).to_json()["model"], **overrides}
     up = ALIGNNAtomWisePure(ALIGNNAtomWisePureConfig(**section))

@@ -99,7 +99,7 @@ def _graphs(ctx: Ctx, count: int):
     """Packed graphs (the preset's parameters) of ``count`` demo frames on the device (built once, the largest count first)."""
     import common as C
 
-    from qdgap.core.graphs import build_graphs
+    from qdgap.core.graphs.build import build_graphs
     from qdgap.kernels.batch import PackedGraphs
 
     have = ctx.cache.get("graphs")
@@ -120,7 +120,7 @@ def _scripted(ctx: Ctx, seed: int = 0):
     """The paper model as ``qdgap predict`` runs it: exported ``model.ts``, loaded on the device."""
     import common as C
 
-    from qdgap.core.export import export_torchscript, load_torchscript
+    from qdgap.core.deploy.torchscript import export_torchscript, load_torchscript
 
     path = ctx.tmp / f"model{seed}.ts"
     export_torchscript(C.gap_model(ctx.preset, seed=seed), path, meta={"bench": True})
@@ -136,7 +136,7 @@ def section_train(ctx: Ctx) -> None:
     import common as C
     from alignn.torch_graph_builder import batch_torch_graph_pairs
 
-    from qdgap.core.train import accumulate_gradient
+    from qdgap.core.train.loop import accumulate_gradient
     from qdgap.kernels.batch import graphs_per_forward
 
     batch = _size(ctx, 64, 4)
@@ -191,7 +191,7 @@ def section_inference(ctx: Ctx) -> None:
     try:
         import onnxruntime
 
-        from qdgap.core.export import export_onnx, load_onnx
+        from qdgap.core.deploy.onnx import export_onnx, load_onnx
 
         providers = onnxruntime.get_available_providers()
         if ctx.device.type == "cuda" and "CUDAExecutionProvider" not in providers:
@@ -229,7 +229,7 @@ def section_inference(ctx: Ctx) -> None:
 def section_fna(ctx: Ctx) -> None:
     import common as C
 
-    from qdgap.core.fna import chunk_for
+    from qdgap.core.analysis.fna import chunk_for
     from qdgap.kernels.batch import gather_frames
     from qdgap.kernels.fna import fna_loop, fna_masked_gaps
 
@@ -275,8 +275,8 @@ def section_fna(ctx: Ctx) -> None:
 def section_members(ctx: Ctx) -> None:
     import common as C
 
-    from qdgap.core.ensemble_forward import stack_models
-    from qdgap.core.fna import chunk_for
+    from qdgap.core.analysis.fna import chunk_for
+    from qdgap.core.deploy.stacked import stack_models
     from qdgap.kernels.batch import gather_frames, graphs_per_forward
     from qdgap.kernels.ensemble import ensemble_fna_masked_gaps
     from qdgap.kernels.fna import fna_masked_gaps
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import common as C
 
-    from qdgap.core.model import fast_cpu_math
+    from qdgap.core.model.network import fast_cpu_math
 
     t_start = time.perf_counter()
     device = C.setup_torch(args.threads or C.usable_cores(), args.device)

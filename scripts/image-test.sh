@@ -104,7 +104,7 @@ say "base image: $base"
 # One interpreter start (torch's import is slow): its CUDA version, qdgap's version and commit.
 { read -r torch_cuda && read -r version && read -r commit; } < <("$host_py" -c '
 import torch, qdgap
-from qdgap.core.buildinfo import qdgap_commit
+from qdgap.core.common.buildinfo import qdgap_commit
 print(torch.version.cuda or "", qdgap.__version__, qdgap_commit(), sep="\n")') \
     || die "$host_py cannot import torch and qdgap; run 'make install' (or set HOST_VENV)"
 variant=$([ -n "$torch_cuda" ] && echo cuda || echo cpu)

@@ -6,6 +6,9 @@
 # then qdgap itself in editable mode with the given extras, every other package at
 # the version in scripts/constraints.txt (QDGAP_CONSTRAINTS= turns that off), and
 # records the git commit (QDGAP_COMMIT, else the checkout's) for `qdgap --version`.
+# QDGAP_DEPS_ONLY=1 stops after torch and qdgap's own dependencies (pyproject.toml's, pinned):
+# the images install those in a layer of their own, which a change to the sources does not
+# invalidate, so rebuilding the image after a code change takes seconds instead of a download.
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 venv=${1:?usage: scripts/install.sh VENV [EXTRAS]}
@@ -26,6 +29,12 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 # torch first, so that nothing below can pull a multi-GB CUDA build as a dependency.
 # shellcheck disable=SC2086
 "${pip[@]}" $torch_spec
+if [ "${QDGAP_DEPS_ONLY:-0}" = 1 ]; then
+    deps=$("$venv/bin/python" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$here/pyproject.toml")
+    # shellcheck disable=SC2086
+    "${pip[@]}" "${pin[@]}" $deps
+    exit 0
+fi
 target="$here"
 [ -n "$extras" ] && target="$here[$extras]"
 # torch's own dependencies are pinned here, after the fact: its index (e.g. the CPU
@@ -36,4 +45,4 @@ else
     "${pip[@]}" "${pin[@]}" "$target"
 fi
 # qdgap/_build_info.json beside the installed package: the commit, for `qdgap --version`.
-"$venv/bin/python" -m qdgap.core.buildinfo --write --source "$here" > /dev/null
+"$venv/bin/python" -m qdgap.core.common.buildinfo --write --source "$here" > /dev/null

@@ -48,14 +48,14 @@ def seed_data() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_traj():
-    from qdgap.core.synthetic import synthetic_trajectory
+    from qdgap.testing.synthetic import synthetic_trajectory
 
     return synthetic_trajectory(120, seed=0)
 
 
 @pytest.fixture(scope="session")
 def synthetic_h5(tmp_path_factory, synthetic_traj) -> Path:
-    from qdgap.core.data import write_trajectory
+    from qdgap.core.data.trajectory import write_trajectory
 
     path = tmp_path_factory.mktemp("traj") / "synthetic.h5"
     write_trajectory(synthetic_traj, path)
@@ -75,10 +75,10 @@ def assert_one_line_error(result: CliResult, *fragments: str) -> None:
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory, synthetic_h5) -> Path:
     """A runs folder with two finished tiny members (seeds 0 and 1) trained on ``synthetic_h5``."""
-    from qdgap.core import runs as rf
     from qdgap.core.config import PRESETS
-    from qdgap.core.data import read_trajectory
-    from qdgap.core.train import train_member
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.core.store import runs as rf
+    from qdgap.core.train.loop import train_member
 
     runs = tmp_path_factory.mktemp("runs")
     traj = read_trajectory(synthetic_h5)

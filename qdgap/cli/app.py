@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from qdgap.cli import data, ensemble, export, finetune, predict, report, train, ui, upstream, workflow
+from qdgap.cli import data, ensemble, export, finetune, fna, predict, report, train, ui, upstream, workflow
 from qdgap.cli import select as select_cmd
 
 app = typer.Typer(
@@ -32,7 +32,7 @@ app.command("finetune", rich_help_panel="Model")(finetune.finetune)
 app.command("import-alignn", rich_help_panel="Model")(upstream.import_alignn)
 app.command("export", rich_help_panel="Model")(export.export)
 app.command("predict", rich_help_panel="Analysis")(predict.predict)
-app.command("fna", rich_help_panel="Analysis")(predict.fna)
+app.command("fna", rich_help_panel="Analysis")(fna.fna)
 app.command("select", rich_help_panel="Analysis")(select_cmd.select)
 app.command("label", rich_help_panel="Data")(select_cmd.label)
 app.command("report", rich_help_panel="Workflow")(report.report)
@@ -43,7 +43,7 @@ app.command("reproduce", rich_help_panel="Workflow")(workflow.reproduce)
 
 def _version(value: bool) -> None:
     if value:
-        from qdgap.core.buildinfo import version_lines
+        from qdgap.core.common.buildinfo import version_lines
 
         typer.echo("\n".join(version_lines()))
         raise typer.Exit()
@@ -70,7 +70,7 @@ def _root(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point; always ends with ``SystemExit`` carrying the exit code."""
-    from qdgap.core.errors import Interrupted, QdgapError
+    from qdgap.core.common.errors import Interrupted, QdgapError
 
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)

@@ -61,8 +61,8 @@ def import_(
     if output.exists() and not force:
         raise_error(f"{output}: output exists; choose another name or pass --force")
     numbers_range = parse_range(numbers, option="--numbers") if numbers is not None else None
-    from qdgap.core.data import write_trajectory
-    from qdgap.core.importers import import_trajectory
+    from qdgap.core.data.importers import import_trajectory
+    from qdgap.core.data.trajectory import write_trajectory
 
     with ui.progress("import", None, unit="structures") as advance:
         traj = import_trajectory(
@@ -87,11 +87,27 @@ def import_(
 def info(
     path: TrajArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(
+            "--predictions",
+            "-p",
+            help="A predictions.h5 of this trajectory (`qdgap predict`): also say how many of its frames lie "
+            "outside what the ensemble knows.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Summarise a trajectory: composition, frames, time, labels, gap statistics, cell, sha256."""
-    from qdgap.core.data import read_trajectory, trajectory_info
+    from qdgap.core.data.trajectory import read_trajectory, trajectory_info
+    from qdgap.core.report.build import extrapolation_of
 
     summary = trajectory_info(read_trajectory(path))
+    if predictions is not None:
+        line, sha = extrapolation_of(predictions)
+        if sha is not None and sha != summary["sha256"]:
+            raise ui.usage_error(f"{predictions}: predicted from another trajectory than {path} (sha256 differs)")
+        summary["extrapolation"] = line or "not known (the predictions carry no calibrated spread)"
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -114,6 +130,8 @@ def info(
     lengths = ", ".join(f"{sum(c * c for c in row) ** 0.5:.3f}" for row in cell)
     out.print(f"  cell          {'isolated (no cell)' if not any(pbc) else f'|a|,|b|,|c| = {lengths} Å'}, pbc {pbc}")
     out.print(f"  sha256        {summary['sha256']}")
+    if "extrapolation" in summary:
+        out.print(f"  extrapolation {summary['extrapolation']}")
 
 
 @app.command("build-qd")
@@ -136,8 +154,8 @@ def build_qd(
         raise_error(f"--fmax must be positive (eV/Å), got {fmax}")
     if max_steps < 1:
         raise_error(f"--max-steps must be at least 1, got {max_steps}")
-    from qdgap.core import qd
-    from qdgap.core.data import write_structure
+    from qdgap.core.data.trajectory import write_structure
+    from qdgap.core.sim import qd
 
     qd.check_method(method)
     numbers, positions = qd.build_cluster()
@@ -197,7 +215,7 @@ def simulate(
         raise_error(f"--steps must be at least 1, got {steps}")
     if output.exists() and not force:
         raise_error(f"{output}: output exists; choose another name or pass --force")
-    from qdgap.core import md
+    from qdgap.core.sim import md
 
     if continue_from is not None:
         start, config = md.start_from_finished(continue_from, method=method)
@@ -214,7 +232,7 @@ def simulate(
     total = md.steps_to_run(output, steps=steps, thermalise_steps=config.thermalise_steps)
     with ui.progress(f"MD ({config.method})", total, unit="steps") as advance:
         md.simulate(start, output, steps=steps, config=config, force=force, progress=advance)
-    from qdgap.core.data import read_trajectory
+    from qdgap.core.data.trajectory import read_trajectory
 
     traj = read_trajectory(output)
     ui.stdout_console().print(
@@ -224,6 +242,6 @@ def simulate(
 
 
 def raise_error(message: str) -> None:
-    from qdgap.core.errors import QdgapError
+    from qdgap.core.common.errors import QdgapError
 
     raise QdgapError(message)

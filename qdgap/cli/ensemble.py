@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from qdgap.cli import ui
+from qdgap.cli.arrays import slurm_resources, submit_members, wait_members
 from qdgap.cli.options import (
     DEMO_DATA,
     Backend,
@@ -69,7 +70,7 @@ def train(
 ) -> None:
     """Train (or finish) every member; members already DONE are skipped, interrupted ones resume."""
     from qdgap.core.config import resolve_config
-    from qdgap.core.ensemble import member_seeds
+    from qdgap.core.workflow.ensemble import member_seeds
 
     seeds = member_seeds(members, seed_base)
     overrides = {
@@ -85,7 +86,7 @@ def train(
     if not data.is_file():
         raise ui.usage_error(f"{data}: no such trajectory file")
     if frames_from is not None:
-        from qdgap.core.select import with_pool_from
+        from qdgap.core.analysis.select import with_pool_from
 
         config = with_pool_from(config, frames_from, data)
     if backend == "slurm":
@@ -114,8 +115,8 @@ def train(
     if dry_run or wait:
         raise ui.usage_error("--dry-run and --wait belong to --backend slurm")
     from qdgap.cli.signals import stop_requested
-    from qdgap.core.ensemble import default_jobs, train_local
-    from qdgap.core.errors import Interrupted
+    from qdgap.core.common.errors import Interrupted
+    from qdgap.core.workflow.ensemble import default_jobs, train_local
 
     n_jobs = jobs if jobs is not None else default_jobs(len(seeds), device)
     total = len(seeds) * config.train.epochs
@@ -151,91 +152,15 @@ def _train_slurm(
     wait,
     dry_run,
 ) -> None:
-    from qdgap.core import slurm
-    from qdgap.core.ensemble import train_argv
+    from qdgap.core.workflow.ensemble import train_argv
 
-    resources = slurm.SlurmResources(
-        partition=partition,
-        account=account,
-        time_min=time_min,
-        cpus_per_task=cpus,
-        gpus_per_task=gpus,
-        mem_gb=mem_gb,
-        image=image,
-        max_parallel=max_parallel,
-        job_name="qdgap-train",
+    resources = slurm_resources(
+        "slurm", "qdgap-train", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel
     )
     argv_of = lambda s: train_argv(s, data=data, runs=output, preset=preset, device=device, overrides=overrides)  # noqa: E731
-    job = slurm_submit(seeds, output, argv_of, resources, dry_run=dry_run, wait=wait)
+    job = submit_members(seeds, output, argv_of, resources, dry_run=dry_run, wait=wait)
     if job is not None and wait:
-        slurm_wait(job, output)
-
-
-def slurm_submit(seeds, output: Path, argv_of, resources, *, dry_run: bool, wait: bool):
-    """Submit the members of ``output`` not yet done, queued or running as one job array.
-
-    ``argv_of(seed)`` gives a member's qdgap arguments. With ``dry_run`` the sbatch
-    script is printed instead. Returns the submitted array, or None when nothing
-    was submitted.
-    """
-    from qdgap.core import slurm
-    from qdgap.core.ensemble import ensemble_status
-
-    if dry_run:
-        typer.echo(
-            slurm.dry_run(
-                [argv_of(s) for s in seeds], folder=slurm.slurm_folder(output), resources=resources, members=seeds
-            )
-        )
-        return None
-    status = {row.seed: row.state for row in ensemble_status(output, seeds=seeds)}
-    todo = [s for s in seeds if status.get(s) not in ("done", "running", "pending")]
-    busy = [s for s in seeds if status.get(s) in ("running", "pending")]
-    out = ui.stdout_console()
-    if busy:
-        out.print(
-            f"{output}: {len(busy)} member(s) already queued or running (seeds {_ranges(busy)}); not submitted again"
-        )
-    if not todo:
-        out.print(f"{output}: nothing to submit ({len(seeds) - len(busy)} done)")
-        return None
-    output.mkdir(parents=True, exist_ok=True)
-    job = slurm.submit([argv_of(s) for s in todo], folder=slurm.slurm_folder(output), resources=resources, members=todo)
-    out.print(f"submitted job array {job.job_id}: {len(todo)} member(s), seeds {_ranges(todo)}")
-    if not wait:
-        out.print(f"follow it with `qdgap ensemble status {output}`; rerun this command to resubmit failed members")
-    return job
-
-
-def slurm_wait(job, output: Path) -> None:
-    """Follow ``job`` to its end; a member that failed or left no ``DONE`` is an error naming the seeds."""
-    from qdgap.core import runs as rf
-    from qdgap.core import slurm
-
-    out = ui.stdout_console()
-    with ui.progress(f"slurm {job.job_id}", len(job.members), unit="member") as advance:
-        states = slurm.wait(job, poll_s=5.0, progress=advance)
-    failed = [s for s in states if s.failed or not (rf.run_dir(output, int(s.member)) / rf.DONE).exists()]
-    if failed:
-        for s in failed:
-            out.print(f"  seed {s.member}: {s.state} — {s.message or s.stderr}")
-        raise ui.usage_error(
-            f"{len(failed)} member(s) failed in job {job.job_id} (seeds {_ranges([int(s.member) for s in failed])}); "
-            "rerun the same command to resubmit only those"
-        )
-    out.print(f"job array {job.job_id}: all {len(job.members)} member(s) done")
-
-
-def _ranges(seeds) -> str:
-    seeds = sorted(seeds)
-    parts, start = [], None
-    for i, s in enumerate(seeds):
-        if start is None:
-            start = s
-        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
-            parts.append(str(start) if start == s else f"{start}-{s}")
-            start = None
-    return ",".join(parts)
+        wait_members(job, output)
 
 
 @app.command("status")
@@ -252,8 +177,8 @@ def status(
     test RMSE; for a predict/FNA output, each part's state (done, pending, running, failed) and Slurm task."""
     from rich.table import Table
 
-    from qdgap.core.ensemble import ensemble_status
-    from qdgap.core.parts import parts_folder
+    from qdgap.core.analysis.parts import parts_folder
+    from qdgap.core.workflow.ensemble import ensemble_status
 
     if parts_folder(runs).is_dir():
         _parts_status(runs)
@@ -282,8 +207,8 @@ def _parts_status(output: Path) -> None:
     """The parts of the predict/FNA job arrays that write ``output``, one row each."""
     from rich.table import Table
 
-    from qdgap.core.part_array import part_states
-    from qdgap.core.parts import parts_folder
+    from qdgap.core.analysis.parts import parts_folder
+    from qdgap.core.workflow.part_array import part_states
 
     rows = part_states(parts_folder(output))
     if not rows:

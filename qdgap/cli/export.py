@@ -39,8 +39,8 @@ def export(run: RunArg, fmt: Format, output: ExportOut = None) -> None:
     """Export a member's best.pt: re-write model.ts, or write model.onnx; the file's sha256 is recorded in the run folder."""
     if fmt not in FORMATS:
         raise ui.usage_error(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    from qdgap.core import runs as rf
-    from qdgap.core.errors import QdgapError
+    from qdgap.core.common.errors import QdgapError
+    from qdgap.core.store import runs as rf
 
     if not run.is_dir():
         raise QdgapError(f"{run}: no such run folder")
@@ -59,7 +59,7 @@ def export(run: RunArg, fmt: Format, output: ExportOut = None) -> None:
             f"{run}: {len(unfinished)} member(s) not finished ({', '.join(unfinished[:5])}); finish them with `qdgap ensemble train` first"
         )
 
-    from qdgap.core.export import export_run
+    from qdgap.core.deploy.export import export_run
 
     out = ui.stdout_console()
     with ui.progress(f"export {fmt}", len(members), unit="member") as advance:

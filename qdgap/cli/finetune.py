@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from qdgap.cli import ui
+from qdgap.cli.arrays import slurm_resources, submit_members, wait_members
 from qdgap.cli.options import (
     DEMO_EXTENDED,
     Backend,
@@ -106,8 +107,8 @@ def finetune(
 ) -> None:
     """Fine-tune every finished member on the extension's labelled frames into OUTPUT/run_<seed>/, then compare
     pretrained, fine-tuned and from-scratch ensembles on the extension's other frames (finetune_report.csv)."""
-    from qdgap.core import finetune as ft
-    from qdgap.core import transfer as tr
+    from qdgap.core.workflow import finetune as ft
+    from qdgap.core.workflow import transfer as tr
 
     settings = ft.FinetuneSettings(
         freeze_blocks=freeze_blocks,
@@ -129,19 +130,19 @@ def finetune(
     if not data.is_file():
         raise ui.usage_error(f"{data}: no such trajectory file")
     if backend == "local":
-        from qdgap.core.runtime import resolve_device
+        from qdgap.core.common.runtime import resolve_device
 
         resolve_device(device)  # a bad --device is refused here, not by every worker
     paths = ft.output_paths(output, report=report)
     _check_distinct(runs, paths, baselines=baselines and seed is None)
 
-    from qdgap.core.data import read_trajectory
+    from qdgap.core.data.trajectory import read_trajectory
 
     traj = read_trajectory(data)
     if frames_from is not None:
         from dataclasses import replace
 
-        from qdgap.core.select import frames_from as read_frames
+        from qdgap.core.analysis.select import frames_from as read_frames
 
         settings = replace(
             settings, pool_frames=read_frames(frames_from, traj.gap_ev), frames_from=str(frames_from.absolute())
@@ -159,10 +160,9 @@ def finetune(
         return
     tr.check_scorable(traj, settings, members)
     if backend == "slurm":
-        resources = dict(
-            partition=partition, account=account, time_min=time_min, cpus_per_task=cpus, gpus_per_task=gpus,
-            mem_gb=mem_gb, image=image, max_parallel=max_parallel,
-        )  # fmt: skip
+        resources = slurm_resources(
+            "slurm", "qdgap-finetune", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel
+        )
         if not _finetune_slurm(
             members,
             settings,
@@ -210,9 +210,9 @@ def _print_freezing(blocks: int, settings, counts) -> None:
 
 def _finetune_one(traj, member, settings, *, runs, data, output, device) -> None:
     from qdgap.cli.signals import stop_requested
-    from qdgap.core import finetune as ft
-    from qdgap.core import runs as rf
-    from qdgap.core.errors import Interrupted
+    from qdgap.core.common.errors import Interrupted
+    from qdgap.core.store import runs as rf
+    from qdgap.core.workflow import finetune as ft
 
     run = rf.run_dir(output, member.seed)
     if (run / rf.DONE).exists():
@@ -246,9 +246,9 @@ def _finetune_one(traj, member, settings, *, runs, data, output, device) -> None
 
 def _finetune_local(members, settings, *, runs, data, paths, device, baselines, jobs) -> None:
     from qdgap.cli.signals import stop_requested
-    from qdgap.core import finetune as ft
-    from qdgap.core.ensemble import default_jobs
-    from qdgap.core.errors import Interrupted
+    from qdgap.core.common.errors import Interrupted
+    from qdgap.core.workflow import finetune as ft
+    from qdgap.core.workflow.ensemble import default_jobs
 
     n_jobs = jobs if jobs is not None else default_jobs(len(members), device)
     stages = [("finetune", paths.finetuned)] + ([("scratch", paths.scratch)] if baselines else [])
@@ -272,47 +272,25 @@ def _finetune_local(members, settings, *, runs, data, paths, device, baselines, 
 
 def _finetune_slurm(members, settings, *, runs, data, paths, device, baselines, resources, wait, dry_run) -> bool:
     """Submit the fine-tuning (and baseline) arrays; True when every member is done and the report can be written."""
-    from qdgap.cli.ensemble import slurm_submit, slurm_wait
-    from qdgap.core import finetune as ft
-    from qdgap.core import runs as rf
-    from qdgap.core import slurm
-    from qdgap.core.ensemble import train_argv
+    import dataclasses
+
+    from qdgap.core.store import runs as rf
+    from qdgap.core.workflow import finetune as ft
 
     seeds = [m.seed for m in members]
-    by_seed = {m.seed: m for m in members}
-    arrays = [
-        (
-            paths.finetuned,
-            lambda s: ft.finetune_argv(
-                s, runs=runs, data=data, output=paths.finetuned, settings=settings, device=device
-            ),
-            "qdgap-finetune",
-        )
-    ]
-    if baselines:
-        recipe = {
-            s: ft.scratch_train_overrides(by_seed[s], settings) for s in seeds
-        }  # refuses what `train` cannot rebuild
-        arrays.append(
-            (
-                paths.scratch,
-                lambda s: train_argv(
-                    s, data=data, runs=paths.scratch, preset=recipe[s][0], device=device, overrides=recipe[s][1]
-                ),
-                "qdgap-scratch",
-            )
-        )
+    arrays = ft.slurm_arrays(members, settings, runs=runs, data=data, paths=paths, device=device, baselines=baselines)
     jobs = []
     for folder, argv_of, name in arrays:
-        res = slurm.SlurmResources(**resources, job_name=name)
-        job = slurm_submit(seeds, folder, argv_of, res, dry_run=dry_run, wait=wait)
+        job = submit_members(
+            seeds, folder, argv_of, dataclasses.replace(resources, job_name=name), dry_run=dry_run, wait=wait
+        )
         if job is not None:
             jobs.append((job, folder))
     if dry_run:
         return False
     if wait:
         for job, folder in jobs:
-            slurm_wait(job, folder)
+            wait_members(job, folder)
     done = all((rf.run_dir(folder, s) / rf.DONE).exists() for folder, _, _ in arrays for s in seeds)
     if not done:
         ui.stdout_console().print(f"rerun this command once every member is done to write {paths.report_csv}")
@@ -320,9 +298,9 @@ def _finetune_slurm(members, settings, *, runs, data, paths, device, baselines, 
 
 
 def _report(traj, members, settings, counts, *, runs, data, paths, device, baselines) -> None:
-    from qdgap.core import runs as rf
-    from qdgap.core import transfer as tr
-    from qdgap.core.runtime import resolve_device
+    from qdgap.core.common.runtime import resolve_device
+    from qdgap.core.store import runs as rf
+    from qdgap.core.workflow import transfer as tr
 
     seeds = [m.seed for m in members]
     finetuned = [rf.load_member(rf.run_dir(paths.finetuned, s)) for s in seeds]

@@ -46,7 +46,7 @@ FramesFrom = Annotated[
 
 def parse_range(text: str, *, option: str) -> tuple[int, int]:
     """``"A-B"`` -> (A, B): two whole numbers with A <= B, for an option such as ``--numbers``."""
-    from qdgap.core.errors import QdgapError
+    from qdgap.core.common.errors import QdgapError
 
     parts = text.strip().split("-")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
@@ -104,3 +104,26 @@ FramesPerTask = Annotated[
 ]  # fmt: skip
 # What an array task of predict/fna runs: compute only part SEED:BLOCK and write its file beside the output.
 PartOpt = Annotated[str | None, typer.Option("--part", hidden=True, help="SEED[:BLOCK]: compute only this part.")]
+
+# predict and fna
+Frames = Annotated[
+    str,
+    typer.Option("--frames", help="unseen (outside every member's labelled pool), test (members' test splits) or all."),
+]
+AllowDataChange = Annotated[
+    bool,
+    typer.Option(
+        "--allow-data-change", help="Use the data file even if it changed since the members were trained on it."
+    ),
+]
+InferenceDevice = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (CUDA when present).")]
+Backend = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Where and how: local (this process) or slurm (one job array, a task per member or per member x "
+        "block of frames, merged here); torchscript (model.ts) or onnxruntime (model.onnx, exported on first use; "
+        "needs the onnx extra) run here with that runtime. Default: local, with the faster runtime in bench/results.md.",
+        show_default=False,
+    ),
+]

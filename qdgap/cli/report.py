@@ -35,7 +35,7 @@ def report(workdir: WorkdirArg, data: ReportData = None) -> None:
     Sections whose inputs are missing (no fna.h5 or fine-tuning yet) are skipped with a note. Prints how many
     frames of each predictions file lie outside what the ensemble knows, then the path of report.html.
     """
-    from qdgap.core.report import extrapolation_summary, write_report
+    from qdgap.core.report.build import extrapolation_summary, write_report
 
     path = write_report(workdir, data=data)
     out = ui.stdout_console()

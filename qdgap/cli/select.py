@@ -64,13 +64,13 @@ def select(
 ) -> None:
     """Choose K frames to label next, where the ensemble's calibrated spread is largest, spread out in time;
     write their indices and times (selection.csv) and optionally their POSCARs."""
-    from qdgap.core import calibration as cb
-    from qdgap.core import predict as pr
-    from qdgap.core import select as sl
-    from qdgap.core.data import read_trajectory
-    from qdgap.core.files import check_output_file, exclusive_lock
-    from qdgap.core.runs import load_members
-    from qdgap.core.runtime import resolve_device
+    from qdgap.core.analysis import calibration as cb
+    from qdgap.core.analysis import predict as pr
+    from qdgap.core.analysis import select as sl
+    from qdgap.core.common.files import check_output_file, exclusive_lock
+    from qdgap.core.common.runtime import resolve_device
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.core.store.runs import load_members
 
     if strategy not in sl.STRATEGIES:
         raise ui.usage_error(f"--strategy must be one of {', '.join(sl.STRATEGIES)}, got {strategy!r}")
@@ -143,7 +143,7 @@ def label(
     force: Force = False,
 ) -> None:
     """Compute the band gaps of the selected frames and write them into the trajectory (select -> label -> finetune)."""
-    from qdgap.core import label as lb
+    from qdgap.core.workflow import label as lb
 
     if not xtb:
         raise ui.usage_error("say how to label: --xtb (GFN-xTB with tblite; DFT labels come in through `data import`)")

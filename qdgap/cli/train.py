@@ -43,14 +43,14 @@ def train(
     if seed < 0:
         raise ui.usage_error(f"--seed must be a non-negative integer, got {seed}")
     from qdgap.cli.signals import stop_requested
-    from qdgap.core import runs as rf
-    from qdgap.core.data import read_trajectory
-    from qdgap.core.errors import Interrupted
-    from qdgap.core.train import train_member
+    from qdgap.core.common.errors import Interrupted
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.core.store import runs as rf
+    from qdgap.core.train.loop import train_member
 
     traj = read_trajectory(data)
     if frames_from is not None:
-        from qdgap.core.select import with_pool_from
+        from qdgap.core.analysis.select import with_pool_from
 
         config = with_pool_from(config, frames_from, data)
     run = rf.run_dir(output, seed)

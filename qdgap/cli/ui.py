@@ -64,7 +64,7 @@ def add_logfile(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(path)
     fh.setLevel(logging.DEBUG)
-    from qdgap.core.logs import LOG_FORMAT
+    from qdgap.core.common.logs import LOG_FORMAT
 
     fh.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger("qdgap").addHandler(fh)
@@ -125,7 +125,7 @@ def error_line(message: str) -> None:
 
 def usage_error(message: str) -> Exception:
     """A ``QdgapError`` to raise for a bad option value."""
-    from qdgap.core.errors import QdgapError
+    from qdgap.core.common.errors import QdgapError
 
     return QdgapError(message)
 

@@ -55,7 +55,7 @@ def import_alignn(
     for path, what in ((checkpoint, "checkpoint"), (config_json, "config")):
         if not path.is_file():
             raise ui.usage_error(f"{path}: no such {what} file")
-    from qdgap.core.upstream import import_alignn as run_import
+    from qdgap.core.interop.upstream import import_alignn as run_import
 
     result = run_import(
         checkpoint, config_json, run_dir=output, seed=seed, force=force, allow_other_graphs=allow_other_graphs

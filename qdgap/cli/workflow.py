@@ -74,7 +74,7 @@ def pipeline(
     gpus: Annotated[int, typer.Option("--gpus", help="slurm: GPUs per member.")] = 0,
 ) -> None:
     """Train the ensemble, predict the trajectory, rank atoms (FNA), fine-tune on the extension and write the report."""
-    from qdgap.core.layout import Workdir
+    from qdgap.core.store.layout import Workdir
 
     if from_stage is not None and from_stage not in STAGES:
         raise ui.usage_error(f"--from must be one of {', '.join(STAGES)}, got {from_stage!r}")
@@ -134,7 +134,8 @@ def _stages(
     finetune_stride=None,
 ) -> list[Stage]:
     from qdgap.cli import ensemble, finetune, predict, report
-    from qdgap.core import runs as rf
+    from qdgap.cli import fna as fna_cmd
+    from qdgap.core.store import runs as rf
 
     def members_done(runs: Path) -> bool:
         dirs = rf.member_dirs(runs)
@@ -153,7 +154,7 @@ def _stages(
         predict.predict(runs=wd.runs, data=data, frames="all", output=wd.predictions, device=device)
 
     def fna() -> None:
-        predict.fna(
+        fna_cmd.fna(
             runs=wd.runs,
             data=data,
             frames="unseen",
@@ -228,7 +229,7 @@ def _stages(
 
 
 def _check_inputs(data: Path, extended: Path | None) -> None:
-    from qdgap.core.data import read_trajectory
+    from qdgap.core.data.trajectory import read_trajectory
 
     traj = read_trajectory(data)
     if not traj.labelled.any():
@@ -240,9 +241,9 @@ def _check_inputs(data: Path, extended: Path | None) -> None:
 
 
 def _readable(path: Path, kind: str) -> bool:
-    from qdgap.core import schema
-    from qdgap.core.errors import QdgapError
-    from qdgap.core.results import read_results
+    from qdgap.core.common import schema
+    from qdgap.core.common.errors import QdgapError
+    from qdgap.core.store.results import read_results
 
     fmt = {"predictions": schema.PREDICTIONS_FORMAT, "fna": schema.FNA_FORMAT}[kind]
     try:
@@ -333,7 +334,7 @@ def reproduce(
 ) -> None:
     """The original study on its own DFT trajectory, resumable, ending with comparison.md beside the published numbers."""
     from qdgap.cli.options import parse_range
-    from qdgap.core.layout import Workdir
+    from qdgap.core.store.layout import Workdir
 
     if from_stage is not None and from_stage not in REPRODUCE_STAGES:
         raise ui.usage_error(f"--from must be one of {', '.join(REPRODUCE_STAGES)}, got {from_stage!r}")
@@ -356,8 +357,8 @@ def reproduce(
     comparison = workdir / "comparison.md"
 
     def import_both() -> None:
-        from qdgap.core.data import write_trajectory
-        from qdgap.core.importers import import_trajectory
+        from qdgap.core.data.importers import import_trajectory
+        from qdgap.core.data.trajectory import write_trajectory
 
         for out, gaps, numbers in ((data, labels, train_range), (extended, ext_labels, ext_range)):
             if out is None or _readable_traj(out):
@@ -377,8 +378,8 @@ def reproduce(
     stages = [importing]
 
     def rest() -> list[Stage]:
-        from qdgap.cli import predict
-        from qdgap.core import runs as rf
+        from qdgap.cli import fna as fna_cmd
+        from qdgap.core.store import runs as rf
 
         base = _stages(
             wd, data, extended, preset, members, "local", jobs, device, fna_every, "full", finetune_epochs, {},
@@ -386,13 +387,13 @@ def reproduce(
         )  # fmt: skip
 
         def fna_seed_run() -> None:
-            predict.fna(
+            fna_cmd.fna(
                 runs=wd.runs, data=data, frames="unseen", every=fna_every, mask="seed", output=fna_seed,
                 csv=fna_seed_csv, device=device,
             )  # fmt: skip
 
         def compare() -> None:
-            from qdgap.core.comparison import write_comparison
+            from qdgap.core.analysis.comparison import write_comparison
 
             write_comparison(
                 workdir,
@@ -432,8 +433,8 @@ def reproduce(
 
 
 def _readable_traj(path: Path) -> bool:
-    from qdgap.core.data import read_trajectory
-    from qdgap.core.errors import QdgapError
+    from qdgap.core.common.errors import QdgapError
+    from qdgap.core.data.trajectory import read_trajectory
 
     if not path.is_file():
         return False

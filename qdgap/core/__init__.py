@@ -3,6 +3,6 @@
 ``core`` never imports ``cli``; it may import ``kernels``.
 """
 
-from qdgap.core.errors import QdgapError
+from qdgap.core.common.errors import QdgapError
 
 __all__ = ["QdgapError"]

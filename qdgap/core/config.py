@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from qdgap.core.errors import QdgapError
+from qdgap.core.common.errors import QdgapError
 
 CGCNN_FEATURES = 92  # length of the CGCNN atom feature vector (jarvis-tools)
 PURE_TORCH = "pure_torch"  # upstream's neighbor_strategy names; see GraphConfig

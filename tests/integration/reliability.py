@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qdgap.core import runs as rf
-from qdgap.core import schema
-from qdgap.core.faults import ENV as KILL_ENV
-from qdgap.core.files import sha256_file
-from qdgap.core.results import read_results
+from qdgap.core.common import schema
+from qdgap.core.common.files import sha256_file
+from qdgap.core.store import runs as rf
+from qdgap.core.store.results import read_results
+from qdgap.testing.faults import ENV as KILL_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_FILES = {
@@ -38,7 +38,7 @@ PROC_TIMEOUT_S = 180  # one qdgap process; the tests' own pytest timeouts bound 
 
 def env(kill: str | None = None) -> dict[str, str]:
     """The environment of a qdgap subprocess: one torch thread (bitwise-reproducible CPU runs), the
-    ``QDGAP_TEST_KILL`` rule when given (``core/faults.py``)."""
+    ``QDGAP_TEST_KILL`` rule when given (``qdgap/testing/faults.py``)."""
     e = {k: v for k, v in os.environ.items() if k != KILL_ENV}
     e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), COLUMNS="200")
     if kill:

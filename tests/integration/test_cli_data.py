@@ -9,7 +9,7 @@ import pytest
 from ase import Atoms
 from ase.io import write
 
-from qdgap.core.data import read_trajectory
+from qdgap.core.data.trajectory import read_trajectory
 from tests.conftest import assert_one_line_error
 
 

@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from qdgap.core import runs as rf
-from qdgap.core import schema
-from qdgap.core.files import sha256_file
-from qdgap.core.results import read_results
+from qdgap.core.common import schema
+from qdgap.core.common.files import sha256_file
+from qdgap.core.store import runs as rf
+from qdgap.core.store.results import read_results
 from tests.conftest import assert_one_line_error
 
 TOL_EV = 1e-5

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qdgap.core import runs as rf
+from qdgap.core.store import runs as rf
 from tests.conftest import assert_one_line_error
 from tests.unit.test_slurm import fake_slurm  # noqa: F401  (fixture: stand-in sbatch/squeue)
 
@@ -22,8 +22,8 @@ STRIDE = 3  # pool of 15 extension frames: 11 train, 2 val, 2 test; 30 held out
 @pytest.fixture(scope="module")
 def ext_h5(tmp_path_factory) -> Path:
     """A later stretch of motion of the cluster ``synthetic_h5`` holds (same composition, other seed)."""
-    from qdgap.core.data import write_trajectory
-    from qdgap.core.synthetic import synthetic_trajectory
+    from qdgap.core.data.trajectory import write_trajectory
+    from qdgap.testing.synthetic import synthetic_trajectory
 
     path = tmp_path_factory.mktemp("ext") / "ext.h5"
     write_trajectory(synthetic_trajectory(EXT_FRAMES, seed=11), path)
@@ -108,8 +108,8 @@ def test_finetune_writes_members_report_and_predicts(run_cli, tmp_path, tiny_run
     # predict reads the fine-tuned ensemble unchanged, on the same held-out frames.
     pred = run_cli("predict", "--runs", work / "runs_ft", "--data", ext_h5, "-o", tmp_path / "p.h5", "--device", "cpu")
     assert pred.exit_code == 0, pred.stderr
-    from qdgap.core import schema
-    from qdgap.core.results import read_results
+    from qdgap.core.common import schema
+    from qdgap.core.store.results import read_results
 
     data, _ = read_results(tmp_path / "p.h5", fmt=schema.PREDICTIONS_FORMAT)
     assert data[schema.GAP_PRED_EV].shape == (2, held_out)
@@ -125,9 +125,9 @@ def test_finetune_writes_members_report_and_predicts(run_cli, tmp_path, tiny_run
 def test_finetune_one_seed_then_rest_and_resume(run_cli, tmp_path, tiny_runs, ext_h5):
     """--seed fine-tunes one member (an array task's job); an interrupted one resumes; the full command
     then finishes only what is missing."""
-    from qdgap.core import finetune as ft
-    from qdgap.core.data import read_trajectory
-    from qdgap.core.errors import Interrupted
+    from qdgap.core.common.errors import Interrupted
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.core.workflow import finetune as ft
 
     out = tmp_path / "runs_ft"
     r = run_cli(*_args(tiny_runs, ext_h5, out, "--seed", 1))
@@ -179,8 +179,8 @@ def test_finetune_slurm_dry_run_lists_one_task_per_member(run_cli, tmp_path, tin
 
 
 def test_finetune_rejects_bad_input(run_cli, tmp_path, tiny_runs, ext_h5, synthetic_h5):
-    from qdgap.core.data import write_trajectory
-    from qdgap.core.synthetic import small_cdse_cluster, synthetic_trajectory
+    from qdgap.core.data.trajectory import write_trajectory
+    from qdgap.testing.synthetic import small_cdse_cluster, synthetic_trajectory
 
     out = tmp_path / "runs_ft"
     other = tmp_path / "other.h5"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdgap.core import runs as rf
-from qdgap.core import schema
-from qdgap.core.results import read_results
+from qdgap.core.common import schema
+from qdgap.core.store import runs as rf
+from qdgap.core.store.results import read_results
 from tests.conftest import assert_one_line_error
 
 
@@ -33,8 +33,8 @@ def test_predict_writes_ensemble_mean_and_std(run_cli, tiny_runs, synthetic_h5, 
 def test_predict_refuses_unfinished_member_and_other_composition(run_cli, tiny_runs, synthetic_h5, tmp_path):
     import shutil
 
-    from qdgap.core.data import write_trajectory
-    from qdgap.core.synthetic import small_cdse_cluster, synthetic_trajectory
+    from qdgap.core.data.trajectory import write_trajectory
+    from qdgap.testing.synthetic import small_cdse_cluster, synthetic_trajectory
 
     runs = tmp_path / "runs"
     shutil.copytree(tiny_runs, runs)
@@ -139,7 +139,7 @@ def test_fna_ranks_unlabelled_frames_by_shift(run_cli, tiny_runs, synthetic_traj
     import csv
     from dataclasses import replace
 
-    from qdgap.core.data import write_trajectory
+    from qdgap.core.data.trajectory import write_trajectory
 
     path = tmp_path / "unlabelled.h5"
     write_trajectory(replace(synthetic_traj, gap_ev=np.full_like(synthetic_traj.gap_ev, np.nan)), path)

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import torch
 
-from qdgap.core import runs as rf
+from qdgap.core.store import runs as rf
 from tests.conftest import assert_one_line_error
 from tests.unit.test_import_alignn import write_upstream_run
 

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from qdgap.core.data import write_trajectory
-from qdgap.core.layout import Workdir
-from qdgap.core.synthetic import synthetic_trajectory
+from qdgap.core.data.trajectory import write_trajectory
+from qdgap.core.store.layout import Workdir
+from qdgap.testing.synthetic import synthetic_trajectory
 from tests.conftest import assert_one_line_error
 
 FIGURES = (

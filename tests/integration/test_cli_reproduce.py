@@ -66,8 +66,8 @@ def test_make_reproduce_tiny_on_real_frames(tmp_path, seed_data):
     assert len(list((work / "runs").glob("run_*/DONE"))) == 2
     text = (work / "comparison.md").read_text()
     assert "Spearman's rho over the published 23" in text and "--mask seed" in text and "--mask full" in text
-    from qdgap.core import schema
-    from qdgap.core.results import read_results
+    from qdgap.core.common import schema
+    from qdgap.core.store.results import read_results
 
     pred, _ = read_results(work / "predictions.h5", fmt=schema.PREDICTIONS_FORMAT)
     assert pred[schema.GAP_PRED_EV].shape == (2, 401)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qdgap.core import runs as rf
+from qdgap.core.store import runs as rf
 from tests.conftest import assert_one_line_error
 
 
@@ -66,8 +66,8 @@ def test_select_refuses_bad_input(run_cli, tmp_path, tiny_runs, synthetic_h5):
 
 def test_predict_writes_calibrated_datasets(run_cli, tmp_path, tiny_runs, synthetic_h5):
     """Two tiny members hold too few frames out together to calibrate: predict says so and writes the raw spread."""
-    from qdgap.core import schema
-    from qdgap.core.results import read_results
+    from qdgap.core.common import schema
+    from qdgap.core.store.results import read_results
 
     out = tmp_path / "p.h5"
     r = run_cli("predict", "--runs", tiny_runs, "--data", synthetic_h5, "-o", out, "--device", "cpu")
@@ -81,9 +81,9 @@ def test_predict_writes_calibrated_datasets(run_cli, tmp_path, tiny_runs, synthe
 
 
 def test_predict_with_a_calibration(run_cli, tmp_path, tiny_runs, synthetic_h5):
-    from qdgap.core import calibration as cb
-    from qdgap.core import schema
-    from qdgap.core.results import read_results
+    from qdgap.core.analysis import calibration as cb
+    from qdgap.core.common import schema
+    from qdgap.core.store.results import read_results
 
     members = rf.load_members(tiny_runs)
     cal = cb.Calibration(
@@ -123,8 +123,8 @@ def test_frames_from_trains_on_exactly_those_frames(run_cli, tmp_path, synthetic
 
 
 def test_frames_from_refuses_unlabelled_or_out_of_range(run_cli, tmp_path, tiny_runs):
-    from qdgap.core.data import read_trajectory, write_trajectory
-    from qdgap.core.synthetic import synthetic_trajectory
+    from qdgap.core.data.trajectory import read_trajectory, write_trajectory
+    from qdgap.testing.synthetic import synthetic_trajectory
 
     traj = synthetic_trajectory(40, seed=11)
     gap = traj.gap_ev.copy()
@@ -169,7 +169,7 @@ def test_label_writes_xtb_gaps_into_the_trajectory(run_cli, tmp_path):
     import shutil
 
     from qdgap.cli.options import DEMO_EXTENDED
-    from qdgap.core.data import read_trajectory
+    from qdgap.core.data.trajectory import read_trajectory
 
     data = tmp_path / "ext.h5"
     shutil.copy(DEMO_EXTENDED, data)

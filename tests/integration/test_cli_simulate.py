@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from qdgap.core import md
-from qdgap.core.data import read_trajectory, read_trajectory_extras
-from qdgap.core.importers import read_structure
+from qdgap.core.data.importers import read_structure
+from qdgap.core.data.trajectory import read_trajectory, read_trajectory_extras
+from qdgap.core.sim import md
 from tests.conftest import assert_one_line_error
 from tests.unit.test_md import SpringPotential
 

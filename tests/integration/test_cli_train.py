@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from qdgap.core import runs as rf
+from qdgap.core.store import runs as rf
 from tests.conftest import assert_one_line_error
 
 

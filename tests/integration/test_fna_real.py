@@ -16,13 +16,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def real_fna(tmp_path_factory, seed_data):
-    from qdgap.core import runs as rf
+    from qdgap.core.analysis.fna import run_fna
+    from qdgap.core.analysis.predict import select_frames
     from qdgap.core.config import PRESETS
-    from qdgap.core.data import write_trajectory
-    from qdgap.core.ensemble import train_local
-    from qdgap.core.fna import run_fna
-    from qdgap.core.importers import import_trajectory
-    from qdgap.core.predict import select_frames
+    from qdgap.core.data.importers import import_trajectory
+    from qdgap.core.data.trajectory import write_trajectory
+    from qdgap.core.store import runs as rf
+    from qdgap.core.workflow.ensemble import train_local
 
     root = tmp_path_factory.mktemp("real")
     cl = seed_data / "cl_qd"
@@ -32,7 +32,7 @@ def real_fna(tmp_path_factory, seed_data):
     write_trajectory(traj, root / "cl_qd.h5")
     outcomes = train_local(root / "cl_qd.h5", PRESETS["demo"], seeds=[0, 1], runs=root / "runs", jobs=2, device="cpu")
     assert all(o.outcome == "trained" for o in outcomes), outcomes
-    from qdgap.core.data import read_trajectory
+    from qdgap.core.data.trajectory import read_trajectory
 
     traj = read_trajectory(root / "cl_qd.h5")
     members = rf.load_members(root / "runs")
@@ -42,7 +42,7 @@ def real_fna(tmp_path_factory, seed_data):
 
 
 def test_fna_real_true_labels_find_se2_and_se1(real_fna):
-    from qdgap.core.importance import importance_stats
+    from qdgap.core.analysis.importance import importance_stats
 
     stats = importance_stats(real_fna.masked_ev, real_fna.baseline_ev, real_fna.gap_true_ev, seeds=real_fna.seeds)
     significant = {a for a, s in zip(real_fna.atom_label, stats.significant, strict=True) if s}
@@ -50,7 +50,7 @@ def test_fna_real_true_labels_find_se2_and_se1(real_fna):
 
 
 def test_fna_real_permuted_labels_find_nothing(real_fna):
-    from qdgap.core.importance import importance_stats
+    from qdgap.core.analysis.importance import importance_stats
 
     permuted = np.random.default_rng(0).permutation(real_fna.gap_true_ev)
     stats = importance_stats(real_fna.masked_ev, real_fna.baseline_ev, permuted, seeds=real_fna.seeds)

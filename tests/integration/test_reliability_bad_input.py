@@ -34,9 +34,9 @@ import numpy as np
 import pytest
 import torch
 
-from qdgap.core import runs as rf
-from qdgap.core.data import write_trajectory
-from qdgap.core.synthetic import small_cdse_cluster, synthetic_trajectory
+from qdgap.core.data.trajectory import write_trajectory
+from qdgap.core.store import runs as rf
+from qdgap.testing.synthetic import small_cdse_cluster, synthetic_trajectory
 from tests.conftest import assert_one_line_error
 
 
@@ -123,10 +123,10 @@ class Bench:
         (what copying model.ts and DONE over from another run does)."""
         from dataclasses import replace
 
-        from qdgap.core.checkpoint import model_meta
         from qdgap.core.config import RunConfig
-        from qdgap.core.export import export_torchscript
-        from qdgap.core.model import GapModel
+        from qdgap.core.deploy.checkpoint import model_meta
+        from qdgap.core.deploy.torchscript import export_torchscript
+        from qdgap.core.model.network import GapModel
 
         run = rf.run_dir(runs, 0)
         record = rf.read_json(run / rf.CONFIG_JSON)
@@ -520,7 +520,7 @@ def _(b):
 
 @case("export-best-pt-of-another-size")
 def _(b):
-    from qdgap.core.model import GapModel
+    from qdgap.core.model.network import GapModel
 
     runs = b.runs()
     config = rf.load_member(rf.run_dir(runs, 0)).config
@@ -756,8 +756,8 @@ def _(b):
 def changed(tmp_path_factory, synthetic_h5) -> tuple[Path, Path]:
     """A member trained on a data file that has changed since (one label edited)."""
     from qdgap.core.config import PRESETS
-    from qdgap.core.data import read_trajectory
-    from qdgap.core.train import train_member
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.core.train.loop import train_member
 
     root = tmp_path_factory.mktemp("changed")
     data = root / "data.h5"
@@ -819,7 +819,7 @@ def test_bad_input_table_is_large_enough():
 PACKAGE = Path(__file__).resolve().parents[2] / "qdgap"
 # The one unpickling that stays: submitit's own result files, which qdgap's Slurm tasks write under
 # runs/.slurm/ (the task's outcome); nothing a user hands qdgap as input is read that way.
-UNPICKLING_ALLOWED = {("core/slurm.py", "pickle_load(")}
+UNPICKLING_ALLOWED = {("core/workflow/slurm_states.py", "pickle_load(")}
 
 
 def _calls(pattern: str) -> list[tuple[str, int, str]]:
@@ -856,12 +856,12 @@ def test_safe_loading_nothing_else_unpickles():
 
 
 def test_safe_loading_model_ts_only_through_the_checked_loader():
-    """``torch.jit.load`` appears once, in ``export.load_torchscript``, which checks the sha256 first;
+    """``torch.jit.load`` appears once, in ``torchscript.load_torchscript``, which checks the sha256 first;
     ``predict``, ``fna`` and ``finetune`` reach it only through ``export.load_model``."""
-    assert [w for w, _, _ in _calls(r"\btorch\.jit\.load\(")] == ["core/export.py"]
+    assert [w for w, _, _ in _calls(r"\btorch\.jit\.load\(")] == ["core/deploy/torchscript.py"]
     assert [w for w, _, _ in _calls(r"\bload_torchscript\(")] == [
-        "core/export.py",
-        "core/export.py",
-    ]  # def + load_model
+        "core/deploy/export.py",
+        "core/deploy/torchscript.py",
+    ]  # load_model + def
     users = {w for w, _, _ in _calls(r"\bload_model\(")}
-    assert users <= {"core/export.py", "core/predict.py", "core/fna.py"}, users
+    assert users <= {"core/deploy/export.py", "core/analysis/predict.py", "core/analysis/fna.py"}, users

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qdgap.core import runs as rf
-from qdgap.core import schema
-from qdgap.core.results import read_results
+from qdgap.core.common import schema
+from qdgap.core.store import runs as rf
+from qdgap.core.store.results import read_results
 from tests.conftest import assert_one_line_error
 from tests.integration import reliability as rel
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from qdgap.core import runs as rf
-from qdgap.core import schema
-from qdgap.core.data import write_trajectory
-from qdgap.core.layout import Workdir
-from qdgap.core.results import read_results
-from qdgap.core.synthetic import synthetic_trajectory
+from qdgap.core.common import schema
+from qdgap.core.data.trajectory import write_trajectory
+from qdgap.core.store import runs as rf
+from qdgap.core.store.layout import Workdir
+from qdgap.core.store.results import read_results
+from qdgap.testing.synthetic import synthetic_trajectory
 from tests.integration import reliability as rel
 
 MEMBERS = 2

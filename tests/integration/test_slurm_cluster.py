@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from qdgap.core import slurm
-from qdgap.core.data import write_trajectory
-from qdgap.core.synthetic import synthetic_trajectory
+from qdgap.core.data.trajectory import write_trajectory
+from qdgap.core.workflow import slurm, slurm_states
+from qdgap.testing.synthetic import synthetic_trajectory
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
@@ -67,7 +67,7 @@ def test_slurm_array_runs_both_tasks(slurm_cluster, tmp_path, traj_h5):
     assert job.commands[0][:3] == (sys.executable, "-m", "qdgap")  # the venv's Python
 
     finished: list[int] = []
-    states = slurm.wait(job, poll_s=1, timeout_s=300, progress=finished.append)
+    states = slurm_states.wait(job, poll_s=1, timeout_s=300, progress=finished.append)
 
     assert [s.state for s in states] == ["COMPLETED", "COMPLETED"], [(s.state, s.message) for s in states]
     assert sum(finished) == 2
@@ -75,7 +75,7 @@ def test_slurm_array_runs_both_tasks(slurm_cluster, tmp_path, traj_h5):
         assert s.job_id == f"{job.job_id}_{s.task}"
         out = s.stdout.read_text()
         assert "30, 0-29 fs" in out and "frames" in out, out  # `data info` ran on the file
-    assert slurm.load_job(folder) == job
+    assert slurm.load_jobs(folder)[-1] == job
 
 
 def test_slurm_failed_task_is_resubmitted_alone(slurm_cluster, tmp_path, traj_h5):
@@ -88,16 +88,19 @@ def test_slurm_failed_task_is_resubmitted_alone(slurm_cluster, tmp_path, traj_h5
         members=["good", "late"],
         cwd=tmp_path,
     )
-    states = slurm.wait(job, poll_s=1, timeout_s=300)
+    states = slurm_states.wait(job, poll_s=1, timeout_s=300)
     assert [s.state for s in states] == ["COMPLETED", "FAILED"]
     assert "later.h5" in states[1].message
-    assert [s.member for s in slurm.failed_tasks(job, states)] == ["late"]
+    assert [s.member for s in [s for s in states if s.failed]] == ["late"]
 
     shutil.copy(traj_h5, later)  # mend the cause, then rerun only the failed member
-    again = slurm.resubmit_failed(job, states=states)
-    assert again is not None and again.members == ("late",) and again.resubmits == job.job_id
-    assert [s.state for s in slurm.wait(again, poll_s=1, timeout_s=300)] == ["COMPLETED"]
-    assert {m: s.state for m, s in slurm.member_states(folder).items()} == {
+    failed = [s for s in states if s.failed]
+    again = slurm.submit(
+        [job.argvs[s.task] for s in failed], folder=folder, resources=RESOURCES, members=["late"], cwd=tmp_path
+    )
+    assert again.members == ("late",)
+    assert [s.state for s in slurm_states.wait(again, poll_s=1, timeout_s=300)] == ["COMPLETED"]
+    assert {m: s.state for m, s in slurm_states.member_states(folder).items()} == {
         "good": "COMPLETED",
         "late": "COMPLETED",
     }
@@ -135,13 +138,13 @@ def _assert_same_results(local, merged):
 
 @pytest.fixture
 def fast_poll(monkeypatch):
-    from qdgap.core import part_array
+    from qdgap.core.workflow import part_array
 
     monkeypatch.setattr(part_array, "POLL_S", 1.0)
 
 
 def test_slurm_predict_array_matches_local_run(slurm_cluster, fast_poll, run_cli, tmp_path, tiny_runs, synthetic_h5):
-    from qdgap.core import parts
+    from qdgap.core.analysis import parts
 
     common = ("--runs", tiny_runs, "--data", synthetic_h5)
     local = tmp_path / "local" / "predictions.h5"
@@ -151,7 +154,7 @@ def test_slurm_predict_array_matches_local_run(slurm_cluster, fast_poll, run_cli
     assert r.exit_code == 0, r.stderr
 
     _assert_same_results(local, out)
-    job = slurm.load_job(slurm.slurm_folder(parts.parts_folder(out)))
+    job = slurm.load_jobs(slurm.slurm_folder(parts.parts_folder(out)))[-1]
     assert job.members == ("0:0", "0:1", "1:0", "1:1")  # 2 members x 2 blocks of the 108 unseen frames
     _, attrs = _datasets(out)
     assert attrs["slurm_jobs"] == job.job_id and attrs["slurm_parts"] == 4 and attrs["frames_per_task"] == 60
@@ -162,7 +165,7 @@ def test_slurm_predict_array_matches_local_run(slurm_cluster, fast_poll, run_cli
 def test_slurm_fna_killed_part_is_resubmitted_alone(
     slurm_cluster, fast_poll, monkeypatch, run_cli, tmp_path, tiny_runs, synthetic_h5
 ):
-    from qdgap.core import parts
+    from qdgap.core.analysis import parts
 
     common = ("--runs", tiny_runs, "--data", synthetic_h5, *FNA_OPTS)
     local = tmp_path / "local" / "fna.h5"
@@ -174,13 +177,13 @@ def test_slurm_fna_killed_part_is_resubmitted_alone(
     assert r.exit_code == 2 and "1 of 4 fna part(s) failed (1:0)" in r.stderr, r.stderr
     assert "nothing merged" in r.stderr and "killed?" in r.stdout
     assert not out.exists() and not (out.parent / "average_rmse_results.csv").exists()
-    first = slurm.load_job(slurm.slurm_folder(parts.parts_folder(out)))
+    first = slurm.load_jobs(slurm.slurm_folder(parts.parts_folder(out)))[-1]
     assert list(parts.parts_folder(out).glob(".fna-seed1-b0.npz.*.tmp"))  # killed between write and rename
 
     monkeypatch.delenv("QDGAP_TEST_KILL")
     r = run_cli("--quiet", "fna", *common, "-o", out, *SLURM_OPTS, "--frames-per-task", "5")
     assert r.exit_code == 0, r.stderr
-    again = slurm.load_job(slurm.slurm_folder(parts.parts_folder(out)))
+    again = slurm.load_jobs(slurm.slurm_folder(parts.parts_folder(out)))[-1]
     assert again.job_id != first.job_id and again.members == ("1:0",)  # only the missing part ran again
     assert not list(parts.parts_folder(out).glob(".*.tmp"))  # the rerun cleared the killed write
     _assert_same_results(local, out)

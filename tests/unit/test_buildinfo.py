@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import qdgap
-from qdgap.core import buildinfo
+from qdgap.core.common import buildinfo
 
 COMMIT = re.compile(r"^[0-9a-f]{40}(-dirty)?$")
 TORCH_VARIANT = f"cuda {torch.version.cuda}" if torch.version.cuda else "cpu"
@@ -81,7 +81,7 @@ def test_buildinfo_write_records_the_given_commit(no_checkout, monkeypatch, tmp_
 def test_buildinfo_commit_in_a_process_without_git(tmp_path):
     # A fresh interpreter with no git on PATH, as in an image: the record or "unknown", never an error.
     done = subprocess.run(
-        [sys.executable, "-c", "from qdgap.core.buildinfo import qdgap_commit; print(qdgap_commit())"],
+        [sys.executable, "-c", "from qdgap.core.common.buildinfo import qdgap_commit; print(qdgap_commit())"],
         capture_output=True,
         text=True,
         env={"PATH": str(tmp_path), "PYTHONPATH": str(buildinfo.PACKAGE_DIR.parent)},
@@ -101,7 +101,7 @@ def _expected_build_attrs() -> dict[str, object]:
 
 
 def test_result_file_attrs_carry_the_build(tmp_path):
-    from qdgap.core.results import read_results, write_results
+    from qdgap.core.store.results import read_results, write_results
 
     path = tmp_path / "r.h5"
     write_results(path, {"x": [1.0, 2.0]}, fmt="qdgap.test", version=1, attrs={"seeds": [7]})
@@ -111,7 +111,7 @@ def test_result_file_attrs_carry_the_build(tmp_path):
 
 
 def test_trajectory_attrs_carry_the_build(tmp_path, synthetic_traj):
-    from qdgap.core.data import read_trajectory, write_trajectory
+    from qdgap.core.data.trajectory import read_trajectory, write_trajectory
 
     path = tmp_path / "t.h5"
     write_trajectory(synthetic_traj, path)

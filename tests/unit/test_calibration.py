@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from qdgap.core import calibration as cb
-from qdgap.core import metrics
-from qdgap.core.errors import QdgapError
-from qdgap.core.splits import split_frames
+from qdgap.core.analysis import calibration as cb
+from qdgap.core.common import metrics
+from qdgap.core.common.errors import QdgapError
+from qdgap.core.data.splits import split_frames
 
 NUM_FRAMES = 3000
 STRIDE = 5  # pool of 600 frames, ~560 held out by two or more members

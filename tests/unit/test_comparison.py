@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qdgap.core import comparison as cmp
-from qdgap.core.labels import atom_labels
+from qdgap.core.analysis import comparison as cmp
+from qdgap.core.common.labels import atom_labels
 
 LABELS = atom_labels(np.array([48] * 28 + [34] * 17 + [17] * 22))
 
@@ -51,7 +51,7 @@ def test_compare_ranking_member_interval_widens_with_member_noise():
 
 
 def test_compare_ranking_refuses_other_atoms():
-    from qdgap.core.errors import QdgapError
+    from qdgap.core.common.errors import QdgapError
 
     with pytest.raises(QdgapError, match="not in this trajectory"):
         cmp.compare_ranking(["Cd1", "Se1"], np.array([1.0, 2.0]))

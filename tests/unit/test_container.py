@@ -31,18 +31,21 @@ def _section(text: str, name: str) -> list[str]:
 
 
 def _install_steps(text: str) -> list[str]:
-    """The lines that pick the torch wheel and call scripts/install.sh, build arguments written alike."""
+    """The lines that pick the torch wheel and call scripts/install.sh, build arguments written alike, in order
+    (a line repeated, as the Containerfile repeats the torch choice in each of its two layers, counts once)."""
     steps = []
     for line in text.splitlines():
         if "torch_spec=" in line or "scripts/install.sh /opt" in line:
             line = _BUILD_ARG.sub(lambda m: f"<{m[1] or m[2]}>", line)
             steps.append(line.strip().rstrip("\\").strip().rstrip(";").strip())
-    return steps
+    return list(dict.fromkeys(steps))
 
 
 def test_images_install_through_the_same_script_call():
     steps = _install_steps(DEF_TEXT)
     assert any("bash /opt/qdgap/scripts/install.sh /opt/qdgap/venv" in s for s in steps), steps
+    # dependencies first (the Containerfile's cached layer), then qdgap itself
+    assert ["QDGAP_DEPS_ONLY=1" in s for s in steps if "install.sh" in s] == [True, False], steps
     assert steps == _install_steps(CONTAINERFILE_TEXT)
     # ... with the same defaults for the build arguments those lines use.
     defaults = dict(ln.split("=", 1) for ln in _section(DEF_TEXT, "arguments"))

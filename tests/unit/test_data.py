@@ -6,8 +6,11 @@ import h5py
 import numpy as np
 import pytest
 
-from qdgap.core import schema
-from qdgap.core.data import (
+from qdgap.core.common import schema
+from qdgap.core.common.errors import QdgapError
+from qdgap.core.common.labels import atom_labels, formula
+from qdgap.core.data.importers import read_labels_csv
+from qdgap.core.data.trajectory import (
     TrajectoryAppender,
     make_trajectory,
     read_frame,
@@ -16,9 +19,6 @@ from qdgap.core.data import (
     validate_trajectory,
     write_trajectory,
 )
-from qdgap.core.errors import QdgapError
-from qdgap.core.importers import read_labels_csv
-from qdgap.core.labels import atom_labels, formula
 
 
 def test_trajectory_h5_roundtrip(tmp_path, synthetic_traj):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from qdgap.core.config import PRESETS, GraphConfig
-from qdgap.core.ensemble_forward import load_stacked, stack_models, stack_reason, use_stacked
-from qdgap.core.graphs import build_graphs
-from qdgap.core.model import GapModel
+from qdgap.core.deploy.stacked import load_stacked, stack_models, stack_reason, use_stacked
+from qdgap.core.graphs.build import build_graphs
+from qdgap.core.model.network import GapModel
 from qdgap.kernels.batch import gather_frames
 from qdgap.kernels.ensemble import StackedGapModel, ensemble_fna_masked_gaps, ensemble_predict
 from qdgap.kernels.fna import MODES, fna_masked_gaps
@@ -80,7 +80,7 @@ def test_ensemble_forward_refuses_members_of_other_sizes():
 
 
 def test_ensemble_forward_default_is_member_by_member_on_cpu(tiny_runs):
-    from qdgap.core.runs import load_members
+    from qdgap.core.store.runs import load_members
 
     members = load_members(tiny_runs)
     assert stack_reason(members) is None
@@ -95,9 +95,9 @@ def test_ensemble_forward_default_is_member_by_member_on_cpu(tiny_runs):
 def test_ensemble_forward_predict_and_fna_match_exported_members(tiny_runs, synthetic_traj):
     """``predict_ensemble``/``run_fna`` with ``stacked=True`` (best.pt weights) equal the member-by-member
     runs of the exported model.ts files."""
-    from qdgap.core.fna import run_fna
-    from qdgap.core.predict import predict_ensemble, runs_cache_dir
-    from qdgap.core.runs import load_members
+    from qdgap.core.analysis.fna import run_fna
+    from qdgap.core.analysis.predict import predict_ensemble, runs_cache_dir
+    from qdgap.core.store.runs import load_members
 
     members = load_members(tiny_runs)
     cache = runs_cache_dir(tiny_runs)

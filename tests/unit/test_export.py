@@ -12,9 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from qdgap.core import export as ex
+from qdgap.core.common.errors import QdgapError
 from qdgap.core.config import PRESETS, GraphConfig
-from qdgap.core.errors import QdgapError
+from qdgap.core.deploy import export as ex
+from qdgap.core.deploy import onnx as ox
+from qdgap.core.deploy import torchscript as tsx
 from qdgap.kernels.batch import gather_frames
 from qdgap.kernels.fna import fna_masked_gaps
 
@@ -24,7 +26,7 @@ FRAME_SETS = ([7], [3, 40, 41], list(range(0, 120, 4)))  # 1 graph, a few, 30: n
 
 def _model(preset: str = "tiny") -> nn.Module:
     """A GapModel with non-trivial batch-norm statistics and target scale, so every term matters."""
-    from qdgap.core.model import GapModel
+    from qdgap.core.model.network import GapModel
 
     torch.manual_seed(3)
     model = GapModel(PRESETS[preset].model)
@@ -44,7 +46,7 @@ def _random_masks(batch, seed: int):
 
 @pytest.fixture(scope="module")
 def packed(synthetic_traj):
-    from qdgap.core.graphs import build_graphs
+    from qdgap.core.graphs.build import build_graphs
 
     return build_graphs(synthetic_traj, GraphConfig())
 
@@ -60,11 +62,11 @@ def onnx_file(request, model, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     try:
-        ex.resolve_exporter(request.param)
+        ox.resolve_exporter(request.param)
     except QdgapError as exc:
         pytest.skip(str(exc))
     path = tmp_path_factory.mktemp(f"onnx-{request.param}") / "model.onnx"
-    sha = ex.export_onnx(model, path, meta={"seed": 3}, exporter=request.param)
+    sha = ox.export_onnx(model, path, meta={"seed": 3}, exporter=request.param)
     return path, sha, request.param
 
 
@@ -76,20 +78,20 @@ def test_export_onnx_passes_checker_with_dynamic_axes(onnx_file):
     onnx.checker.check_model(proto, full_check=True)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
     dims = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
-    assert tuple(dims) == ex.ONNX_INPUTS
+    assert tuple(dims) == ox.ONNX_INPUTS
     assert dims["z"] == dims["node_graph"] == dims["node_mask"] == ["atoms"]
     assert dims["edge_src"] == dims["bond_len"] == dims["edge_mask"] == ["bonds"]
     assert dims["lg_src"] == dims["angle_cos"] == dims["angle_mask"] == ["angles"]
     assert dims["graph_index"] == ["graphs"]
     assert [d.dim_param for d in proto.graph.output[0].type.tensor_type.shape.dim] == ["graphs"]
-    meta = ex.load_onnx(path).meta
-    assert meta["seed"] == 3 and meta["onnx_exporter"] == exporter and meta["onnx_opset"] == ex.ONNX_OPSET
+    meta = ox.load_onnx(path).meta
+    assert meta["seed"] == 3 and meta["onnx_exporter"] == exporter and meta["onnx_opset"] == ox.ONNX_OPSET
 
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_export_onnx_matches_eager(onnx_file, model, packed, workers):
     path, sha, _ = onnx_file
-    ort_model = ex.load_onnx(path, sha256=sha, workers=workers)
+    ort_model = ox.load_onnx(path, sha256=sha, workers=workers)
     for i, frames in enumerate(FRAME_SETS):
         batch = gather_frames(packed, torch.tensor(frames))
         masks = _random_masks(batch, i)
@@ -105,8 +107,8 @@ def test_export_onnx_matches_eager(onnx_file, model, packed, workers):
 
 
 def test_export_torchscript_matches_eager(model, packed, tmp_path):
-    sha = ex.export_torchscript(model, tmp_path / "model.ts", meta={"seed": 3})
-    ts = ex.TorchScriptModel(ex.load_torchscript(tmp_path / "model.ts", sha256=sha))
+    sha = tsx.export_torchscript(model, tmp_path / "model.ts", meta={"seed": 3})
+    ts = tsx.TorchScriptModel(tsx.load_torchscript(tmp_path / "model.ts", sha256=sha))
     for i, frames in enumerate(FRAME_SETS):
         batch = gather_frames(packed, torch.tensor(frames))
         masks = _random_masks(batch, i)
@@ -118,9 +120,9 @@ def test_export_torchscript_matches_eager(model, packed, tmp_path):
 @pytest.mark.parametrize("mode", ["full", "seed"])
 def test_fna_kernel_onnx_matches_torchscript(onnx_file, model, packed, synthetic_traj, tmp_path, mode):
     path, sha, _ = onnx_file
-    ex.export_torchscript(model, tmp_path / "model.ts", meta={})
-    ts = ex.TorchScriptModel(ex.load_torchscript(tmp_path / "model.ts"))
-    ort_model = ex.load_onnx(path, sha256=sha, workers=2)
+    tsx.export_torchscript(model, tmp_path / "model.ts", meta={})
+    ts = tsx.TorchScriptModel(tsx.load_torchscript(tmp_path / "model.ts"))
+    ort_model = ox.load_onnx(path, sha256=sha, workers=2)
     # model.ts takes the kernel's shared-embedding path, ONNX Runtime the masked-input path.
     assert hasattr(ts, "embed") and not hasattr(ort_model, "embed")
     base = gather_frames(packed, torch.tensor([0, 33, 90]))
@@ -141,14 +143,14 @@ def test_split_by_graph_renumbers_and_keeps_order(packed):
         "node_mask": np.ones(batch.z.numel(), np.float32), "edge_mask": np.ones(batch.edge_src.numel(), np.float32),
         "angle_mask": np.ones(batch.lg_src.numel(), np.float32),
     }  # fmt: skip
-    parts = ex._split_by_graph(feed, 5, 2)
+    parts = ox._split_by_graph(feed, 5, 2)
     assert [len(p["graph_index"]) for p in parts] == [2, 3]
     for frames, part in zip(([5, 6], [7, 8, 9]), parts, strict=True):
         alone = gather_frames(packed, torch.tensor(frames))
-        for name, value in zip(ex.ONNX_INPUTS[:8], alone[:8], strict=True):
+        for name, value in zip(ox.ONNX_INPUTS[:8], alone[:8], strict=True):
             np.testing.assert_array_equal(part[name], value.numpy(), err_msg=name)
     shuffled = dict(feed, node_graph=feed["node_graph"][::-1].copy())
-    assert len(ex._split_by_graph(shuffled, 5, 2)) == 1  # not ordered by graph: run whole
+    assert len(ox._split_by_graph(shuffled, 5, 2)) == 1  # not ordered by graph: run whole
 
 
 def test_load_onnx_refuses_altered_file(onnx_file, tmp_path):
@@ -158,12 +160,12 @@ def test_load_onnx_refuses_altered_file(onnx_file, tmp_path):
     with copy.open("ab") as fh:
         fh.write(b"\0")
     with pytest.raises(QdgapError, match="sha256 differs"):
-        ex.load_onnx(copy, sha256=sha)
+        ox.load_onnx(copy, sha256=sha)
 
 
 def test_load_model_exports_onnx_on_demand_and_when_stale(tiny_runs, tmp_path):
     pytest.importorskip("onnxruntime")
-    from qdgap.core import runs as rf
+    from qdgap.core.store import runs as rf
 
     runs = tmp_path / "runs"
     shutil.copytree(tiny_runs, runs)
@@ -172,9 +174,9 @@ def test_load_model_exports_onnx_on_demand_and_when_stale(tiny_runs, tmp_path):
     record = rf.read_json(runs / "run_0" / ex.ONNX_RECORD)
     assert record["source_model_sha256"] == member.model_sha256
     assert model.backend == "onnxruntime" and model.meta["seed"] == 0
-    mtime = (runs / "run_0" / ex.MODEL_ONNX).stat().st_mtime_ns
+    mtime = (runs / "run_0" / ox.MODEL_ONNX).stat().st_mtime_ns
     ex.load_model(member, backend="onnxruntime")  # cached: not exported again
-    assert (runs / "run_0" / ex.MODEL_ONNX).stat().st_mtime_ns == mtime
+    assert (runs / "run_0" / ox.MODEL_ONNX).stat().st_mtime_ns == mtime
     # model.ts re-exported with other bytes: model.onnx is stale and is exported again
     rf.write_json(runs / "run_0" / ex.ONNX_RECORD, {**record, "source_model_sha256": "0" * 64})
     ex.load_model(member, backend="onnxruntime")

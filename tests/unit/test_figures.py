@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from qdgap.core import figures as figs
-from qdgap.core import metrics
-from qdgap.core.labels import atom_labels
+from qdgap.core.common import metrics
+from qdgap.core.common.labels import atom_labels
+from qdgap.core.report import figures as figs
 
 DPI = 60
 RNG = np.random.default_rng(0)
@@ -40,7 +40,7 @@ def _series(num_frames: int = 80, members: int = 3):
 
 
 def _cluster():
-    from qdgap.core.synthetic import small_cdse_cluster
+    from qdgap.testing.synthetic import small_cdse_cluster
 
     return small_cdse_cluster()
 

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from qdgap.core import finetune as ft
-from qdgap.core import runs as rf
-from qdgap.core import transfer as tr
-from qdgap.core.checkpoint import load_weights
+from qdgap.core.common.errors import Interrupted, QdgapError
 from qdgap.core.config import PRESETS
-from qdgap.core.errors import Interrupted, QdgapError
-from qdgap.core.model import GapModel
-from qdgap.core.runs import Member
-from qdgap.core.splits import split_frames
+from qdgap.core.data.splits import split_frames
+from qdgap.core.deploy.checkpoint import load_weights
+from qdgap.core.model.network import GapModel
+from qdgap.core.store import runs as rf
+from qdgap.core.store.runs import Member
+from qdgap.core.workflow import finetune as ft
+from qdgap.core.workflow import transfer as tr
 
 EXT_FRAMES = 60
 EXT_SEED = 7  # another stretch of motion of the same cluster as ``synthetic_h5`` (seed 0)
@@ -27,14 +27,14 @@ EXT_SEED = 7  # another stretch of motion of the same cluster as ``synthetic_h5`
 
 @pytest.fixture(scope="module")
 def ext_traj():
-    from qdgap.core.synthetic import synthetic_trajectory
+    from qdgap.testing.synthetic import synthetic_trajectory
 
     return synthetic_trajectory(EXT_FRAMES, seed=EXT_SEED)
 
 
 @pytest.fixture(scope="module")
 def ext_h5(tmp_path_factory, ext_traj) -> Path:
-    from qdgap.core.data import write_trajectory
+    from qdgap.core.data.trajectory import write_trajectory
 
     path = tmp_path_factory.mktemp("ext") / "ext.h5"
     write_trajectory(ext_traj, path)
@@ -43,7 +43,7 @@ def ext_h5(tmp_path_factory, ext_traj) -> Path:
 
 @pytest.fixture(scope="module")
 def ext(ext_h5):
-    from qdgap.core.data import read_trajectory
+    from qdgap.core.data.trajectory import read_trajectory
 
     return read_trajectory(ext_h5)  # with its file's sha256, as the CLI reads it
 
@@ -212,7 +212,7 @@ def test_finetune_resume_after_interruption_gives_same_weights(tmp_path, tiny_ru
 
 
 def test_finetune_refuses_other_composition(tiny_runs):
-    from qdgap.core.synthetic import small_cdse_cluster, synthetic_trajectory
+    from qdgap.testing.synthetic import small_cdse_cluster, synthetic_trajectory
 
     other = synthetic_trajectory(20, base=small_cdse_cluster(radius_ang=5.5), seed=1)
     with pytest.raises(QdgapError, match="trained on Cd4Se13 .*, the data is"):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from qdgap.core.config import PRESETS, GraphConfig
-from qdgap.core.graphs import build_graphs
-from qdgap.core.model import GapModel
+from qdgap.core.graphs.build import build_graphs
+from qdgap.core.model.network import GapModel
 from qdgap.kernels.batch import gather_frames
 from qdgap.kernels.fna import MODES, NO_ATOM, fna_loop, fna_masked_gaps, tile_masked
 
@@ -116,10 +116,10 @@ def test_tile_masked_masks_the_right_atom_bonds_and_angles(packed):
 
 def test_fna_ranks_the_atoms_the_label_depends_on(tmp_path):
     """Two dopants (Te for Se) set the label through their bonds: every atom not bonded to one ranks below both."""
-    from qdgap.core.checkpoint import load_weights
-    from qdgap.core.splits import split_frames
-    from qdgap.core.synthetic import small_cdse_cluster, synthetic_trajectory
-    from qdgap.core.train import train_member
+    from qdgap.core.data.splits import split_frames
+    from qdgap.core.deploy.checkpoint import load_weights
+    from qdgap.core.train.loop import train_member
+    from qdgap.testing.synthetic import small_cdse_cluster, synthetic_trajectory
 
     numbers, pos = small_cdse_cluster()
     important = [6, 13]
@@ -147,11 +147,11 @@ def test_fna_result_tables_agree(tiny_runs, synthetic_h5, tmp_path):
     """fna.h5 and average_rmse_results.csv tell the same story, and RMSEs are what they claim."""
     import csv
 
-    from qdgap.core import schema
-    from qdgap.core.data import read_trajectory
-    from qdgap.core.fna import run_fna, write_fna
-    from qdgap.core.results import read_results
-    from qdgap.core.runs import load_members
+    from qdgap.core.analysis.fna import run_fna, write_fna
+    from qdgap.core.common import schema
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.core.store.results import read_results
+    from qdgap.core.store.runs import load_members
 
     members = load_members(tiny_runs)
     traj = read_trajectory(synthetic_h5)

@@ -11,8 +11,8 @@ from ase.data import chemical_symbols
 from jarvis.core.atoms import Atoms as JarvisAtoms
 
 from qdgap.core.config import GraphConfig
-from qdgap.core.data import make_trajectory, read_trajectory, write_trajectory
-from qdgap.core.graphs import build_graphs, graph_cache_path, load_or_build_graphs
+from qdgap.core.data.trajectory import make_trajectory, read_trajectory, write_trajectory
+from qdgap.core.graphs.build import build_graphs, graph_cache_path, load_or_build_graphs
 from qdgap.kernels.batch import gather_frames
 
 

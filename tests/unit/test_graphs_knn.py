@@ -22,9 +22,9 @@ from ase.data import chemical_symbols
 from jarvis.core.atoms import Atoms as JarvisAtoms
 
 from qdgap.core.config import K_NEAREST, PRESETS, GraphConfig
-from qdgap.core.data import make_trajectory
-from qdgap.core.graphs import build_graphs, graph_cache_path
-from qdgap.core.model import GapModel, species_table
+from qdgap.core.data.trajectory import make_trajectory
+from qdgap.core.graphs.build import build_graphs, graph_cache_path
+from qdgap.core.model.network import GapModel, species_table
 from qdgap.kernels.batch import gather_frames
 from qdgap.kernels.fna import MODES, fna_loop, fna_masked_gaps
 
@@ -259,7 +259,7 @@ def test_knn_is_its_own_cache_entry_and_default_records_unchanged(tmp_path, synt
     assert knn.to_json()["neighbor_strategy"] == "k-nearest"
     assert GraphConfig(**knn.to_json()) == knn and GraphConfig(**default.to_json()) == default
     assert PRESETS["paper"].graph.neighbor_strategy == K_NEAREST
-    from qdgap.core.errors import QdgapError
+    from qdgap.core.common.errors import QdgapError
 
     with pytest.raises(QdgapError, match="neighbor_strategy 'voronoi' is not supported"):
         GraphConfig(neighbor_strategy="voronoi")
@@ -284,7 +284,7 @@ def test_model_on_knn_graph_matches_upstream_forward(published):
     """On the original study's graphs qdgap's forward equals upstream's forward(g) on upstream's own
     multigraph (duplicate bonds, backtracking triplets), built by the reference above. (The demo model:
     the paper model's 4 ALIGNN blocks on 40k triplets per frame take seconds, and test nothing more.)"""
-    from qdgap.core.model import upstream_state_dict
+    from qdgap.core.model.network import upstream_state_dict
 
     config = PRESETS["demo"]
     model = _randomised("demo")

@@ -20,11 +20,11 @@ from alignn.config import TrainingConfig
 from alignn.models.alignn_atomwise import ALIGNNAtomWiseConfig
 from alignn.models.alignn_atomwise_pure import ALIGNNAtomWisePure, ALIGNNAtomWisePureConfig
 
-from qdgap.core import runs as rf
-from qdgap.core.errors import QdgapError
-from qdgap.core.export import load_torchscript
-from qdgap.core.graphs import build_graphs
-from qdgap.core.upstream import import_alignn
+from qdgap.core.common.errors import QdgapError
+from qdgap.core.deploy.torchscript import load_torchscript
+from qdgap.core.graphs.build import build_graphs
+from qdgap.core.interop.upstream import import_alignn
+from qdgap.core.store import runs as rf
 from qdgap.kernels.batch import gather_frames
 from tests.unit.test_model import _boxed, _upstream_out
 
@@ -263,7 +263,7 @@ def test_import_dgl_era_k_nearest_needs_no_permission(tmp_path, boxed):
     gc = result.config.graph
     assert (gc.neighbor_strategy, gc.cutoff_ang, gc.max_neighbors) == ("k-nearest", 5.0, 12)
     assert rf.load_member(result.run_dir).config.graph == gc
-    from qdgap.core.model import GapModel
+    from qdgap.core.model.network import GapModel
 
     ours = GapModel(result.config.model).eval()
     ours.load_state_dict({**ours.state_dict(), **{k: v for k, v in net.state_dict().items() if k != "_species_table"}})
@@ -275,7 +275,7 @@ def test_import_dgl_era_k_nearest_needs_no_permission(tmp_path, boxed):
 def test_import_qdgap_best_pt_round_trip(tmp_path, tiny_runs):
     """A qdgap best.pt (statistics folded into fc) imports with an upstream config of its sizes and gives
     back the same weights and statistics, to float32 rounding."""
-    from qdgap.core.checkpoint import load_weights
+    from qdgap.core.deploy.checkpoint import load_weights
 
     run = rf.run_dir(tiny_runs, 1)
     sizes = json.loads((run / rf.CONFIG_JSON).read_text())["model"]
@@ -306,8 +306,8 @@ def test_import_output_rules(tmp_path):
 
 def test_imported_member_fits_any_composition_with_features(tmp_path, synthetic_traj):
     """predict's fit check: no composition to compare, but every element needs input features."""
-    from qdgap.core.data import make_trajectory
-    from qdgap.core.predict import check_members_fit, select_frames
+    from qdgap.core.analysis.predict import check_members_fit, select_frames
+    from qdgap.core.data.trajectory import make_trajectory
 
     ckpt, cfg, _ = write_upstream_run(tmp_path / "upstream")
     member = rf.load_member(import_alignn(ckpt, cfg, run_dir=tmp_path / "run_0").run_dir)
@@ -322,7 +322,7 @@ def test_imported_member_fits_any_composition_with_features(tmp_path, synthetic_
 
 def test_import_paper_size_matches_upstream_on_published_frames(tmp_path, seed_data):
     """Upstream ALIGNN's default sizes with 4 + 4 layers and hidden 256, on the published Cd28Se17Cl22 POSCARs."""
-    from qdgap.core.importers import import_trajectory
+    from qdgap.core.data.importers import import_trajectory
 
     traj = import_trajectory([seed_data / "cl_qd" / "structures"], gaps_csv=None)
     paper = {"alignn_layers": 4, "gcn_layers": 4, "edge_input_features": 80, "triplet_input_features": 40}

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qdgap.core.errors import QdgapError
-from qdgap.core.importance import (
+from qdgap.core.analysis.importance import (
     adjust_p,
     atom_groups,
     block_length,
@@ -20,7 +19,8 @@ from qdgap.core.importance import (
     importance_stats,
     site_classes,
 )
-from qdgap.core.metrics import rmse_mev, weighted_mae_mev, weighted_rmse_mev
+from qdgap.core.common.errors import QdgapError
+from qdgap.core.common.metrics import rmse_mev, weighted_mae_mev, weighted_rmse_mev
 
 N_BOOT = 500  # enough for the checks, fast on two cores
 
@@ -220,8 +220,8 @@ def test_group_stats_mean_and_sum_over_species_and_sites(planted_stats):
 
 def test_site_classes_on_the_demo_dot():
     from qdgap.cli.options import DEMO_DATA
-    from qdgap.core.data import read_trajectory
-    from qdgap.core.labels import atom_labels
+    from qdgap.core.common.labels import atom_labels
+    from qdgap.core.data.trajectory import read_trajectory
 
     traj = read_trajectory(DEMO_DATA)
     sites = dict(zip(atom_labels(traj.numbers), site_classes(traj.numbers, traj.positions_ang[::100]), strict=True))

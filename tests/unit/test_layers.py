@@ -1,9 +1,11 @@
 """The house rules of imports: cli -> core -> kernels, rooms inside core in one order, no cycles.
 
 An AST walk over every module, function-local imports included (a cycle hidden
-inside a function is still a cycle). ``core`` is flat today; each module is
-assigned to the room (and row) of DESIGN.md's layout it belongs to, and a
-module may import only from its own room or from rows below its own.
+inside a function is still a cycle). ``core`` is built of rooms (subpackages,
+plus the plain module ``config``); a module may import from its own room or
+from rooms in rows below its own. ``qdgap.testing`` (synthetic data, fault
+points) sits beside core: its fault points import nothing from qdgap, so any
+room may call them.
 """
 
 from __future__ import annotations
@@ -15,42 +17,31 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "qdgap"
 
-# Rows, bottom to top; a module imports from its own room or from rows below.
-ROWS: tuple[dict[str, tuple[str, ...]], ...] = (
-    {"common": ("errors", "faults", "files", "schema", "metrics", "logs", "runtime", "labels", "buildinfo")},
-    {"data": ("data", "importers", "splits", "synthetic"), "config": ("config",)},
-    {"graphs": ("graphs",), "model": ("model",)},
-    {"store": ("runs", "results", "layout")},
-    {"deploy": ("checkpoint", "export", "ensemble_forward")},
-    {"train": ("train",)},
-    {
-        "analysis": ("predict", "fna", "importance", "calibration", "select", "comparison", "parts"),
-        "sim": ("qd", "md"),
-        "interop": ("upstream",),
-    },
-    {"workflow": ("ensemble", "slurm", "finetune", "transfer", "label", "part_array")},
-    {
-        "report": (
-            "report",
-            "report_page",
-            "report_ensemble",
-            "report_fna",
-            "report_transfer",
-            "figures",
-            "figures_base",
-            "figures_training",
-            "figures_gap",
-            "figures_importance",
-            "figures_uncertainty",
-        )
-    },
+# Rows of rooms, bottom to top (README, Development).
+ROWS: tuple[tuple[str, ...], ...] = (
+    ("common",),
+    ("data", "config"),
+    ("graphs", "model"),
+    ("store",),
+    ("deploy",),
+    ("train",),
+    ("analysis", "sim", "interop"),
+    ("workflow",),
+    ("report",),
 )
-PLACE = {f"qdgap.core.{m}": (row, room) for row, rooms in enumerate(ROWS) for room, mods in rooms.items() for m in mods}
+ROW_OF = {room: row for row, rooms in enumerate(ROWS) for room in rooms}
+# A plain module in core besides the rooms' packages; more than a handful means a room is missing.
+PLAIN_CORE_MODULES = {"qdgap.core.config"}
 
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(dotted: str) -> bool:
+    path = PACKAGE.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def _imports(path: Path) -> list[tuple[str, list[str], int]]:
@@ -59,10 +50,11 @@ def _imports(path: Path) -> list[tuple[str, list[str], int]]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "qdgap":
             names = [a.name for a in node.names]
-            if node.module.count(".") == 1:  # `from qdgap.core import runs`: the names are modules
-                out += [(f"{node.module}.{n}", [], node.lineno) for n in names]
-            else:
-                out.append((node.module, names, node.lineno))
+            # `from qdgap.core.store import runs`: the names are modules
+            modules = [n for n in names if _is_module(f"{node.module}.{n}")]
+            out += [(f"{node.module}.{n}", [], node.lineno) for n in modules]
+            if len(modules) < len(names):
+                out.append((node.module, [n for n in names if n not in modules], node.lineno))
         elif isinstance(node, ast.Import):
             out += [(a.name, [], node.lineno) for a in node.names if a.name.split(".")[0] == "qdgap"]
     return out
@@ -72,9 +64,41 @@ MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 EDGES = {m: _imports(p) for m, p in MODULES.items()}
 
 
+def _room(module: str) -> str | None:
+    """The room of a core module (``qdgap.core.data.splits`` -> ``data``; ``qdgap.core.config`` -> ``config``)."""
+    parts = module.split(".")
+    return parts[2] if module.startswith("qdgap.core.") else None
+
+
+PLACE = {m: (ROW_OF.get(_room(m), -1), _room(m)) for m in MODULES if _room(m)}
+
+
 def test_layers_every_core_module_has_a_room():
-    core = {m for m in MODULES if m.startswith("qdgap.core.")}
-    assert core == set(PLACE), f"unplaced: {sorted(core - set(PLACE))}; gone: {sorted(set(PLACE) - core)}"
+    unplaced = sorted(m for m, (row, _) in PLACE.items() if row < 0)
+    assert not unplaced, f"core modules outside every room of ROWS: {unplaced}"
+    plain = {
+        m for m, p in MODULES.items() if m.startswith("qdgap.core.") and m.count(".") == 2 and p.name != "__init__.py"
+    }
+    assert plain <= PLAIN_CORE_MODULES, (
+        f"plain modules in qdgap/core (give them a room): {sorted(plain - PLAIN_CORE_MODULES)}"
+    )
+
+
+def test_layers_testing_faults_import_nothing_and_core_only_faults():
+    assert not EDGES["qdgap.testing.faults"], "fault points must import nothing from qdgap (every room calls them)"
+    bad = [
+        f"{m}:{line} -> {target}"
+        for m, edges in EDGES.items()
+        if m.startswith(("qdgap.core", "qdgap.kernels"))
+        for target, _, line in edges
+        if target.startswith("qdgap.testing") and target != "qdgap.testing.faults"
+    ]
+    assert not bad, "production code imports test scaffolding:\n" + "\n".join(bad)
+
+
+def test_layers_no_module_over_600_lines():
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, f"modules over 600 lines (split them by concern): {long}"
 
 
 def test_layers_one_way_between_packages():

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qdgap.core import md
-from qdgap.core.data import read_trajectory, read_trajectory_extras
-from qdgap.core.errors import QdgapError
-from qdgap.core.synthetic import small_cdse_cluster
+from qdgap.core.common.errors import QdgapError
+from qdgap.core.data.trajectory import read_trajectory, read_trajectory_extras
+from qdgap.core.sim import md
+from qdgap.testing.synthetic import small_cdse_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -197,7 +197,7 @@ def test_simulate_rejects_bad_options(tmp_path):
 
 _CHILD = """
 import sys
-from qdgap.core import md
+from qdgap.core.sim import md
 from tests.unit.test_md import CONFIG, SpringPotential, _start
 slow = lambda z, x, m: SpringPotential(z, x, m, delay_s=0.1)
 def tick(n):
@@ -268,7 +268,7 @@ def test_xtb_simulate_resumes_after_interrupt(tmp_path):
 
 
 def test_simulate_refuses_a_second_concurrent_run(tmp_path):
-    from qdgap.core.files import exclusive_lock
+    from qdgap.core.common.files import exclusive_lock
 
     out = tmp_path / "t.h5"
     with exclusive_lock(tmp_path / "t.h5.lock", what="test"):  # as a live run holds it

@@ -12,12 +12,12 @@ from alignn.torch_graph_builder import batch_torch_graph_pairs, build_pure_torch
 from ase.data import chemical_symbols
 from jarvis.core.atoms import Atoms as JarvisAtoms
 
-from qdgap.core import runs as rf
-from qdgap.core.checkpoint import load_weights
 from qdgap.core.config import PRESETS, GraphConfig
-from qdgap.core.data import make_trajectory
-from qdgap.core.graphs import build_graphs
-from qdgap.core.model import FOLDED_STATS, UPSTREAM_EXTRA_BUFFERS, GapModel, upstream_state_dict
+from qdgap.core.data.trajectory import make_trajectory
+from qdgap.core.deploy.checkpoint import load_weights
+from qdgap.core.graphs.build import build_graphs
+from qdgap.core.model.network import FOLDED_STATS, UPSTREAM_EXTRA_BUFFERS, GapModel, upstream_state_dict
+from qdgap.core.store import runs as rf
 from qdgap.kernels.batch import gather_frames
 
 TOL_EV = 1e-5
@@ -83,7 +83,7 @@ def test_model_matches_upstream_paper_size(synthetic_traj):
 def test_best_pt_loads_into_upstream(tiny_runs, synthetic_h5):
     """A run's config.json model section is an upstream config and best.pt its weights: upstream's own
     forward on the file as it lies predicts the gap in eV, as qdgap does."""
-    from qdgap.core.data import read_trajectory
+    from qdgap.core.data.trajectory import read_trajectory
 
     run = rf.run_dir(tiny_runs, 0)
     record = json.loads((run / rf.CONFIG_JSON).read_text())
@@ -110,7 +110,7 @@ def test_best_pt_loads_into_upstream(tiny_runs, synthetic_h5):
 def test_best_pt_folded_and_unfolded_load_alike(tmp_path, synthetic_traj):
     """best.pt as written now (statistics folded into fc) and as written before (unfolded) load into the
     same model, to float32 rounding; the folded file predicts eV with target_mean 0 and target_std 1."""
-    from qdgap.core.checkpoint import save_weights
+    from qdgap.core.deploy.checkpoint import save_weights
 
     model = _randomise(GapModel(PRESETS["tiny"].model)).eval()
     model.set_target_stats(1.73, 0.11)

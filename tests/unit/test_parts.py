@@ -14,11 +14,11 @@ import h5py
 import numpy as np
 import pytest
 
-from qdgap.core import part_array as pa
-from qdgap.core import parts as pt
-from qdgap.core.data import read_trajectory, write_trajectory
-from qdgap.core.errors import QdgapError
-from qdgap.core.synthetic import synthetic_trajectory
+from qdgap.core.analysis import parts as pt
+from qdgap.core.common.errors import QdgapError
+from qdgap.core.data.trajectory import read_trajectory, write_trajectory
+from qdgap.core.workflow import part_array as pa
+from qdgap.testing.synthetic import synthetic_trajectory
 from tests.conftest import assert_one_line_error
 from tests.unit.test_slurm import fake_slurm  # noqa: F401 - a fixture
 
@@ -111,8 +111,8 @@ def test_parts_slurm_options_need_slurm_backend(run_cli, tmp_path, tiny_runs, sy
 # --------------------------------------------------------------------------
 def _parts(run_cli, command, runs, data, out, k, *, every=1, skip=(), extra=()):
     """Compute the parts of seeds 0 and 1 through ``--part`` (as array tasks do), but those in ``skip``."""
-    from qdgap.core.predict import select_frames
-    from qdgap.core.runs import load_members
+    from qdgap.core.analysis.predict import select_frames
+    from qdgap.core.store.runs import load_members
 
     traj = read_trajectory(data)
     chosen = select_frames(load_members(runs), traj, "unseen")[::every]
@@ -221,7 +221,7 @@ def test_parts_from_another_input_are_refused(run_cli, tmp_path, tiny_runs, synt
 
 
 def test_parts_merge_refuses_a_missing_part(tmp_path, tiny_runs, synthetic_h5):
-    from qdgap.core.runs import load_members
+    from qdgap.core.store.runs import load_members
 
     members = load_members(tiny_runs)
     traj = read_trajectory(synthetic_h5)

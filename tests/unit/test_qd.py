@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qdgap.core import qd
-from qdgap.core.labels import formula
+from qdgap.core.common.labels import formula
+from qdgap.core.sim import qd
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_coordination_is_vectorised_over_frames(cluster):
 
 
 def test_check_method_rejects_unknown():
-    from qdgap.core.errors import QdgapError
+    from qdgap.core.common.errors import QdgapError
 
     with pytest.raises(QdgapError, match="--method 'PM6'"):
         qd.check_method("PM6")

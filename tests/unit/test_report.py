@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qdgap.core import runs as rf
-from qdgap.core import schema
-from qdgap.core.errors import QdgapError
-from qdgap.core.layout import Workdir
-from qdgap.core.report import FIGURE_NAMES, write_report
+from qdgap.core.common import schema
+from qdgap.core.common.errors import QdgapError
+from qdgap.core.report.build import FIGURE_NAMES, write_report
+from qdgap.core.store import runs as rf
+from qdgap.core.store.layout import Workdir
 
 TEST_DPI = 60
 CAL_SCALE = 0.8  # calibrated std / raw std of the synthetic predictions
@@ -51,11 +51,11 @@ def make_workdir(
     of the trajectory's calibrated spread); ``selection`` writes a ``selection.json``
     as ``bench/bench_selection.py`` does.
     """
-    from qdgap.core.data import read_trajectory, write_trajectory
-    from qdgap.core.labels import atom_labels
-    from qdgap.core.results import write_results
-    from qdgap.core.splits import split_frames
-    from qdgap.core.synthetic import synthetic_trajectory
+    from qdgap.core.common.labels import atom_labels
+    from qdgap.core.data.splits import split_frames
+    from qdgap.core.data.trajectory import read_trajectory, write_trajectory
+    from qdgap.core.store.results import write_results
+    from qdgap.testing.synthetic import synthetic_trajectory
 
     wd = Workdir(Path(root))
     wd.root.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,7 @@ def make_workdir(
             + rng.uniform(0, 4, (members, len(labels)))
         )
         # Masked predictions whose RMSEs are ``rmse``: each member errs with that spread, atom by atom.
-        from qdgap.core.fna import FnaResult, write_fna
+        from qdgap.core.analysis.fna import FnaResult, write_fna
 
         frames = np.arange(0, num_frames, stride)
         true = traj.gap_ev[frames].astype(np.float64)
@@ -266,8 +266,8 @@ def test_report_embeds_the_png_it_writes(full_workdir):
 
 
 def test_report_summary_numbers_match_predictions(full_workdir):
-    from qdgap.core.metrics import error_stats_mev
-    from qdgap.core.results import read_results
+    from qdgap.core.common.metrics import error_stats_mev
+    from qdgap.core.store.results import read_results
 
     wd = full_workdir
     pred, _ = read_results(wd.predictions, fmt=schema.PREDICTIONS_FORMAT)
@@ -285,7 +285,7 @@ def test_report_summary_numbers_match_predictions(full_workdir):
 
 
 def test_report_top_atoms_follow_fna(full_workdir):
-    from qdgap.core.results import read_results
+    from qdgap.core.store.results import read_results
 
     fna, _ = read_results(full_workdir.fna, fmt=schema.FNA_FORMAT)
     top = np.asarray(fna[schema.ATOM_LABEL])[np.argsort(-fna[schema.RMSE_MEV_MEAN])[:5]]
@@ -374,7 +374,7 @@ def test_cli_report_prints_the_html_path(tmp_path, capsys):
 
 
 def test_report_shows_importance_intervals_over_time_and_groups(full_workdir):
-    from qdgap.core.results import read_results
+    from qdgap.core.store.results import read_results
 
     fna, _ = read_results(full_workdir.fna, fmt=schema.FNA_FORMAT)
     text = full_workdir.report_html.read_text()
@@ -386,7 +386,7 @@ def test_report_shows_importance_intervals_over_time_and_groups(full_workdir):
 
 
 def test_report_computes_statistics_for_an_fna_file_that_predates_them(tmp_path):
-    from qdgap.core.results import read_results, write_results
+    from qdgap.core.store.results import read_results, write_results
 
     wd = make_workdir(tmp_path / "w", finetune=False)
     data, attrs = read_results(wd.fna, fmt=schema.FNA_FORMAT)
@@ -412,7 +412,7 @@ def test_report_computes_statistics_for_an_fna_file_that_predates_them(tmp_path)
 
 
 def _unseen_scored(wd: Workdir) -> tuple[dict, np.ndarray]:
-    from qdgap.core.results import read_results
+    from qdgap.core.store.results import read_results
 
     pred, _ = read_results(wd.predictions, fmt=schema.PREDICTIONS_FORMAT)
     pool = set()
@@ -424,7 +424,7 @@ def _unseen_scored(wd: Workdir) -> tuple[dict, np.ndarray]:
 
 
 def test_report_shows_reliability_and_coverage_raw_against_calibrated(full_workdir):
-    from qdgap.core import metrics
+    from qdgap.core.common import metrics
 
     wd = full_workdir
     text = wd.report_html.read_text()
@@ -452,8 +452,8 @@ def test_report_shows_reliability_and_coverage_raw_against_calibrated(full_workd
 
 
 def test_report_says_how_many_frames_extrapolate(full_workdir):
-    from qdgap.core.report import extrapolation_summary
-    from qdgap.core.results import read_results
+    from qdgap.core.report.build import extrapolation_summary
+    from qdgap.core.store.results import read_results
 
     wd = full_workdir
     text = wd.report_html.read_text()
@@ -477,7 +477,7 @@ def test_report_says_how_many_frames_extrapolate(full_workdir):
 
 
 def test_report_of_files_written_before_calibration(tmp_path):
-    from qdgap.core.report import extrapolation_summary
+    from qdgap.core.report.build import extrapolation_summary
 
     wd = make_workdir(tmp_path / "w", calibrated=False)
     text = write_report(wd.root, dpi=TEST_DPI).read_text()
@@ -522,3 +522,29 @@ def test_cli_report_prints_the_extrapolation_line(tmp_path):
     lines = result.output.strip().splitlines()
     assert lines[-1] == str(wd.report_html)  # the path stays the last line, for scripts
     assert any(x.startswith("trajectory: ") and "outside what the ensemble knows" in x for x in lines)
+
+
+def test_data_info_says_how_many_frames_of_a_trajectory_extrapolate(full_workdir, run_cli, tmp_path):
+    from qdgap.core.data.trajectory import write_trajectory
+    from qdgap.core.store.results import read_results
+    from qdgap.testing.synthetic import synthetic_trajectory
+
+    wd = full_workdir
+    traj = wd.root / "traj.h5"
+    pred, _ = read_results(wd.predictions_extended, fmt=schema.PREDICTIONS_FORMAT)
+    n, f = int(pred[schema.EXTRAPOLATING].sum()), len(pred[schema.FRAME_INDEX])
+    result = run_cli("data", "info", traj, "--predictions", wd.predictions_extended)
+    assert result.exit_code == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.strip().startswith("extrapolation"))
+    assert f"{n} of {f} frames ({100 * n / f:.1f} %) outside what the ensemble knows" in line
+    assert "the largest between its pool frames" in line
+    assert "extrapolation" not in run_cli("data", "info", traj).stdout  # only when asked
+    # Predictions of another trajectory, or a file that is not predictions: one line, exit 2.
+    other = tmp_path / "other.h5"
+    write_trajectory(synthetic_trajectory(12, seed=5), other)
+    for data, predictions, words in (
+        (other, wd.predictions, "predicted from another trajectory"),
+        (traj, traj, "not a qdgap.predictions file"),
+    ):
+        bad = run_cli("data", "info", data, "--predictions", predictions)
+        assert bad.exit_code == 2 and words in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qdgap.core import select as sl
-from qdgap.core.errors import QdgapError
+from qdgap.core.analysis import select as sl
+from qdgap.core.common.errors import QdgapError
 
 
 def _candidates(n: int = 400, seed: int = 0):

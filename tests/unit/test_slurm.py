@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from submitit.core.utils import cloudpickle_dump
 
-from qdgap.core import slurm
-from qdgap.core.errors import QdgapError
+from qdgap.core.common.errors import QdgapError
+from qdgap.core.workflow import slurm, slurm_states
 
 TRAIN = [["train", "--seed", str(s), "--data", "traj.h5", "-o", "runs"] for s in (3, 4)]
 
@@ -185,7 +185,7 @@ def test_submit_records_the_array(tmp_path, fake_slurm):
     assert record["format"] == "qdgap.slurm_array" and record["job_id"] == "100"
     assert [t["member"] for t in record["tasks"]] == [3, 4]
     assert record["tasks"][1]["argv"] == TRAIN[1]
-    assert slurm.load_job(folder) == job
+    assert slurm.load_jobs(folder)[-1] == job
     # What sbatch received is what dry_run shows.
     sent = (fake_slurm / "script_100.sh").read_text()
     assert sent == slurm.dry_run(TRAIN, folder=folder, resources=res, members=[3, 4], cwd=tmp_path)
@@ -201,16 +201,22 @@ def test_failed_tasks_are_reported_by_member_and_resubmitted_alone(tmp_path, fak
     _result(job, 1, "error", trace)
     (fake_slurm / "squeue.txt").write_text("100_2|TIMEOUT\n100_3|RUNNING\n")
 
-    states = slurm.task_states(job)
+    states = slurm_states.task_states(job)
     assert [s.state for s in states] == ["COMPLETED", "FAILED", "TIMEOUT", "RUNNING"]
     assert states[1].message == "qdgap: error: x.h5: no such file"
     assert "TIMEOUT" in states[2].message
     assert [s.finished for s in states] == [True, True, True, False]
-    assert [s.member for s in slurm.failed_tasks(job, states)] == [11, 12]
+    assert [s.member for s in [s for s in states if s.failed]] == [11, 12]
 
-    new = slurm.resubmit_failed(job, states=states, resources=slurm.SlurmResources(time_min=240))
-    assert new is not None and new.job_id == "101" and new.resubmits == "100"
-    assert new.members == (11, 12) and new.argvs == (tuple(argvs[1]), tuple(argvs[2]))
+    # What `ensemble train` does on a rerun: submit the failed members again (with more time), one new array.
+    failed = [s for s in states if s.failed]
+    new = slurm.submit(
+        [argvs[s.task] for s in failed],
+        folder=folder,
+        resources=slurm.SlurmResources(time_min=240),
+        members=[s.member for s in failed],
+    )
+    assert new.job_id == "101" and new.members == (11, 12) and new.argvs == (tuple(argvs[1]), tuple(argvs[2]))
     sent = (fake_slurm / "script_101.sh").read_text()
     assert "#SBATCH --array=0-1" in sent and "#SBATCH --time=240" in sent
     assert "train --seed 11" in sent and "train --seed 12" in sent and "--seed 10" not in sent
@@ -218,7 +224,7 @@ def test_failed_tasks_are_reported_by_member_and_resubmitted_alone(tmp_path, fak
     # The newest attempt of each member wins.
     (fake_slurm / "squeue.txt").write_text("100_3|COMPLETED\n101_0|PENDING\n101_1|RUNNING\n")
     _result(job, 3, "success", "")
-    latest = slurm.member_states(folder)
+    latest = slurm_states.member_states(folder)
     assert {m: s.state for m, s in latest.items()} == {
         10: "COMPLETED",
         11: "PENDING",
@@ -232,7 +238,7 @@ def test_killed_command_says_so_and_names_its_log(tmp_path, fake_slurm):
     job = slurm.submit(TRAIN, folder=tmp_path, resources=slurm.SlurmResources())
     # What the runner leaves when the command died of SIGKILL: the error without any stderr line.
     _result(job, 0, "error", "Traceback (most recent call last):\n  ...\nsubmitit.core.utils.FailedJobError\n")
-    state = slurm.task_states(job)[0]
+    state = slurm_states.task_states(job)[0]
     assert state.state == "FAILED" and "killed?" in state.message and str(state.stderr) in state.message
 
 
@@ -248,18 +254,10 @@ def test_sbatch_refusal_does_not_print_sbatch_stderr(tmp_path, fake_slurm, capsy
     assert capsys.readouterr().err == ""  # the one line above is all the user sees
 
 
-def test_resubmit_with_nothing_failed_submits_nothing(tmp_path, fake_slurm):
-    job = slurm.submit(TRAIN, folder=tmp_path, resources=slurm.SlurmResources())
-    for i in range(2):
-        _result(job, i, "success", "")
-    assert slurm.resubmit_failed(job) is None
-    assert not (fake_slurm / "script_101.sh").exists()
-
-
 def test_task_without_result_gone_from_queue_is_lost(tmp_path, fake_slurm):
     job = slurm.submit(TRAIN, folder=tmp_path, resources=slurm.SlurmResources())
     (fake_slurm / "squeue.txt").write_text("100_1|PENDING\n")
-    states = slurm.task_states(job)
+    states = slurm_states.task_states(job)
     assert [s.state for s in states] == ["LOST", "PENDING"]
     assert states[0].failed and str(states[0].stderr) in states[0].message
 
@@ -270,8 +268,8 @@ def test_unanswered_squeue_gives_unknown_not_failed(tmp_path, fake_slurm):
         fake_slurm.parent / "fakebin" / "squeue",
         "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1\n",
     )
-    assert [s.state for s in slurm.task_states(job)] == ["UNKNOWN", "UNKNOWN"]
-    assert slurm.failed_tasks(job) == []
+    assert [s.state for s in slurm_states.task_states(job)] == ["UNKNOWN", "UNKNOWN"]
+    assert not any(s.failed for s in slurm_states.task_states(job))
 
 
 def test_single_task_is_a_plain_job(tmp_path, fake_slurm):
@@ -279,10 +277,10 @@ def test_single_task_is_a_plain_job(tmp_path, fake_slurm):
     assert not job.array and job.task_job_id(0) == "100"
     assert "--array" not in (fake_slurm / "script_100.sh").read_text()
     (fake_slurm / "squeue.txt").write_text("100|RUNNING\n100.batch|RUNNING\n")
-    assert slurm.task_states(job)[0].state == "RUNNING"
+    assert slurm_states.task_states(job)[0].state == "RUNNING"
     _result(job, 0, "error", "boom")
-    assert slurm.task_states(job)[0].state == "FAILED"
-    assert slurm.load_job(tmp_path, "100").array is False
+    assert slurm_states.task_states(job)[0].state == "FAILED"
+    assert [j.array for j in slurm.load_jobs(tmp_path) if j.job_id == "100"] == [False]
 
 
 def test_wait_reports_progress_until_all_finish(tmp_path, fake_slurm):
@@ -290,15 +288,13 @@ def test_wait_reports_progress_until_all_finish(tmp_path, fake_slurm):
     _result(job, 0, "success", "")
     (fake_slurm / "squeue.txt").write_text("100_1|RUNNING\n")
     with pytest.raises(QdgapError, match="1 of 2 tasks unfinished"):
-        slurm.wait(job, poll_s=0.01, timeout_s=0.05)
+        slurm_states.wait(job, poll_s=0.01, timeout_s=0.05)
     _result(job, 1, "error", "boom")
     done: list[int] = []
-    states = slurm.wait(job, poll_s=0.01, progress=done.append)
+    states = slurm_states.wait(job, poll_s=0.01, progress=done.append)
     assert sum(done) == 2 and [s.state for s in states] == ["COMPLETED", "FAILED"]
 
 
-def test_load_job_without_records_is_a_clear_error(tmp_path):
-    with pytest.raises(QdgapError, match="no Slurm job array"):
-        slurm.load_job(tmp_path)
-    with pytest.raises(QdgapError, match="no record of Slurm job 7"):
-        slurm.load_job(tmp_path, "7")
+def test_load_jobs_without_records_is_empty(tmp_path):
+    assert slurm.load_jobs(tmp_path) == []
+    assert slurm.load_jobs(tmp_path / "missing") == []

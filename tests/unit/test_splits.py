@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qdgap.core.errors import QdgapError
-from qdgap.core.splits import labelled_pool, split_frames, split_from_json
+from qdgap.core.common.errors import QdgapError
+from qdgap.core.data.splits import labelled_pool, split_frames, split_from_json
 
 
 def test_split_partitions_pool_80_10_10():

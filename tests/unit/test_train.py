@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from qdgap.core import runs as rf
-from qdgap.core.checkpoint import load_weights
+from qdgap.core.common.errors import Interrupted, QdgapError
 from qdgap.core.config import PRESETS
-from qdgap.core.data import read_trajectory
-from qdgap.core.errors import Interrupted, QdgapError
-from qdgap.core.graphs import build_graphs
-from qdgap.core.model import GapModel
-from qdgap.core.splits import split_frames
-from qdgap.core.train import accumulate_gradient, train_member
+from qdgap.core.data.splits import split_frames
+from qdgap.core.data.trajectory import read_trajectory
+from qdgap.core.deploy.checkpoint import load_weights
+from qdgap.core.graphs.build import build_graphs
+from qdgap.core.model.network import GapModel
+from qdgap.core.store import runs as rf
+from qdgap.core.train.loop import accumulate_gradient, train_member
 from qdgap.kernels.batch import gather_frames
 
 TINY = PRESETS["tiny"]
@@ -118,7 +118,7 @@ def test_train_resume_after_interruption_gives_same_weights(tmp_path, synthetic_
 
 
 def test_tiny_model_beats_the_mean(tmp_path):
-    from qdgap.core.synthetic import synthetic_trajectory
+    from qdgap.testing.synthetic import synthetic_trajectory
 
     # 200 nearly independent frames: with 120 the 12-frame test set made the ratio swing 0.4-0.8 between
     # seeds and thread counts; at 200 it measured 0.26-0.44 over seeds 0-3 on 1 and 2 threads.

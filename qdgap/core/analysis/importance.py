@@ -1,0 +1,589 @@
+"""How far to trust an atom's FNA importance: paired scores, bootstrap intervals, p-values, groups.
+
+Pure functions on FNA's arrays (``masked_ev`` (M, F, N), ``baseline_ev`` (M, F),
+the true gaps (F,)); no file I/O. Two scores, each per member m and atom a in meV:
+
+* ``rmse``: m's RMSE against the true gaps with a nullified, minus m's own unmasked
+  RMSE on the same frames. Pairing within a member cancels the member's quality,
+  which otherwise dominates the spread (members differ by tens of meV, atoms by a
+  few). Tested against 0: does nullifying the atom make the prediction worse?
+* ``shift``: m's mean |masked - unmasked| over the frames. Needs no labels. It is
+  never negative, so it is tested against the ensemble's own noise instead of 0:
+  m's mean |unmasked - ensemble mean|. Significant means nullifying the atom moves
+  the prediction further than the members disagree among themselves.
+
+The ensemble score is the mean over members. Its uncertainty comes from one
+bootstrap that resamples both frames and members. MD frames are correlated, so
+frames are drawn in circular blocks of consecutive FNA frames. The block length,
+in FNA frames, comes from the autocovariance of the true gap (of the ensemble-mean
+prediction when there are no labels) by Politis and White's rule (``block_length``). Members
+are drawn by seed, and copies of one seed count as one member. An ensemble listed
+twice then gives the same interval as the ensemble listed once.
+The p-value is one-sided, from the bootstrap standard error (normal approximation).
+It is corrected for testing every atom by Holm (family-wise error; the default)
+or Benjamini-Hochberg (false discovery rate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from qdgap.core.common.errors import QdgapError
+from qdgap.core.common.metrics import MEV_PER_EV, weighted_mae_mev, weighted_rmse_mev
+
+SCORES = ("rmse", "shift")
+CORRECTIONS = ("holm", "bh")
+DEFAULT_BOOTSTRAP = 2000  # replicates; the p-values use the bootstrap's std, so they resolve below 1 / B
+MIN_BOOTSTRAP = 100
+DEFAULT_TOP_K = 10  # rank_stability: how often an atom is among the top k
+ALPHA = 0.05  # family-wise (holm) or false-discovery (bh) level
+CONFIDENCE = 0.95  # of the intervals
+SITE_CUTOFF_ANG = 3.1  # neighbours within this distance are bonded (Cd-Se 2.6-2.9 Å, Cd-Cl 2.5-2.9 Å; Cd-Cd 4.3 Å)
+CORE_COORDINATION = 4  # a core Cd or Se has four bonded neighbours, none of them a ligand
+LIGAND_NUMBERS = (9, 17, 35, 53)  # halogens: classified bridging or terminal, not core or surface
+_REPLICATES_PER_CHUNK_BYTES = 64 * 2**20  # bounds the (B, M, N) work array
+
+
+@dataclass(frozen=True)
+class ImportanceStats:
+    """One score's per-atom importance with its bootstrap uncertainty (M members, N atoms, B replicates).
+
+    Attributes:
+        score: ``rmse`` or ``shift``.
+        per_member_mev: (M, N) float64, meV, each member's score on all frames.
+        mean_mev: (N,) float64, meV, the ensemble score (mean over distinct seeds).
+        ci_mev: (N, 2) float64, meV, interval at ``confidence``: mean -/+ z ``std_err_mev``.
+        std_err_mev: (N,) float64, meV, bootstrap standard error (``_std_err``).
+        null_mev: meV, the level the p-value tests against: 0 for ``rmse``, the
+            ensemble's mean |member - ensemble mean| for ``shift``.
+        p_value: (N,) float64, one-sided, score > null; NaN where untestable.
+        p_adjusted: (N,) float64, ``p_value`` after ``correction`` over the N atoms.
+        significant: (N,) bool, ``p_adjusted`` <= ``alpha``.
+        rank_stability: (N,) float64, fraction of replicates with the atom among the top ``top_k``.
+        replicates_mev: (B, N) float64, meV, bootstrap replicates of ``mean_mev``, members and frames resampled.
+        frame_replicates_mev: (B, N) float64, meV, the same with frames resampled only.
+        unit_mev: (U, N) float64, meV, each distinct member's score (copies of a seed averaged).
+        null_replicates_mev, null_frame_replicates_mev: (B,) float64, meV, the same for ``null_mev``.
+        null_unit_mev: (U,) float64, meV.
+        n_frames: frames the score was computed on.
+        n_members: distinct member seeds.
+        block_frames: bootstrap block length, in FNA frames.
+        block_source: the series whose autocorrelation chose it.
+    """
+
+    score: str
+    per_member_mev: np.ndarray
+    mean_mev: np.ndarray
+    ci_mev: np.ndarray
+    std_err_mev: np.ndarray
+    null_mev: float
+    p_value: np.ndarray
+    p_adjusted: np.ndarray
+    significant: np.ndarray
+    rank_stability: np.ndarray
+    replicates_mev: np.ndarray
+    frame_replicates_mev: np.ndarray
+    unit_mev: np.ndarray
+    null_replicates_mev: np.ndarray
+    null_frame_replicates_mev: np.ndarray
+    null_unit_mev: np.ndarray
+    n_frames: int
+    n_members: int
+    block_frames: int
+    block_source: str
+    n_boot: int
+    top_k: int
+    alpha: float
+    confidence: float
+    correction: str
+    seed: int
+
+    def attrs(self, prefix: str) -> dict[str, object]:
+        """How the statistics were made, as HDF5 attrs named ``<prefix>_...``."""
+        return {
+            f"{prefix}_score": self.score,
+            f"{prefix}_null_mev": self.null_mev,
+            f"{prefix}_n_frames": self.n_frames,
+            f"{prefix}_n_members": self.n_members,
+            f"{prefix}_block_frames": self.block_frames,
+            f"{prefix}_block_source": self.block_source,
+            f"{prefix}_bootstrap": self.n_boot,
+            f"{prefix}_top_k": self.top_k,
+            f"{prefix}_alpha": self.alpha,
+            f"{prefix}_confidence": self.confidence,
+            f"{prefix}_correction": self.correction,
+            f"{prefix}_seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Importance of G groups of atoms (species, site classes), from the atoms' bootstrap replicates.
+
+    Attributes:
+        label: G names (``Cd``, ``Se surface``, ``Cl bridging``, ...).
+        atoms: G arrays of atom indices.
+        mean_mev: (G,) float64, meV, the group's mean atom score.
+        ci_mev: (G, 2) float64, meV, its interval (normal, from the bootstrap standard error).
+        sum_mev: (G,) float64, meV, the group's summed score (mean x size).
+        sum_ci_mev: (G, 2) float64, meV, its interval.
+        p_value, p_adjusted: (G,) float64, one-sided, mean > the score's null; corrected over the G groups.
+        significant: (G,) bool.
+    """
+
+    label: list[str]
+    atoms: list[np.ndarray]
+    mean_mev: np.ndarray
+    ci_mev: np.ndarray
+    sum_mev: np.ndarray
+    sum_ci_mev: np.ndarray
+    p_value: np.ndarray
+    p_adjusted: np.ndarray
+    significant: np.ndarray
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """(G,) int64."""
+        return np.asarray([len(a) for a in self.atoms], dtype=np.int64)
+
+
+# ==========================================================================
+# The statistics
+# ==========================================================================
+
+
+def importance_stats(
+    masked_ev: np.ndarray,
+    baseline_ev: np.ndarray,
+    gap_true_ev: np.ndarray | None = None,
+    *,
+    score: str = "rmse",
+    seeds: np.ndarray | None = None,
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    block_frames: int | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    alpha: float = ALPHA,
+    confidence: float = CONFIDENCE,
+    correction: str = "holm",
+    seed: int = 0,
+) -> ImportanceStats:
+    """Per-atom importance of one score, with a block bootstrap over frames and members.
+
+    Args:
+        masked_ev: (M, F, N) eV, prediction of member m on frame f with atom n nullified.
+        baseline_ev: (M, F) eV, the unmasked predictions.
+        gap_true_ev: (F,) eV, NaN where unknown; ``rmse`` uses the labelled frames only.
+        score: ``rmse`` or ``shift`` (module docstring).
+        seeds: (M,) member seeds; members sharing a seed are one member. Default: all distinct.
+        n_boot: bootstrap replicates.
+        block_frames: bootstrap block length in FNA frames; None: from the autocorrelation.
+        top_k: ``rank_stability`` counts how often an atom is among the top k.
+        alpha: significance level after the correction.
+        confidence: of the intervals.
+        correction: ``holm`` or ``bh`` (Benjamini-Hochberg).
+        seed: of the bootstrap's random draws; the same seed gives the same numbers.
+
+    Raises:
+        QdgapError: an unknown score or correction, too few replicates, or ``rmse`` without labels.
+    """
+    masked = np.asarray(masked_ev)
+    baseline = np.asarray(baseline_ev)
+    if masked.ndim != 3 or baseline.shape != masked.shape[:2]:
+        raise ValueError(f"masked_ev must be (M, F, N) and baseline_ev (M, F); got {masked.shape}, {baseline.shape}")
+    m, f, n = masked.shape
+    if score not in SCORES:
+        raise QdgapError(f"--score must be one of {', '.join(SCORES)}, got {score!r}")
+    if correction not in CORRECTIONS:
+        raise QdgapError(f"--correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
+    if n_boot < MIN_BOOTSTRAP:
+        raise QdgapError(f"--bootstrap must be at least {MIN_BOOTSTRAP}, got {n_boot}")
+    if top_k < 1:
+        raise QdgapError(f"--top-k must be at least 1, got {top_k}")
+    if m == 0 or f == 0 or n == 0:
+        raise QdgapError("FNA statistics need at least one member, frame and atom")
+    seeds = np.arange(m) if seeds is None else np.asarray(seeds)
+    unit_of, units = _member_units(seeds)
+
+    if score == "rmse":
+        true = np.full(f, np.nan) if gap_true_ev is None else np.asarray(gap_true_ev, np.float64)
+        known = np.isfinite(true)
+        if not known.any():
+            raise QdgapError("none of the chosen frames has a true gap: the rmse score needs labels; use --score shift")
+        true = true[known]
+        masked_err = masked[:, known, :].astype(np.float64) - true[None, :, None]  # (M, F', N) eV
+        base_err = baseline[:, known].astype(np.float64) - true[None, :]  # (M, F') eV
+        series, source = true, "true gap"
+
+        def per_frame_score(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            # (B, M, N) paired importance and (B, M) null (0)
+            imp = weighted_rmse_mev(masked_err, w) - weighted_rmse_mev(base_err, w)[:, :, None]
+            return imp, np.zeros(imp.shape[:2])
+
+    else:
+        shift = masked.astype(np.float64) - baseline[:, :, None].astype(np.float64)  # (M, F, N) eV
+        unit_mean = _unit_average(baseline.astype(np.float64)[None], unit_of, units)[0]  # (U, F)
+        ensemble = unit_mean.mean(axis=0)  # (F,) eV
+        noise = baseline.astype(np.float64) - ensemble[None]  # (M, F) eV, member minus ensemble mean
+        series, source = ensemble, "ensemble-mean prediction"
+
+        def per_frame_score(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return weighted_mae_mev(shift, w), weighted_mae_mev(noise, w)
+
+    nf = len(series)
+    block = block_length(series) if block_frames is None else int(block_frames)
+    if not 1 <= block <= nf:
+        raise QdgapError(f"the bootstrap block must be 1 to {nf} frames, got {block}")
+
+    # Point estimate: every frame once, every distinct seed once.
+    full_imp, full_null = per_frame_score(np.ones((1, nf)))
+    per_member = full_imp[0]
+    mean = _unit_average(full_imp, unit_of, units)[0].mean(axis=0)
+    null = float(_unit_average(full_null[:, :, None], unit_of, units)[0].mean())
+
+    unit_score = _unit_average(full_imp, unit_of, units)[0]  # (U, N)
+    unit_null = _unit_average(full_null[:, :, None], unit_of, units)[0, :, 0]  # (U,)
+
+    rng = np.random.default_rng(seed)
+    frame_w = block_weights(nf, block, n_boot, rng)  # (B, F')
+    unit_w = rng.multinomial(units, np.full(units, 1.0 / units), size=n_boot) / units  # (B, U)
+    reps, frame_reps = np.empty((n_boot, n)), np.empty((n_boot, n))
+    null_reps, null_frame_reps = np.empty(n_boot), np.empty(n_boot)
+    step = max(1, _REPLICATES_PER_CHUNK_BYTES // (8 * m * (n + 1)))
+    for lo in range(0, n_boot, step):
+        hi = min(n_boot, lo + step)
+        imp, nul = per_frame_score(frame_w[lo:hi])
+        imp_u = _unit_average(imp, unit_of, units)  # (b, U, N)
+        nul_u = _unit_average(nul[:, :, None], unit_of, units)[..., 0]  # (b, U)
+        w = unit_w[lo:hi, None, :]  # (b, 1, U)
+        reps[lo:hi] = (w @ imp_u)[:, 0]
+        null_reps[lo:hi] = (w @ nul_u[:, :, None])[:, 0, 0]
+        frame_reps[lo:hi] = imp_u.mean(axis=1)
+        null_frame_reps[lo:hi] = nul_u.mean(axis=1)
+
+    se = _std_err(reps, frame_reps, unit_score)
+    stat_se = _std_err(
+        reps - null_reps[:, None], frame_reps - null_frame_reps[:, None], unit_score - unit_null[:, None]
+    )
+    ci = _normal_interval(mean, se, confidence, floor=0.0 if score == "shift" else None)
+    testable = (nf >= 2 or units >= 2) and not (score == "shift" and units < 2)
+    p = _one_sided_p(mean - null, stat_se) if testable else np.full(n, np.nan)
+    p_adj = adjust_p(p, correction)
+    k = min(top_k, n)
+    top = np.argpartition(-reps, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (n_boot, 1))
+    stability = np.bincount(top.ravel(), minlength=n) / n_boot
+    return ImportanceStats(
+        score=score,
+        per_member_mev=per_member,
+        mean_mev=mean,
+        ci_mev=ci,
+        std_err_mev=se,
+        null_mev=null,
+        p_value=p,
+        p_adjusted=p_adj,
+        significant=np.nan_to_num(p_adj, nan=1.0) <= alpha,
+        rank_stability=stability,
+        replicates_mev=reps,
+        frame_replicates_mev=frame_reps,
+        unit_mev=unit_score,
+        null_replicates_mev=null_reps,
+        null_frame_replicates_mev=null_frame_reps,
+        null_unit_mev=unit_null,
+        n_frames=nf,
+        n_members=units,
+        block_frames=block,
+        block_source=source,
+        n_boot=n_boot,
+        top_k=k,
+        alpha=alpha,
+        confidence=confidence,
+        correction=correction,
+        seed=seed,
+    )
+
+
+def group_stats(stats: ImportanceStats, groups: Mapping[str, Sequence[int] | np.ndarray]) -> GroupStats:
+    """Mean and summed importance of groups of atoms, from the same bootstrap replicates as the atoms.
+
+    Using the atoms' joint replicates keeps the atoms' correlations (neighbours
+    share frames and members), which adding their intervals would ignore.
+
+    Args:
+        stats: one score's statistics (``importance_stats``).
+        groups: name -> atom indices; empty groups are left out.
+    """
+    names, idx = [], []
+    for name, atoms in groups.items():
+        a = np.asarray(atoms, dtype=np.int64)
+        if a.size:
+            names.append(name)
+            idx.append(a)
+    g = len(names)
+    sizes = np.array([len(a) for a in idx], dtype=np.float64)
+
+    def group_mean(x: np.ndarray) -> np.ndarray:  # (..., N) -> (..., G)
+        return np.stack([x[..., a].mean(axis=-1) for a in idx], axis=-1) if g else np.zeros((*x.shape[:-1], 0))
+
+    mean = group_mean(stats.mean_mev)
+    reps, frame_reps, unit = (group_mean(x) for x in (stats.replicates_mev, stats.frame_replicates_mev, stats.unit_mev))
+    se = _std_err(reps, frame_reps, unit)
+    stat_se = _std_err(
+        reps - stats.null_replicates_mev[:, None],
+        frame_reps - stats.null_frame_replicates_mev[:, None],
+        unit - stats.null_unit_mev[:, None],
+    )
+    ci = _normal_interval(mean, se, stats.confidence, floor=0.0 if stats.score == "shift" else None)
+    testable = bool(np.isfinite(stats.p_value).any())
+    p = _one_sided_p(mean - stats.null_mev, stat_se) if testable else np.full(g, np.nan)
+    p_adj = adjust_p(p, stats.correction)
+    return GroupStats(
+        label=names,
+        atoms=idx,
+        mean_mev=mean,
+        ci_mev=ci,
+        sum_mev=mean * sizes,
+        sum_ci_mev=ci * sizes[:, None],
+        p_value=p,
+        p_adjusted=p_adj,
+        significant=np.nan_to_num(p_adj, nan=1.0) <= stats.alpha,
+    )
+
+
+def frame_shift_mev(masked_ev: np.ndarray, baseline_ev: np.ndarray) -> np.ndarray:
+    """Importance over time: per frame and atom, the ensemble-mean |masked - unmasked|.
+
+    Args:
+        masked_ev: (M, F, N) eV.
+        baseline_ev: (M, F) eV.
+
+    Returns:
+        (F, N) float64, meV.
+    """
+    shift = np.asarray(masked_ev, np.float64) - np.asarray(baseline_ev, np.float64)[:, :, None]
+    return np.abs(shift).mean(axis=0) * MEV_PER_EV
+
+
+# ==========================================================================
+# Bootstrap pieces
+# ==========================================================================
+
+
+def block_length(series: np.ndarray) -> int:
+    """Block length for the circular block bootstrap, from the series' autocovariance (Politis & White 2004).
+
+    The rule the ``arch`` package uses, with Patton, Politis & White's (2009)
+    correction: estimate the autocovariance up to the lag beyond which the
+    autocorrelation stays insignificant (flat-top window), then take the block
+    that minimises the error of the bootstrap variance, b = (3 G^2 / (2 g^2))^(1/3) F^(1/3)
+    with g the long-run variance and G its first moment; at most min(3 sqrt(F), F / 3).
+    For an AR(1) series this is about twice the lag at which the autocorrelation falls
+    below 1/e: a block as long as that lag alone misses more than half of the variance.
+
+    Args:
+        series: (F,) e.g. the true gap on the FNA frames, in time order.
+
+    Returns:
+        Frames per block, at least 1.
+    """
+    x = np.asarray(series, np.float64)
+    x = x[np.isfinite(x)]
+    nf = len(x)
+    if nf < 4:
+        return 1
+    eps = x - x.mean()
+    if not np.any(eps):
+        return 1
+    b_max = math.ceil(min(3.0 * math.sqrt(nf), nf / 3.0))
+    kn = max(5, int(math.log10(nf)))
+    m_max = min(math.ceil(math.sqrt(nf)) + kn, nf - 2)
+    critical = 2.0 * math.sqrt(math.log10(nf) / nf)
+    acv = np.zeros(m_max + 1)
+    acorr = np.zeros(m_max + 1)
+    opt_m = None
+    for k in range(m_max + 1):
+        acv[k] = eps[k:] @ eps[: nf - k] / nf
+        denom = math.sqrt((eps[k + 1 :] @ eps[k + 1 :]) * (eps[: nf - k - 1] @ eps[: nf - k - 1]))
+        acorr[k] = abs(eps[k:] @ eps[: nf - k]) / denom if denom > 0 else 0.0
+        if k >= kn and opt_m is None and np.all(acorr[k - kn : k] < critical):
+            opt_m = k - kn
+    m = min(2 * max(opt_m, 1), m_max) if opt_m is not None else m_max
+    lags = np.arange(1, m + 1)
+    window = np.where(lags / m <= 0.5, 1.0, 2.0 * (1.0 - lags / m))
+    g_moment = 2.0 * np.sum(window * lags * acv[1 : m + 1])
+    long_run = acv[0] + 2.0 * np.sum(window * acv[1 : m + 1])
+    if long_run <= 0:
+        return 1
+    b = (2.0 * g_moment**2 / (4.0 / 3.0 * long_run**2)) ** (1.0 / 3.0) * nf ** (1.0 / 3.0)
+    return int(min(max(1, math.ceil(b)), b_max))
+
+
+def block_weights(num_frames: int, block: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Circular block bootstrap: how often each frame is drawn, per replicate.
+
+    Each replicate strings together ceil(F / block) blocks of ``block``
+    consecutive frames (wrapping round the end) from uniform random starts, cut to F frames.
+
+    Returns:
+        (n_boot, num_frames) float64 counts, each row summing to ``num_frames``.
+    """
+    n_blocks = -(-num_frames // block)
+    starts = rng.integers(0, num_frames, size=(n_boot, n_blocks))
+    idx = ((starts[:, :, None] + np.arange(block)) % num_frames).reshape(n_boot, -1)[:, :num_frames]  # (B, F)
+    flat = (idx + num_frames * np.arange(n_boot)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_boot * num_frames).reshape(n_boot, num_frames).astype(np.float64)
+
+
+def adjust_p(p_value: np.ndarray, method: str = "holm") -> np.ndarray:
+    """Correct p-values for testing them all: ``holm`` (family-wise error) or ``bh`` (false discovery rate).
+
+    Args:
+        p_value: (K,) raw p-values; NaN (untestable) stays NaN and does not count as a test.
+
+    Returns:
+        (K,) adjusted p-values, each compared with the level directly.
+    """
+    p = np.asarray(p_value, np.float64)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    k = ok.size
+    if k == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    ps = p[order]
+    if method == "holm":
+        adj = np.maximum.accumulate(np.minimum(1.0, (k - np.arange(k)) * ps))
+    elif method == "bh":
+        adj = np.minimum.accumulate((k / np.arange(1, k + 1) * ps)[::-1])[::-1]
+        adj = np.minimum(1.0, adj)
+    else:
+        raise QdgapError(f"--correction must be one of {', '.join(CORRECTIONS)}, got {method!r}")
+    out[order] = adj
+    return out
+
+
+def _std_err(both: np.ndarray, frames: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Standard error of a mean over members and frames, from the two-way bootstrap corrected for double counting.
+
+    Resampling members and frames together counts the member x frame noise
+    three times; each alone counts it once, and misses the other's share. With
+    V_both, V_frames and V_members (the last exactly: the members' variance / U),
+    2 (V_members + V_frames) - V_both counts every part once (Owen 2007, the
+    pigeonhole bootstrap). It is floored at the larger one-way variance, which it
+    can never truly be below.
+
+    Args:
+        both: (B, K) replicates resampling members and frames.
+        frames: (B, K) replicates resampling frames only (every member once).
+        units: (U, K) each distinct member's value on all frames.
+
+    Returns:
+        (K,) float64, in the unit of the inputs.
+    """
+    v_both = both.var(axis=0, ddof=1)
+    v_frames = frames.var(axis=0, ddof=1)
+    v_members = units.var(axis=0) / units.shape[0]
+    floor = np.maximum(v_members, v_frames)
+    return np.sqrt(np.maximum(2.0 * (v_members + v_frames) - v_both, floor))
+
+
+def _normal_interval(mean: np.ndarray, std_err: np.ndarray, confidence: float, *, floor: float | None) -> np.ndarray:
+    """(K, 2): mean -/+ z std_err, z the normal quantile of the two-sided ``confidence``; cut at ``floor``
+    (0 for a mean absolute shift, which cannot be negative)."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    ci = np.stack([mean - z * std_err, mean + z * std_err], axis=-1)
+    return ci if floor is None else np.maximum(ci, floor)
+
+
+def _one_sided_p(estimate: np.ndarray, std_err: np.ndarray) -> np.ndarray:
+    """P(score <= null) under a normal with the bootstrap's std; a zero std gives 0 or 1."""
+    from scipy.stats import norm
+
+    est, se = np.asarray(estimate, np.float64), np.asarray(std_err, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = norm.sf(est / se)
+    return np.where(se > 0, p, np.where(est > 0, 0.0, 1.0))
+
+
+def _member_units(seeds: np.ndarray) -> tuple[np.ndarray, int]:
+    """(M,) index of each member's distinct seed, and the number of distinct seeds."""
+    _, unit_of = np.unique(np.asarray(seeds), return_inverse=True)
+    return unit_of.ravel(), int(unit_of.max()) + 1
+
+
+def _unit_average(x: np.ndarray, unit_of: np.ndarray, units: int) -> np.ndarray:
+    """(B, M, ...) -> (B, U, ...): the mean over the copies of each distinct seed."""
+    if units == len(unit_of) and np.array_equal(unit_of, np.arange(units)):
+        return x  # every seed once, in order: nothing to average
+    count = np.bincount(unit_of, minlength=units).astype(np.float64)
+    avg = np.zeros((len(unit_of), units))
+    avg[np.arange(len(unit_of)), unit_of] = 1.0 / count[unit_of]
+    return np.moveaxis(np.moveaxis(x, 1, -1) @ avg, -1, 1)  # matmul, not einsum: BLAS
+
+
+# ==========================================================================
+# Groups of atoms
+# ==========================================================================
+
+
+def site_classes(numbers: np.ndarray, positions_ang: np.ndarray, *, cutoff_ang: float = SITE_CUTOFF_ANG) -> list[str]:
+    """Each atom's species and site: core or surface, or for a ligand (halogen) bridging or terminal.
+
+    Bonded neighbours are atoms within ``cutoff_ang``, counted on every given frame
+    and averaged (rounded half up), so an atom whose bond flickers is classed by
+    what it is most of the time. A ligand with two or more non-ligand (Cd)
+    neighbours is bridging, otherwise terminal. Any other atom is core when it has
+    ``CORE_COORDINATION`` (4) or more non-ligand neighbours and no ligand
+    neighbour, as a Cd or Se inside a zinc-blende or wurtzite lattice; otherwise
+    it is surface.
+
+    Args:
+        numbers: (N,) atomic numbers.
+        positions_ang: (F, N, 3) or (N, 3), Å.
+
+    Returns:
+        N names such as ``Cd core``, ``Se surface``, ``Cl bridging``.
+    """
+    from ase.data import chemical_symbols
+
+    z = np.asarray(numbers)
+    pos = np.asarray(positions_ang, np.float64)
+    pos = pos[None] if pos.ndim == 2 else pos
+    ligand = np.isin(z, LIGAND_NUMBERS)
+    counts = np.zeros((len(z), 2))  # per atom: mean non-ligand and ligand neighbours
+    for lo in range(0, len(pos), 64):  # bounds the (frames, N, N) distance array
+        chunk = pos[lo : lo + 64]
+        d = np.linalg.norm(chunk[:, :, None] - chunk[:, None], axis=-1)
+        bonded = (d < cutoff_ang) & ~np.eye(len(z), dtype=bool)
+        counts[:, 0] += (bonded & ~ligand[None, None]).sum(axis=(0, 2))
+        counts[:, 1] += (bonded & ligand[None, None]).sum(axis=(0, 2))
+    coord = np.floor(counts / len(pos) + 0.5).astype(int)
+    out = []
+    for i, zi in enumerate(z.tolist()):
+        if ligand[i]:
+            site = "bridging" if coord[i, 0] >= 2 else "terminal"
+        else:
+            site = "core" if coord[i, 0] >= CORE_COORDINATION and coord[i, 1] == 0 else "surface"
+        out.append(f"{chemical_symbols[zi]} {site}")
+    return out
+
+
+def atom_groups(atom_label: Sequence[str], site_class: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Groups for ``group_stats``: each species, then each site class, in order of first appearance.
+
+    Args:
+        atom_label: N labels (``Cd1``.., ``Se1``..).
+        site_class: N site names (``site_classes``); species groups only when None.
+    """
+    species = ["".join(ch for ch in str(lab) if ch.isalpha()) for lab in atom_label]
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(species):
+        groups.setdefault(s, []).append(i)
+    if site_class is not None:
+        for i, c in enumerate(site_class):
+            groups.setdefault(str(c), []).append(i)
+    return {k: np.asarray(v, dtype=np.int64) for k, v in groups.items()}

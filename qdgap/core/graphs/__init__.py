@@ -1,0 +1,1 @@
+"""ALIGNN's bond graph and line graph for a whole trajectory, and their cache."""

@@ -1,0 +1,1 @@
+"""Models trained by upstream ALIGNN, imported as qdgap members."""

@@ -1,0 +1,1 @@
+"""The band-gap model (GapModel) built from upstream ALIGNN's pure-torch layers."""

@@ -1,0 +1,1 @@
+"""Training one ensemble member, top to bottom."""

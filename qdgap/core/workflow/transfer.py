@@ -1,0 +1,219 @@
+"""Scoring transfer learning: the pretrained, fine-tuned and scratch ensembles on held-out extension frames.
+
+``finetune_report.csv`` and ``.json``: each ensemble's RMSE and MAE (meV) on the
+labelled extension frames outside every fine-tuned member's pool, and what each
+cost to train.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qdgap.core.common import metrics
+from qdgap.core.common.errors import QdgapError
+from qdgap.core.data.trajectory import Trajectory
+from qdgap.core.store import runs as rf
+from qdgap.core.store.runs import Member
+from qdgap.core.workflow.finetune import FinetuneSettings, OutputPaths, ParameterCounts, finetune_config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FREEZE_BLOCKS = 3  # the original study's README: embeddings and the first three (of four) ALIGNN blocks
+DEFAULT_EPOCHS = 50
+REPORT_MODELS = ("pretrained", "finetuned", "scratch")  # rows of finetune_report.csv, in order
+REPORT_COLUMNS = ("model", "rmse_mev", "mae_mev", "wall_s", "n_frames")
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One row of ``finetune_report.csv``: an ensemble scored on the held-out extension frames."""
+
+    model: str  # pretrained, finetuned or scratch
+    rmse_mev: float  # of the ensemble mean
+    mae_mev: float
+    wall_s: float  # training time summed over members; NaN for the pretrained ensemble
+    n_frames: int
+    runs: str
+    seeds: list[int]
+    member_rmse_mev: list[float]
+    member_wall_s: list[float]
+    member_epochs: list[int]
+
+
+def scored_frames(finetuned: Sequence[Member], traj: Trajectory) -> np.ndarray:
+    """Labelled extension frames outside every fine-tuned member's pool (train, val and test)."""
+    from qdgap.core.analysis.predict import select_frames
+
+    frames = select_frames(finetuned, traj, "unseen")
+    return frames[np.isfinite(traj.gap_ev[frames])]
+
+
+def check_scorable(traj: Trajectory, settings: FinetuneSettings, members: Sequence[Member]) -> None:
+    """Refuse before training when no labelled frame would be left outside the pool to score."""
+    from qdgap.core.data.splits import chosen_pool, labelled_pool
+
+    if settings.pool_frames is not None:
+        pool = chosen_pool(traj.gap_ev, settings.pool_frames)
+        if np.isfinite(traj.gap_ev).sum() - len(pool) < 1:
+            raise QdgapError(
+                "--frames-from: every labelled frame of the extension is chosen, leaving none to compare "
+                "the models on; choose fewer frames"
+            )
+        return
+    strides = {finetune_config(m.config, settings).train.stride for m in members}
+    for stride in strides:
+        pool = labelled_pool(traj.gap_ev, stride=stride)
+        outside = np.isfinite(traj.gap_ev).sum() - len(pool)
+        if outside < 1:
+            raise QdgapError(
+                f"--stride {stride}: every labelled frame of the extension is in the fine-tuning pool, "
+                "leaving none to compare the models on; raise --stride"
+            )
+
+
+def _row(
+    model: str,
+    members: Sequence[Member],
+    traj: Trajectory,
+    frames: np.ndarray,
+    *,
+    runs: Path,
+    cache_dir: Path,
+    device: str,
+    trained: bool,
+    progress,
+) -> ReportRow:
+    from qdgap.core.analysis.predict import predict_ensemble
+
+    pred = predict_ensemble(members, traj, frames, cache_dir=cache_dir, device=device, progress=progress)
+    y = pred.gap_true_ev.astype(np.float64)
+    err = pred.gap_mean_ev.astype(np.float64) - y
+    err_m = pred.gap_pred_ev.astype(np.float64) - y
+    seconds, epochs = [], []
+    for m in members:
+        rows = rf.read_metrics_csv(m.path / rf.METRICS_CSV)
+        seconds.append(float(sum(r["seconds"] for r in rows)))
+        epochs.append(len(rows))
+    return ReportRow(
+        model=model,
+        rmse_mev=metrics.rmse_mev(err),
+        mae_mev=metrics.mae_mev(err),
+        wall_s=float(sum(seconds)) if trained else math.nan,
+        n_frames=int(len(frames)),
+        runs=str(runs),
+        seeds=[m.seed for m in members],
+        member_rmse_mev=metrics.rmse_mev(err_m, axis=1).tolist(),
+        member_wall_s=seconds,
+        member_epochs=epochs,
+    )
+
+
+def compare(
+    traj: Trajectory,
+    *,
+    finetuned: Sequence[Member],
+    pretrained: Sequence[Member] | None,
+    scratch: Sequence[Member] | None,
+    paths: OutputPaths,
+    pretrained_runs: Path,
+    device: str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> list[ReportRow]:
+    """Score the ensembles on ``scored_frames``: pretrained (if given), finetuned, scratch (if given)."""
+    frames = scored_frames(finetuned, traj)
+    if frames.size == 0:
+        raise QdgapError("no labelled extension frame lies outside the fine-tuning pool; raise --stride")
+    cache = paths.finetuned / rf.CACHE_DIR  # the extension's graphs, built while fine-tuning
+    rows = []
+    if pretrained is not None:
+        rows.append(
+            _row(
+                "pretrained",
+                pretrained,
+                traj,
+                frames,
+                runs=pretrained_runs,
+                cache_dir=cache,
+                device=device,
+                trained=False,
+                progress=progress,
+            )
+        )
+    rows.append(
+        _row(
+            "finetuned",
+            finetuned,
+            traj,
+            frames,
+            runs=paths.finetuned,
+            cache_dir=cache,
+            device=device,
+            trained=True,
+            progress=progress,
+        )
+    )
+    if scratch is not None:
+        rows.append(
+            _row(
+                "scratch",
+                scratch,
+                traj,
+                frames,
+                runs=paths.scratch,
+                cache_dir=cache,
+                device=device,
+                trained=True,
+                progress=progress,
+            )
+        )
+    return rows
+
+
+def write_report(
+    rows: Sequence[ReportRow],
+    paths: OutputPaths,
+    *,
+    traj: Trajectory,
+    data_path: Path,
+    settings: FinetuneSettings,
+    counts: ParameterCounts,
+) -> None:
+    """``finetune_report.csv`` (columns ``REPORT_COLUMNS``) and ``finetune_report.json`` (the same, and how), atomically."""
+    from qdgap.core.common.files import provenance
+    from qdgap.core.store.results import write_csv
+
+    write_csv(
+        paths.report_csv,
+        {
+            "model": [r.model for r in rows],
+            "rmse_mev": [r.rmse_mev for r in rows],
+            "mae_mev": [r.mae_mev for r in rows],
+            "wall_s": [r.wall_s for r in rows],
+            "n_frames": [r.n_frames for r in rows],
+        },
+        force=True,
+    )
+    record: dict[str, Any] = {
+        "format": "qdgap.finetune_report",
+        "version": 1,
+        "frames": "labelled extension frames outside every fine-tuned member's pool (train, val and test)",
+        "wall_s": (
+            "training time summed over members (per-epoch times in metrics.csv); none for the pretrained "
+            "ensemble, whose member_wall_s is its original training, for reference"
+        ),
+        "data": {"path": str(Path(data_path).resolve()), "sha256": traj.sha256, "num_frames": traj.num_frames},
+        "settings": asdict(settings),
+        "parameters": {"trainable": counts.trainable, "frozen": counts.frozen},
+        "rows": [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in rows
+        ],
+        **provenance(),
+    }
+    rf.write_json(paths.report_json, record)
