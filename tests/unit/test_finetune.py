@@ -362,7 +362,7 @@ def test_finetune_report_rows(tmp_path, tiny_runs, ext, ext_h5):
         device="cpu",
     )
     pool = np.arange(0, EXT_FRAMES, 3)
-    assert [r.model for r in rows] == list(ft.REPORT_MODELS)
+    assert [r.model for r in rows] == list(tr.REPORT_MODELS)
     for r in rows:
         assert r.n_frames == EXT_FRAMES - len(pool)
         assert r.rmse_mev >= r.mae_mev > 0
@@ -381,6 +381,6 @@ def test_finetune_report_rows(tmp_path, tiny_runs, ext, ext_h5):
     assert lines[0] == ",".join(tr.REPORT_COLUMNS)
     assert lines[1].startswith("pretrained,") and lines[1].split(",")[3] == ""  # no training: blank wall time
     record = json.loads(paths.report_json.read_text())
-    assert [r["model"] for r in record["rows"]] == list(ft.REPORT_MODELS)
+    assert [r["model"] for r in record["rows"]] == list(tr.REPORT_MODELS)
     assert record["rows"][0]["wall_s"] is None and record["parameters"]["frozen"] > 0
     assert record["data"]["sha256"] == ext.sha256

@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FREEZE_BLOCKS = 3  # the original study's README: embeddings and the first three (of four) ALIGNN blocks
 DEFAULT_EPOCHS = 50
-REPORT_MODELS = ("pretrained", "finetuned", "scratch")  # rows of finetune_report.csv, in order
-REPORT_COLUMNS = ("model", "rmse_mev", "mae_mev", "wall_s", "n_frames")
 
 
 # ==========================================================================
