@@ -16,6 +16,8 @@
 #   BUILD_FLAGS  extra flags for the build
 #   BUILD        0: test the IMAGE already built, without building it  [1]
 #   TORCH_CPU_INDEX  the CPU torch wheels' index [download.pytorch.org/whl/cpu, or the host's index if unreachable]
+#   TORCH_VARIANT    cpu or cuda [the host install's]; another variant than the host's is compared to
+#                    float32 rounding, not bitwise
 # The torch variant follows the host install's torch (CPU or CUDA build), and the host's pip settings
 # (find-links, indexes, certificate, constraints) are passed into the build with their folders
 # bound in, so the image gets the same torch wheel as the host.
@@ -107,7 +109,12 @@ import torch, qdgap
 from qdgap.core.common.buildinfo import qdgap_commit
 print(torch.version.cuda or "", qdgap.__version__, qdgap_commit(), sep="\n")') \
     || die "$host_py cannot import torch and qdgap; run 'make install' (or set HOST_VENV)"
-variant=$([ -n "$torch_cuda" ] && echo cuda || echo cpu)
+host_variant=$([ -n "$torch_cuda" ] && echo cuda || echo cpu)
+variant=${TORCH_VARIANT:-$host_variant}
+case $variant in
+    cpu | cuda) ;;
+    *) die "TORCH_VARIANT must be cpu or cuda, not '$variant'" ;;
+esac
 pip_env=()
 pip_mounts=()
 declare -A seen_mount=()
@@ -122,6 +129,9 @@ while IFS= read -r line; do
         index-url | extra-index-url | find-links | cert | constraint | trusted-host | default-timeout) ;;
         *) continue ;;
     esac
+    # The host's wheel folder holds its own torch build, which pip would prefer (2.13.0+cpu sorts
+    # above 2.13.0) to the other variant asked for.
+    [ "$variant" != "$host_variant" ] && [ "$key" = find-links ] && continue
     var=PIP_$(echo "$key" | tr 'a-z-' 'A-Z_')
     pip_env+=(--build-arg "$var=$value")
     for token in $value; do

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from qdgap.cli import ui
-from qdgap.cli.arrays import slurm_resources, submit_members, wait_members
+from qdgap.cli.arrays import slurm_resources
 from qdgap.cli.options import (
     DEMO_DATA,
     Backend,
@@ -37,6 +37,7 @@ from qdgap.cli.options import (
     Stride,
     TrajPath,
 )
+from qdgap.cli.render import hooks
 
 app = typer.Typer(no_args_is_help=True, help="Train an ensemble of members and follow it.")
 
@@ -71,6 +72,8 @@ def train(
     """Train (or finish) every member; members already DONE are skipped, interrupted ones resume."""
     from qdgap.core.config import resolve_config
     from qdgap.core.workflow.ensemble import member_seeds
+    from qdgap.core.workflow.members import train_ensemble
+    from qdgap.core.workflow.slurm import ArrayOptions
 
     seeds = member_seeds(members, seed_base)
     overrides = {
@@ -85,82 +88,24 @@ def train(
         raise ui.usage_error(f"--backend must be local or slurm, got {backend!r}")
     if not data.is_file():
         raise ui.usage_error(f"{data}: no such trajectory file")
+    if backend == "local" and (dry_run or wait):
+        raise ui.usage_error("--dry-run and --wait belong to --backend slurm")
     if frames_from is not None:
         from qdgap.core.analysis.select import with_pool_from
 
         config = with_pool_from(config, frames_from, data)
-    if backend == "slurm":
-        cli_overrides = {"epochs": epochs, "patience": patience, "batch_size": batch_size, "lr": lr, "stride": stride}
-        if frames_from is not None:
-            cli_overrides["frames_from"] = str(frames_from.absolute())
-        _train_slurm(
-            seeds,
-            data,
-            preset,
-            output,
-            device,
-            cli_overrides,
-            partition,
-            account,
-            time_min,
-            cpus,
-            gpus,
-            mem_gb,
-            image,
-            max_parallel,
-            wait,
-            dry_run,
-        )
-        return
-    if dry_run or wait:
-        raise ui.usage_error("--dry-run and --wait belong to --backend slurm")
-    from qdgap.cli.signals import stop_requested
-    from qdgap.core.common.errors import Interrupted
-    from qdgap.core.workflow.ensemble import default_jobs, train_local
-
-    n_jobs = jobs if jobs is not None else default_jobs(len(seeds), device)
-    total = len(seeds) * config.train.epochs
-    with stop_requested() as stop, ui.progress(f"ensemble ({len(seeds)} members)", total, unit="epoch") as advance:
-        outcomes = train_local(
-            data, config, seeds=seeds, runs=output, jobs=n_jobs, device=device, progress=advance, should_stop=stop
-        )
-    ui.print_outcomes(outcomes, output)
-    failed = [o for o in outcomes if o.outcome == "failed"]
-    if stop():
-        raise Interrupted("ensemble stopped; rerun the same command to finish it", exit_code=stop.exit_code)
-    if failed:
-        raise ui.usage_error(
-            f"{len(failed)} member(s) failed (seeds {', '.join(str(o.seed) for o in failed)}): {failed[0].message}"
-        )
-
-
-def _train_slurm(
-    seeds,
-    data,
-    preset,
-    output,
-    device,
-    overrides,
-    partition,
-    account,
-    time_min,
-    cpus,
-    gpus,
-    mem_gb,
-    image,
-    max_parallel,
-    wait,
-    dry_run,
-) -> None:
-    from qdgap.core.workflow.ensemble import train_argv
-
+    # What each array task repeats, under the command-line names qdgap train takes.
+    task_options = {"epochs": epochs, "patience": patience, "batch_size": batch_size, "lr": lr, "stride": stride}
+    if frames_from is not None:
+        task_options["frames_from"] = str(frames_from.absolute())
     resources = slurm_resources(
-        "slurm", "qdgap-train", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel
+        backend, "qdgap-train", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel
     )
-    argv_of = lambda s: train_argv(s, data=data, runs=output, preset=preset, device=device, overrides=overrides)  # noqa: E731
-    job = submit_members(seeds, output, argv_of, resources, dry_run=dry_run, wait=wait)
-    if job is not None and wait:
-        wait_members(job, output)
+    array = None if resources is None else ArrayOptions(resources, wait=wait, dry_run=dry_run)
+    train_ensemble(
+        data, config, seeds=seeds, runs=output, jobs=jobs, device=device, preset=preset, overrides=task_options,
+        array=array, hooks=hooks(),
+    )  # fmt: skip
 
 
 @app.command("status")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 
 from qdgap.cli import ui
 from qdgap.cli.options import DEMO_EXTENDED, Force, OutPath, RunsDir, TrajPath
+from qdgap.cli.render import hooks
 
 Budget = Annotated[int, typer.Option("--budget", "-k", help="Number of frames to choose (K).")]
 Strategy = Annotated[
@@ -64,63 +64,13 @@ def select(
 ) -> None:
     """Choose K frames to label next, where the ensemble's calibrated spread is largest, spread out in time;
     write their indices and times (selection.csv) and optionally their POSCARs."""
-    from qdgap.core.analysis import calibration as cb
-    from qdgap.core.analysis import predict as pr
-    from qdgap.core.analysis import select as sl
-    from qdgap.core.common.files import check_output_file, exclusive_lock
-    from qdgap.core.common.runtime import resolve_device
-    from qdgap.core.data.trajectory import read_trajectory
-    from qdgap.core.store.runs import load_members
+    from qdgap.core.workflow.inference import select_to_file
 
-    if strategy not in sl.STRATEGIES:
-        raise ui.usage_error(f"--strategy must be one of {', '.join(sl.STRATEGIES)}, got {strategy!r}")
-    if candidates not in sl.CANDIDATE_SETS:
-        raise ui.usage_error(f"--candidates must be one of {', '.join(sl.CANDIDATE_SETS)}, got {candidates!r}")
-    if budget < 1:
-        raise ui.usage_error(f"--budget must be at least 1, got {budget}")
-    if min_separation_fs is not None and not min_separation_fs >= 0:
-        raise ui.usage_error(f"--min-separation-fs must be >= 0, got {min_separation_fs}")
-    if output.exists() and not force:
-        raise ui.usage_error(f"{output}: output exists; choose another name or pass --force")
-    dev = str(resolve_device(device))
-    members = load_members(runs)
-    traj = read_trajectory(data)
-    pr.check_members_fit(members, traj, data_path=data, allow_data_change=True)
-    check_output_file(output)
-    cache = pr.runs_cache_dir(runs)
-    with exclusive_lock(output.parent / f".{output.name}.lock", what=f"output {output}"):
-        with ui.progress(f"select ({len(members)} members)", None, unit="frame") as advance:
-            sel = sl.select_for_labelling(
-                members,
-                traj,
-                budget=budget,
-                strategy=strategy,
-                candidates=candidates,
-                min_separation_fs=min_separation_fs,
-                seed=seed,
-                cache_dir=cache,
-                device=dev,
-                progress=advance,
-            )
-        # After the choice, which a single scale cannot change: a bad budget is refused before any fit.
-        cal, why = cb.calibration_for(runs, members, cache_dir=cache, device=dev)
-        if cal is not None:
-            sel = replace(sel, gap_std_calibrated_ev=sel.gap_std_ev * cal.scale)
-        written = sl.write_structures(traj, sel.frame_index, structures) if structures is not None else []
-        sl.write_selection(sel, output, force=force)  # last: a selection.csv means its POSCARs are there too
-    out = ui.stdout_console()
-    what = "calibrated spread" if cal is not None else f"raw spread (not calibrated: {why})"
-    out.print(
-        f"wrote {output}: {len(sel.frame_index)} of {sel.num_candidates} {candidates} candidate frames by {strategy}, "
-        f"at least {sel.min_separation_fs:g} fs apart"
-    )
-    if strategy.startswith("spread"):
-        import numpy as np
-
-        std = sel.gap_std_calibrated_ev if cal is not None else sel.gap_std_ev
-        out.print(f"  {what} of the chosen frames {1000 * np.min(std):.1f}-{1000 * np.max(std):.1f} meV")
-    if written:
-        out.print(f"  wrote {len(written)} POSCARs st<frame>.vasp to {structures}")
+    select_to_file(
+        runs, data, output, budget=budget, strategy=strategy, candidates=candidates,
+        min_separation_fs=min_separation_fs, seed=seed, structures=structures, force=force, device=device,
+        hooks=hooks(),
+    )  # fmt: skip
 
 
 def label(

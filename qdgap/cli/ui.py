@@ -56,18 +56,9 @@ def setup_logging(*, quiet: bool, debug: bool, logfile: Path | None = None) -> N
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     if logfile is not None:
+        from qdgap.core.common.logs import add_logfile
+
         add_logfile(logfile)
-
-
-def add_logfile(path: Path) -> None:
-    """Also append qdgap's log records, with times, to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = logging.FileHandler(path)
-    fh.setLevel(logging.DEBUG)
-    from qdgap.core.common.logs import LOG_FORMAT
-
-    fh.setFormatter(logging.Formatter(LOG_FORMAT))
-    logging.getLogger("qdgap").addHandler(fh)
 
 
 class _RateColumn(ProgressColumn):
@@ -128,17 +119,3 @@ def usage_error(message: str) -> Exception:
     from qdgap.core.common.errors import QdgapError
 
     return QdgapError(message)
-
-
-def print_outcomes(outcomes, output) -> None:
-    """One line per member that did not train, then a summary: counts by outcome and the mean test RMSE (meV)."""
-    out = stdout_console()
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        counts[o.outcome] = counts.get(o.outcome, 0) + 1
-        if o.outcome in ("failed", "busy", "interrupted"):
-            out.print(f"  seed {o.seed}: {o.outcome} — {o.message}")
-    trained = [o for o in outcomes if o.outcome == "trained"]
-    rmse = f", mean test RMSE {sum(o.test_rmse_mev for o in trained) / len(trained):.1f} meV" if trained else ""
-    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
-    out.print(f"{output}: {summary}{rmse}")

@@ -185,6 +185,7 @@ def test_slurm_fna_killed_part_is_resubmitted_alone(
     assert r.exit_code == 0, r.stderr
     again = slurm.load_jobs(slurm.slurm_folder(parts.parts_folder(out)))[-1]
     assert again.job_id != first.job_id and again.members == ("1:0",)  # only the missing part ran again
+    assert first.resubmits is None and again.resubmits == first.job_id  # the record says what it reruns
     assert not list(parts.parts_folder(out).glob(".*.tmp"))  # the rerun cleared the killed write
     _assert_same_results(local, out)
     _, attrs = _datasets(out)

@@ -28,6 +28,7 @@ ROWS: tuple[tuple[str, ...], ...] = (
     ("analysis", "sim", "interop"),
     ("workflow",),
     ("report",),
+    ("pipeline",),
 )
 ROW_OF = {room: row for row, rooms in enumerate(ROWS) for room in rooms}
 # A plain module in core besides the rooms' packages; more than a handful means a room is missing.

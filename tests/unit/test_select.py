@@ -90,3 +90,24 @@ def test_read_selection_and_frames_from(tmp_path):
         bad.write_text(text)
         with pytest.raises(QdgapError, match=match):
             sl.frames_from(bad, gap)
+
+
+@pytest.mark.parametrize("strategy", sl.STRATEGIES)
+def test_auto_separation_steps_down_when_the_budget_is_most_of_the_candidates(strategy):
+    """K = 200 of 280 frames on a 10 fs label grid (the real extension's bench): half the even spacing
+    (12.5 fs) fits only about 140, so auto lowers the separation to the largest spacing that fits."""
+    rng = np.random.default_rng(4)
+    t = np.sort(rng.choice(np.arange(500) * 10.0, size=280, replace=False))  # 0-4990 fs
+    std = rng.random(280)
+    desc = rng.random((280, 6)).astype(np.float32)
+    order, sep = sl.choose_separated(t, std, budget=200, strategy=strategy, descriptors=desc, seed=1)
+    assert len(order) == len(set(order.tolist())) == 200
+    assert sep < sl.auto_separation_fs(t, 200) and sep % 10 == 0 and sep >= 10
+    gaps = np.diff(np.sort(t[order]))
+    assert gaps.min() >= sep
+    # One step above does not fit: the separation kept is the largest that does.
+    with pytest.raises(QdgapError, match="fit"):
+        sl.choose(t, std, budget=200, strategy=strategy, min_separation_fs=sep + 10, descriptors=desc, seed=1)
+    # A separation the user gives is kept as given, and refused when it does not fit.
+    with pytest.raises(QdgapError, match="lower --min-separation-fs"):
+        sl.choose(t, std, budget=200, strategy=strategy, min_separation_fs=12.5, descriptors=desc, seed=1)

@@ -298,3 +298,16 @@ def test_wait_reports_progress_until_all_finish(tmp_path, fake_slurm):
 def test_load_jobs_without_records_is_empty(tmp_path):
     assert slurm.load_jobs(tmp_path) == []
     assert slurm.load_jobs(tmp_path / "missing") == []
+
+
+def test_an_array_records_the_array_it_reruns(tmp_path, fake_slurm):
+    """``resubmits``: the newest earlier array that ran any of the members; None for members never run."""
+    folder = tmp_path / ".slurm"
+    first = slurm.submit([["train", "--seed", "0"], ["train", "--seed", "1"]], folder=folder,
+                         resources=slurm.SlurmResources(), members=[0, 1])  # fmt: skip
+    assert slurm.previous_array(folder, [1]) == first.job_id
+    assert slurm.previous_array(folder, [2]) is None
+    again = slurm.submit([["train", "--seed", "1"]], folder=folder, resources=slurm.SlurmResources(), members=[1],
+                         resubmits=slurm.previous_array(folder, [1]))  # fmt: skip
+    assert slurm.load_jobs(folder)[-1].resubmits == first.job_id == again.resubmits
+    assert slurm.previous_array(folder, [0, 1]) == again.job_id  # the newest attempt

@@ -6,8 +6,10 @@ Candidates are the frames outside every member's pool (on data the members
 were not trained on, every frame), optionally only the labelled or unlabelled
 ones. Every strategy picks ``budget`` frames greedily and never two closer in
 time than ``min_separation_fs`` (default ``auto``: half the spacing of an even
-grid of ``budget`` frames over the candidates' time span), so that K picks are
-not K neighbouring frames of one excursion:
+grid of ``budget`` frames over the candidates' time span, lowered to the next
+spacing that occurs between candidates while the strategy cannot fit ``budget``
+picks, as when K is most of the candidates), so that K picks are not K
+neighbouring frames of one excursion:
 
 - ``spread``: largest calibrated std first.
 - ``spread-diverse``: largest calibrated std times a diversity factor
@@ -114,6 +116,28 @@ def choose(
     seed: int = 0,
     descriptors: np.ndarray | None = None,
 ) -> np.ndarray:
+    """Pick ``budget`` of C candidates: ``choose_separated`` without the separation kept.
+
+    Returns:
+        (K,) int64 positions into the candidates, in the order picked.
+    """
+    order, _ = choose_separated(
+        time_fs, std_ev, budget=budget, strategy=strategy, min_separation_fs=min_separation_fs, seed=seed,
+        descriptors=descriptors,
+    )  # fmt: skip
+    return order
+
+
+def choose_separated(
+    time_fs: np.ndarray,
+    std_ev: np.ndarray,
+    *,
+    budget: int,
+    strategy: str = DEFAULT_STRATEGY,
+    min_separation_fs: float | None = None,
+    seed: int = 0,
+    descriptors: np.ndarray | None = None,
+) -> np.ndarray:
     """Pick ``budget`` of C candidates.
 
     Args:
@@ -126,10 +150,11 @@ def choose(
         descriptors: (C, D) structure fingerprints (``spread-diverse`` only; Å).
 
     Returns:
-        (K,) int64 positions into the candidates, in the order picked.
+        (K,) int64 positions into the candidates, in the order picked; the separation kept, fs
+        (``auto``'s, lowered until the strategy fits ``budget`` picks).
 
     Raises:
-        QdgapError: a bad strategy or budget, or fewer than K candidates fit the separation.
+        QdgapError: a bad strategy or budget, or fewer than K candidates fit a separation given.
     """
     if strategy not in STRATEGIES:
         raise QdgapError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -139,26 +164,58 @@ def choose(
         raise QdgapError(f"--budget must be at least 1, got {budget}")
     if budget > len(t):
         raise QdgapError(f"--budget {budget}: only {len(t)} candidate frame(s) to choose from")
-    sep = auto_separation_fs(t, budget) if min_separation_fs is None else float(min_separation_fs)
+    auto = min_separation_fs is None
+    sep = auto_separation_fs(t, budget) if auto else float(min_separation_fs)
     if sep < 0 or not math.isfinite(sep):
         raise QdgapError(f"--min-separation-fs must be >= 0, got {min_separation_fs}")
-    rng = np.random.default_rng(seed)
-    jitter = rng.permutation(len(t))  # tie-breaker: equal scores are taken in a seeded random order
-    if strategy == "grid":
-        picked = _grid(t, budget, sep)
-    elif strategy == "spread-diverse":
-        if descriptors is None:
-            raise QdgapError("spread-diverse needs the candidates' structures")
-        picked = _diverse(t, std, np.asarray(descriptors, np.float32), budget, sep, jitter)
-    else:
-        order = rng.permutation(len(t)) if strategy == "random" else np.lexsort((jitter, -std))
-        picked = _greedy(t, order, budget, sep)
+    if strategy == "spread-diverse" and descriptors is None:
+        raise QdgapError("spread-diverse needs the candidates' structures")
+    picked = _pick(t, std, descriptors, budget, sep, strategy, seed)
+    if auto and len(picked) < budget:
+        # K is most of the candidates (K = 200 of 280 frames on a 10 fs label grid does not fit 12.5 fs
+        # apart). What fits changes only at a time difference between two candidates, so the largest
+        # separation that fits is one of those below ``sep``: bisect them (0 always fits, K <= C).
+        below = _differences_below(t, sep)
+        lo, hi = 0, len(below)  # below[lo] fits; below[hi:] do not
+        best = _pick(t, std, descriptors, budget, 0.0, strategy, seed)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            trial = _pick(t, std, descriptors, budget, float(below[mid]), strategy, seed)
+            if len(trial) >= budget:
+                lo, best = mid, trial
+            else:
+                hi = mid
+        picked, sep = best, float(below[lo])
     if len(picked) < budget:
         raise QdgapError(
             f"only {len(picked)} of the {budget} frames fit {sep:g} fs apart among the {len(t)} candidates; "
             "lower --min-separation-fs or --budget"
         )
-    return np.asarray(picked, np.int64)
+    return np.asarray(picked, np.int64), sep
+
+
+def _differences_below(t: np.ndarray, limit: float) -> np.ndarray:
+    """0 and every time difference between two candidates below ``limit``, ascending, fs."""
+    ts = np.sort(t)
+    found = [np.zeros(1)]
+    for k in range(1, len(ts)):  # ts[i + k] - ts[i] grows with k: stop at the first k with none below
+        d = ts[k:] - ts[:-k]
+        d = d[d < limit]
+        if not d.size:
+            break
+        found.append(d)
+    return np.unique(np.concatenate(found))
+
+
+def _pick(t, std, descriptors, budget: int, sep: float, strategy: str, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    jitter = rng.permutation(len(t))  # tie-breaker: equal scores are taken in a seeded random order
+    if strategy == "grid":
+        return _grid(t, budget, sep)
+    if strategy == "spread-diverse":
+        return _diverse(t, std, np.asarray(descriptors, np.float32), budget, sep, jitter)
+    order = rng.permutation(len(t)) if strategy == "random" else np.lexsort((jitter, -std))
+    return _greedy(t, order, budget, sep)
 
 
 def _far_enough(t: np.ndarray, picked_t: list[float], i: int, sep: float) -> bool:
@@ -301,14 +358,13 @@ def select_for_labelling(
     scale = calibration.scale if calibration is not None else math.nan
     desc = pairwise_distance_descriptors(traj.positions_ang[frames]) if strategy == "spread-diverse" else None
     t = traj.time_fs[frames]
-    sep = auto_separation_fs(t, budget) if min_separation_fs is None else float(min_separation_fs)
     # Calibration multiplies every std by one number: the order, and so the picks, are the raw spread's.
-    order = choose(
+    order, sep = choose_separated(
         t,
         np.nan_to_num(std, nan=0.0),
         budget=budget,
         strategy=strategy,
-        min_separation_fs=sep,
+        min_separation_fs=min_separation_fs,
         seed=seed,
         descriptors=desc,
     )

@@ -24,6 +24,7 @@ import numpy as np
 
 from qdgap.core.analysis import parts as pt
 from qdgap.core.common.errors import QdgapError
+from qdgap.core.common.hooks import Hooks
 from qdgap.core.data.trajectory import Trajectory
 from qdgap.core.store.runs import Member
 from qdgap.core.workflow import slurm, slurm_states
@@ -220,6 +221,7 @@ def run_array(
             resources=resources,
             members=[p.name for p in submit],
             cwd=cwd,
+            resubmits=slurm.previous_array(slurm.slurm_folder(folder), [p.name for p in submit]),
         )
     waited: list[str] = []
     if wait:
@@ -261,3 +263,73 @@ def check_not_mixed(*, part: str | None, backend: str, frames_per_task: int | No
         raise QdgapError("--part computes one part here (what an array task runs); it does not go with --backend slurm")
     if part is None and backend != "slurm" and (frames_per_task is not None or wait or dry_run):
         raise QdgapError("--frames-per-task, --wait and --dry-run belong to --backend slurm")
+
+
+def compute_one(kind: str, part: str, members, traj, frames, output: Path, frames_per_task, *, hooks: Hooks, **kwargs):
+    """What an array task runs: compute part ``SEED:BLOCK`` of ``output`` and write its file beside it.
+
+    Returns:
+        (the part's name, its file, its number of frames).
+    """
+    which = pt.parse_part(kind, part)
+    sub = pt.block_frames(frames, which.block, frames_per_task)
+    total = len(sub) * (traj.num_atoms + 1 if kind == "fna" else 1)
+    with hooks.progress(f"{kind} part {which.name}", total, unit="masked" if kind == "fna" else "frame") as advance:
+        path = pt.compute_part(
+            which, members, traj, frames, frames_per_task=frames_per_task, folder=pt.parts_folder(output),
+            progress=advance, **kwargs,
+        )  # fmt: skip
+    return which.name, path, len(sub)
+
+
+def follow(
+    kind, members, traj, frames, output, options, frames_per_task, resources, *, wait, dry_run, hooks: Hooks, mode=""
+):
+    """``run_array`` as a command runs it: say what was submitted and where things stand.
+
+    Returns:
+        The merged parts once all are there, else None (after saying why).
+
+    Raises:
+        QdgapError: parts failed (named, with why); nothing is merged.
+    """
+    n_parts = len(members) * pt.num_blocks(len(frames), frames_per_task)
+    with hooks.progress(f"slurm {kind} ({n_parts} parts)", n_parts, unit="part") as advance:
+        run = run_array(
+            kind, members, traj, frames, output=output, options=options, frames_per_task=frames_per_task,
+            resources=resources, mode=mode, wait=wait, dry_run=dry_run, progress=advance,
+        )  # fmt: skip
+    if dry_run:
+        hooks.say(run.script or f"{output}: nothing to submit, all {run.total} parts done")
+        return None
+    if run.skipped:
+        hooks.say(f"{output}: {len(run.skipped)} part(s) already queued or running; not submitted again")
+    if run.submitted is not None:
+        job = run.submitted
+        hooks.say(f"submitted job array {job.job_id}: {len(job.members)} of {run.total} {kind} part(s) of {output}")
+    if run.failed:
+        for s in run.failed:
+            hooks.say(f"  part {s.part}: {s.state} {s.job_id} — {s.message}")
+        first = run.failed[0]
+        raise QdgapError(
+            f"{len(run.failed)} of {run.total} {kind} part(s) failed ({', '.join(s.part for s in run.failed[:5])}): "
+            f"{first.message or first.state}; nothing merged, rerun the same command to resubmit only those"
+        )
+    if run.merged is None:
+        hooks.say(
+            f"{run.done} of {run.total} parts done; follow them with `qdgap status {output}`, then rerun this "
+            "command to merge them (failed parts are resubmitted)"
+        )
+        return None
+    return run.merged
+
+
+def merged_attrs(merged: pt.Merged, frames_per_task: int | None) -> dict:
+    """The attrs a merged result records: its arrays, parts and block size."""
+    from qdgap.core.common import schema
+
+    return {
+        schema.ATTR_SLURM_JOBS: ",".join(merged.job_ids),
+        schema.ATTR_SLURM_PARTS: merged.num_parts,
+        schema.ATTR_FRAMES_PER_TASK: frames_per_task or 0,
+    }

@@ -126,6 +126,16 @@ class SlurmResources:
 # Submitted arrays and task states
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
+class ArrayOptions:
+    """``--backend slurm`` as a command takes it: what each task asks for, and whether to follow the
+    array to its end (``--wait``) or only print its sbatch script (``--dry-run``)."""
+
+    resources: SlurmResources
+    wait: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
 class ArrayJob:
     """One submitted job array, as recorded in ``<folder>/job_<job_id>.json``.
 
@@ -426,3 +436,10 @@ def load_jobs(folder: str | os.PathLike) -> list[ArrayJob]:
         return job.submitted, int(job.job_id) if job.job_id.isdigit() else 0
 
     return sorted(jobs, key=order)
+
+
+def previous_array(folder: str | os.PathLike, members) -> str | None:
+    """The newest recorded array in ``folder`` that ran any of ``members``: what a new array for them reruns."""
+    wanted = {str(m) for m in members}
+    earlier = [j.job_id for j in load_jobs(folder) if wanted & {str(m) for m in j.members}]
+    return earlier[-1] if earlier else None

@@ -1,0 +1,173 @@
+"""What the commands print: each core outcome rendered once, for its command and for ``qdgap pipeline``.
+
+``hooks()`` gives core its progress bars, plain lines, this renderer and the stop flag.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from qdgap.cli import ui
+
+
+def hooks():
+    """The core ``Hooks`` of a command: rich bars on stderr, lines and rendered outcomes on stdout, SIGTERM and
+    SIGINT as a request to stop training at its next batch."""
+    from qdgap.cli.signals import stop_requested
+    from qdgap.core.common.hooks import Hooks
+
+    return Hooks(progress=ui.progress, say=typer.echo, show=show, stop_requested=stop_requested)
+
+
+def show(outcome: object) -> None:
+    """Print ``outcome`` (any of core's outcome types) as its command does."""
+    from qdgap.core.workflow import finetune_run, inference, members
+
+    if isinstance(outcome, inference.PredictOutcome):
+        _print_summary(outcome.output, outcome.n_members, outcome.n_frames, outcome.summary)
+        _print_calibration(outcome.n_frames, outcome.calibration)
+    elif isinstance(outcome, inference.FnaOutcome):
+        o = outcome
+        _print_fna_summary(o.output, o.csv, o.xyz, o.n_members, o.n_frames, o.n_atoms, o.mask, o.table, o.stats)
+    elif isinstance(outcome, inference.SelectOutcome):
+        _print_selection(outcome)
+    elif isinstance(outcome, inference.PartOutcome):
+        ui.stdout_console().print(
+            f"wrote part {outcome.name} of {outcome.output} ({outcome.n_frames} frames): {outcome.path}"
+        )
+    elif isinstance(outcome, members.MembersOutcome):
+        _print_outcomes(outcome.outcomes, outcome.folder)
+    elif isinstance(outcome, finetune_run.MemberFinetuned):
+        _print_member_finetuned(outcome.run, outcome.result)
+    elif isinstance(outcome, finetune_run.TransferOutcome):
+        _print_transfer(outcome)
+    else:
+        raise TypeError(f"no rendering for {type(outcome).__name__}")
+
+
+def _print_outcomes(outcomes, output) -> None:
+    """One line per member that did not train, then a summary: counts by outcome and the mean test RMSE (meV)."""
+    out = ui.stdout_console()
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.outcome] = counts.get(o.outcome, 0) + 1
+        if o.outcome in ("failed", "busy", "interrupted"):
+            out.print(f"  seed {o.seed}: {o.outcome} — {o.message}")
+    trained = [o for o in outcomes if o.outcome == "trained"]
+    rmse = f", mean test RMSE {sum(o.test_rmse_mev for o in trained) / len(trained):.1f} meV" if trained else ""
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    out.print(f"{output}: {summary}{rmse}")
+
+
+def _print_selection(o) -> None:
+    out = ui.stdout_console()
+    sel = o.selection
+    what = "calibrated spread" if o.calibrated else f"raw spread (not calibrated: {o.why_not})"
+    out.print(
+        f"wrote {o.output}: {len(sel.frame_index)} of {sel.num_candidates} {o.candidates} candidate frames by "
+        f"{sel.strategy}, at least {sel.min_separation_fs:g} fs apart"
+    )
+    if sel.strategy.startswith("spread"):
+        std = sel.gap_std_calibrated_ev if o.calibrated else sel.gap_std_ev
+        out.print(f"  {what} of the chosen frames {1000 * np.min(std):.1f}-{1000 * np.max(std):.1f} meV")
+    if o.structures:
+        out.print(f"  wrote {len(o.structures)} POSCARs st<frame>.vasp to {o.structures_dir}")
+
+
+def _print_member_finetuned(run: Path, result) -> None:
+    ui.stdout_console().print(
+        f"{run}: {result.epochs_run} epochs (best {result.best_epoch}), val MAE {result.best_val_mae_mev:.1f} meV, "
+        f"test RMSE {result.test_rmse_mev:.1f} meV / MAE {result.test_mae_mev:.1f} meV on {result.n_test} frames, "
+        f"{result.seconds:.1f} s; {result.frozen_params:,} frozen, {result.trainable_params:,} trainable parameters"
+    )
+
+
+def _print_transfer(o) -> None:
+    out = ui.stdout_console()
+    out.print(
+        f"wrote {o.paths.report_csv} and {o.paths.report_json.name}: {o.n_members} members, "
+        f"{o.n_frames} held-out extension frames"
+    )
+    for r in o.rows:
+        wall = "" if math.isnan(r.wall_s) else f", training {r.wall_s:.0f} s"
+        out.print(f"  {r.model:<10} RMSE {r.rmse_mev:7.1f} meV, MAE {r.mae_mev:7.1f} meV{wall}")
+
+
+def _print_calibration(n_frames: int, s: dict) -> None:
+    out = ui.stdout_console()
+    if "uncalibrated" in s:
+        out.print(f"  spread not calibrated ({s['uncalibrated']}); no interval or extrapolation flags written")
+        return
+    if "coverage95_cal" in s:
+        out.print(
+            f"  coverage on {s['n_scored']} labelled unseen frames, 68 / 95 %: raw spread "
+            f"{100 * s['coverage68_raw']:.1f} / {100 * s['coverage95_raw']:.1f} %, calibrated (x{s['calibration_scale']:.2f}) "
+            f"{100 * s['coverage68_cal']:.1f} / {100 * s['coverage95_cal']:.1f} %, conformal "
+            f"{100 * s['coverage68_conformal']:.1f} / {100 * s['coverage95_conformal']:.1f} %; miscalibration area "
+            f"{s['miscal_area_raw']:.3f} -> {s['miscal_area_cal']:.3f}; Spearman(spread, |error|) {s['spearman_std_abs_err']:.2f}"
+        )
+    out.print(
+        f"  {s['n_extrapolating']} of {n_frames} frames ({100 * s['n_extrapolating'] / max(1, n_frames):.1f} %) outside "
+        f"what the ensemble knows (calibrated std above {s['extrapolation_threshold_mev']:.1f} meV, the largest "
+        + ("between its pool frames on the training trajectory)" if s["threshold_frames"] == "between"
+           else f"on its {s['calibration_frames']} calibration frames)")
+    )  # fmt: skip
+
+
+def _print_summary(output: Path, n_members: int, n_frames: int, s: dict) -> None:
+    out = ui.stdout_console()
+    out.print(f"wrote {output} and {output.with_suffix('.csv').name}: {n_members} members x {n_frames} frames")
+    if "ensemble_rmse_mev" in s:
+        out.print(
+            f"  on {s['n_labelled']} labelled frames: ensemble RMSE {s['ensemble_rmse_mev']:.1f} meV, "
+            f"MAE {s['ensemble_mae_mev']:.1f} meV; members RMSE {s['best_member_rmse_mev']:.1f}-"
+            f"{s['worst_member_rmse_mev']:.1f} meV; true gap within mean ± 2 std on {100 * s['coverage_2std']:.0f} % of frames"
+        )
+    else:
+        out.print("  no labelled frames among them: nothing to compare against")
+
+
+def _print_fna_summary(output, csv_path, xyz, n_members, n_frames, n_atoms, mask, table, stats) -> None:
+    out = ui.stdout_console()
+    also = f", {xyz}" if xyz is not None else ""
+    out.print(
+        f"wrote {output}, {csv_path} and {csv_path.with_name('importance_groups.csv').name}{also}: "
+        f"{n_members} members x {n_frames} frames x {n_atoms} atoms ({mask} mask)"
+    )
+    r = stats.ranking
+    ci = f"{100 * r.confidence:.0f} %"
+    if stats.ranked_by == "rmse":
+        out.print(
+            f"  unmasked ensemble RMSE {table['baseline_rmse_mev'][0]:.1f} meV; ranked by importance = masked minus "
+            f"unmasked RMSE per member (meV, {ci} interval); * = significant (importance > 0, {r.correction}, "
+            f"alpha {r.alpha:g})"
+        )
+        value, lo, hi = "importance_mev", "importance_ci_lo_mev", "importance_ci_hi_mev"
+        sig, stab = "significant", "rank_stability"
+    else:
+        out.print(
+            f"  no true gaps: ranked by shift = mean |masked - unmasked| (meV, {ci} interval); * = significant "
+            f"(shift > ensemble spread {r.null_mev:.1f} meV, {r.correction}, alpha {r.alpha:g})"
+        )
+        value, lo, hi = "mean_abs_shift_mev", "shift_ci_lo_mev", "shift_ci_hi_mev"
+        sig, stab = "shift_significant", "shift_rank_stability"
+    out.print(
+        f"  bootstrap: {r.n_boot} replicates, blocks of {r.block_frames} frames (from the {r.block_source}'s "
+        f"autocorrelation), {r.n_members} members, seed {r.seed}; most important atoms:"
+    )
+    for i in range(min(10, len(table["atom_label"]))):
+        extra = ""
+        if stats.ranked_by == "rmse":
+            extra = f"  RMSE {table['rmse_mev_mean'][i]:6.1f} ± {table['rmse_mev_std'][i]:.1f} meV"
+        out.print(
+            f"  {table['rank'][i]:>3}. {table['atom_label'][i]:<6}{'*' if table[sig][i] else ' '} "
+            f"{table[value][i]:+7.1f} [{table[lo][i]:+.1f}, {table[hi][i]:+.1f}] meV  "
+            f"p {table['p_adjusted' if stats.ranked_by == 'rmse' else 'shift_p_adjusted'][i]:.2g}  "
+            f"top-{r.top_k} in {100 * table[stab][i]:.0f} %{extra}"
+        )
+    n_sig = int(np.count_nonzero(r.significant))
+    out.print(f"  {n_sig} of {n_atoms} atoms significant")
