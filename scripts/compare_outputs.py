@@ -5,7 +5,8 @@
 Every file under HOST must exist under INSIDE with the same content: arrays (HDF5 datasets, .npz,
 tensors in .pt checkpoints and TorchScript models, CSV columns) equal bit for bit with --bitwise,
 else to float32 rounding; JSON records and HDF5 attrs equal but for what names a time, a place or
-the command line (VOLATILE). stdout/stderr captures (*.out, *.err) and locks are not compared, except
+the command line (VOLATILE), and without --bitwise but for the torch build's name (TORCH_BUILD).
+stdout/stderr captures (*.out, *.err) and locks are not compared, except
 ``data.out`` (``qdgap data info --json``). Prints one line per difference; exit 1 if there is any.
 """
 
@@ -25,6 +26,8 @@ VOLATILE = {"created", "command", "path", "input_path", "model_sha256", "seconds
 SKIP_SUFFIXES = {".out", ".err", ".lock"}
 SKIP_NAMES = {".lock"}  # a run folder's lock: the pid and host that held it
 RTOL, ATOL = 1e-5, 1e-7  # float32 rounding, when the two torch builds differ
+# Provenance that names the torch build: different by construction when the builds differ (no --bitwise).
+TORCH_BUILD = {"torch_version", "torch_variant"}
 
 
 class Diff:
@@ -48,7 +51,7 @@ class Diff:
         """Recursive comparison of JSON-like values, tensors and arrays."""
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b), key=str):
-                if key in VOLATILE:
+                if key in VOLATILE or (not self.bitwise and key in TORCH_BUILD):
                     continue
                 if key not in a or key not in b:
                     self.lines.append(f"{where}.{key}: only in {'host' if key in a else 'image'}")

@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.common.hooks import Hooks
 from qdgap.core.pipeline.stages import Stage, check_from, readable, run_stages
 from qdgap.core.store.layout import Workdir
-from qdgap.core.workflow import slurm
+
+if TYPE_CHECKING:  # the CLI imports this module for STAGES at every start: keep it light
+    from qdgap.core.workflow import slurm
 
 STAGES = ("train", "predict", "fna", "finetune", "predict-ext", "report")
 TRAIN_TIME_MIN = 120  # Slurm time limit per member, as `qdgap ensemble train`'s default
@@ -100,9 +103,11 @@ def study_stages(wd: Workdir, data: Path, extended: Path | None, s: StudySetting
         return [d / rf.DONE for d in rf.member_dirs(runs)]
 
     def array(time_min: int, name: str):
+        from qdgap.core.workflow.slurm import ArrayOptions
+
         if s.slurm is None:
             return None
-        return slurm.ArrayOptions(dataclasses.replace(s.slurm, time_min=time_min, job_name=name), wait=True)
+        return ArrayOptions(dataclasses.replace(s.slurm, time_min=time_min, job_name=name), wait=True)
 
     def train() -> None:
         from qdgap.core.config import resolve_config
