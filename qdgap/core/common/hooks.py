@@ -1,9 +1,10 @@
 """How long core work shows itself without knowing about terminals: progress, lines, results, stopping.
 
 Core functions that run a whole command's work (``workflow.inference``, ``workflow.members``,
-``pipeline``) take one ``Hooks``. The CLI fills it from rich (``cli/ui.hooks``): bars on stderr,
-lines and rendered results on stdout, SIGTERM/SIGINT as the stop flag of training. The defaults are silent,
-so a script or a test can call the same functions with ``Hooks()``.
+``workflow.finetune_run``, ``pipeline``) take one ``Hooks``. The CLI fills it from rich
+(``cli/render.hooks``): bars on stderr, lines and rendered results on stdout, SIGTERM/SIGINT as the
+stop flag of training. The defaults are silent, so a script or a test can call the same functions
+with ``Hooks()``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Never:
 
 @contextlib.contextmanager
 def no_progress(description: str, total: float | None, *, unit: str = "") -> Iterator[Callable[[float], None]]:  # noqa: ARG001
+    """A progress bar that shows nothing: yields a no-op ``advance(n)``."""
     yield lambda n=1: None
 
 
@@ -43,6 +45,7 @@ def _silent(*_args, **_kwargs) -> None:
 
 
 def never_stop() -> AbstractContextManager[Stop]:
+    """No signal handling: the flag it yields never fires."""
     return contextlib.nullcontext(Never())
 
 
