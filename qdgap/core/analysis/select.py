@@ -177,7 +177,7 @@ def choose_separated(
         # separation that fits is one of those below ``sep``: bisect them (0 always fits, K <= C).
         below = _differences_below(t, sep)
         lo, hi = 0, len(below)  # below[lo] fits; below[hi:] do not
-        best = _pick(t, std, descriptors, budget, 0.0, strategy, seed)
+        best = None
         while hi - lo > 1:
             mid = (lo + hi) // 2
             trial = _pick(t, std, descriptors, budget, float(below[mid]), strategy, seed)
@@ -185,7 +185,8 @@ def choose_separated(
                 lo, best = mid, trial
             else:
                 hi = mid
-        picked, sep = best, float(below[lo])
+        sep = float(below[lo])
+        picked = best if best is not None else _pick(t, std, descriptors, budget, sep, strategy, seed)
     if len(picked) < budget:
         raise QdgapError(
             f"only {len(picked)} of the {budget} frames fit {sep:g} fs apart among the {len(t)} candidates; "

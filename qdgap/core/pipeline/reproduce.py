@@ -51,8 +51,6 @@ def run_reproduce(
     from qdgap.core.common.logs import add_logfile
 
     check_from(from_stage, STAGES)
-    if settings.slurm is not None:
-        raise QdgapError("reproduce runs here; use `qdgap pipeline --backend slurm` on a cluster")
     settings.check()
     for path, what in ((source.archive, "--archive"), (source.labels, "--labels"), (source.ext_labels, "--ext-labels")):
         if path is not None and not path.exists():
