@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.qdgap-installed
 WORK   ?= work/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo reproduce test test-slow lint fna bench bench-quick bench-gpu sif image clean constraints image-test sif-from-image
+.PHONY: install demo reproduce test test-slow lint fna bench bench-quick bench-gpu sif image clean constraints image-test sif-from-image device-kit
 
 install: $(STAMP)
 
@@ -64,6 +64,11 @@ bench-quick: $(STAMP)
 # On a machine with a CUDA device, under 8 minutes: bench/results-gpu.md (elsewhere it says so and does nothing).
 bench-gpu: $(STAMP)
 	$(PY) bench/gpu_check.py
+
+# For a lent GPU machine without network: wheels it lacks + the real study's inputs in work/device-kit/;
+# there, `bash scripts/device-run.sh` (the script says how).
+device-kit: $(STAMP)
+	bash scripts/device-kit.sh
 
 clean:
 	rm -rf $(WORK) .pytest_cache

@@ -97,6 +97,17 @@ def _print_transfer(o) -> None:
         out.print(f"  {r.model:<10} RMSE {r.rmse_mev:7.1f} meV, MAE {r.mae_mev:7.1f} meV{wall}")
 
 
+def _percent(fraction: float) -> str:
+    return "–" if math.isnan(fraction) else f"{100 * fraction:.1f}"
+
+
+def _unbounded(s: dict) -> str:
+    # A split-conformal interval at level p is unbounded below p / (1 - p) calibration frames.
+    if math.isnan(s["coverage95_conformal"]) or math.isnan(s["coverage68_conformal"]):
+        return f" (unbounded: {s['calibration_frames']} calibration frames, 19 needed at 95 %)"
+    return ""
+
+
 def _print_calibration(n_frames: int, s: dict) -> None:
     out = ui.stdout_console()
     if "uncalibrated" in s:
@@ -107,7 +118,7 @@ def _print_calibration(n_frames: int, s: dict) -> None:
             f"  coverage on {s['n_scored']} labelled unseen frames, 68 / 95 %: raw spread "
             f"{100 * s['coverage68_raw']:.1f} / {100 * s['coverage95_raw']:.1f} %, calibrated (x{s['calibration_scale']:.2f}) "
             f"{100 * s['coverage68_cal']:.1f} / {100 * s['coverage95_cal']:.1f} %, conformal "
-            f"{100 * s['coverage68_conformal']:.1f} / {100 * s['coverage95_conformal']:.1f} %; miscalibration area "
+            f"{_percent(s['coverage68_conformal'])} / {_percent(s['coverage95_conformal'])} %{_unbounded(s)}; miscalibration area "
             f"{s['miscal_area_raw']:.3f} -> {s['miscal_area_cal']:.3f}; Spearman(spread, |error|) {s['spearman_std_abs_err']:.2f}"
         )
     out.print(

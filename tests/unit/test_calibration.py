@@ -95,6 +95,34 @@ def test_calibration_interval_and_flags():
         cb.apply_calibration(cal, mean, std, level=1.5)
 
 
+def test_conformal_interval_is_unbounded_on_too_few_calibration_frames(capsys):
+    """With n calibration frames the split-conformal 95 % quantile needs rank ceil(0.95 (n + 1)) <= n, i.e.
+    n >= 19: below that the interval is unbounded, its coverage undefined (NaN, not 100 %), and the
+    command's line says why instead of printing "nan"."""
+    import dataclasses
+
+    from qdgap.cli import render
+
+    labels, pred, splits = _synthetic()
+    cal = _fit(labels, pred, splits)
+    for n, bounded in ((18, False), (19, True)):
+        few = dataclasses.replace(cal, scores=cal.scores[:: len(cal.scores) // n][:n], n_frames=n)
+        assert len(few.scores) == n
+        assert np.isfinite(few.half_width(0.95, "conformal")) == bounded
+        mean, std = pred.mean(0), pred.std(0)
+        summary = cb.calibration_summary(labels, mean, std, few)
+        assert np.isnan(summary["coverage95_conformal"]) != bounded
+        assert np.isfinite(summary["coverage68_conformal"])
+        summary.update(
+            n_extrapolating=0, extrapolation_threshold_mev=1.0, calibration_scale=few.scale, calibration_frames=n,
+            threshold_frames="between",
+        )  # fmt: skip
+        render._print_calibration(NUM_FRAMES, summary)
+        line = capsys.readouterr().out
+        assert "nan" not in line
+        assert ("unbounded: 18 calibration frames, 19 needed at 95 %" in line) != bounded
+
+
 def test_calibration_json_roundtrip():
     labels, pred, splits = _synthetic()
     cal = _fit(labels, pred, splits)
