@@ -543,7 +543,7 @@ def _(b):
     b.allowed.add("runs/run_0/FAILED")  # the member's note of why it stopped (`ensemble status` reads it)
     b.evil_pickle(rf.run_dir(runs, 0) / rf.CHECKPOINT_PT, zipped=True)
     args = ["train", "--seed", 0, "--data", b.h5, "--preset", "tiny", "-o", runs, "--device", "cpu"]
-    return args, ("checkpoint.pt", "unsafe checkpoint: holds pickled Python objects (io.open)")
+    return args, ("checkpoint.pt", "unsafe checkpoint: holds pickled Python objects (", "io.open)")
 
 
 @case("checkpoint-raw-pickle-ensemble-resume")
@@ -589,7 +589,11 @@ def _(b):
 
     _, cfg, _ = write_upstream_run(b.root / "upstream")
     ckpt = b.evil_pickle(b.root / "upstream" / "evil.pt", zipped=True)
-    return ["import-alignn", ckpt, cfg, "-o", b.out / "run_0"], ("evil.pt", "holds pickled Python objects (io.open)")
+    return ["import-alignn", ckpt, cfg, "-o", b.out / "run_0"], (
+        "evil.pt",
+        "holds pickled Python objects (",
+        "io.open)",
+    )
 
 
 # --------------------------------------------------------------- options

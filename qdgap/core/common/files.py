@@ -11,6 +11,7 @@ import datetime as _dt
 import errno
 import fcntl
 import hashlib
+import io
 import os
 import shlex
 import sys
@@ -125,6 +126,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, replacing what was there."""
     with atomic_output(path, force=True) as tmp:
         tmp.write_text(text)
+
+
+def write_image(tmp: Path, image: io.BytesIO) -> None:
+    """Write an in-memory file (an HDF5 image built in ``image``) to ``tmp``, from ``atomic_output``.
+
+    Written from a bytes copy, never from ``image.getbuffer()``: when the write fails (a full disk), the
+    file object's view of the BytesIO's buffer is caught in the traceback's reference cycle, and CPython
+    3.12's garbage collector (seen on 3.12.1; gh-111049, gh-77894) then crashes collecting it:
+    a segmentation fault after the one-line error, exit 139 instead of 2.
+    """
+    tmp.write_bytes(image.getvalue())
 
 
 def provenance(**extra: object) -> dict[str, object]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from qdgap.core.common import schema
 from qdgap.core.common.errors import QdgapError
-from qdgap.core.common.files import atomic_output, provenance, sha256_file
+from qdgap.core.common.files import atomic_output, provenance, sha256_file, write_image
 from qdgap.core.common.labels import atom_labels, formula
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def write_trajectory(
                 for key, value in extras.items():
                     group.create_dataset(key, data=np.asarray(value))
             _write_attrs(h5, {**traj.attrs, **provenance(), **attrs}, complete=True)
-        tmp.write_bytes(image.getbuffer())
+        write_image(tmp, image)
 
 
 def read_trajectory_extras(path: str | Path) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from qdgap.core.common import schema
 from qdgap.core.common.errors import QdgapError
-from qdgap.core.common.files import atomic_output, provenance
+from qdgap.core.common.files import atomic_output, provenance, write_image
 
 
 def write_results(
@@ -58,7 +58,7 @@ def write_results(
                     h5.attrs[key] = value
             h5.attrs[schema.ATTR_VERSION] = version
             h5.attrs[schema.ATTR_FORMAT] = fmt  # last
-        tmp.write_bytes(image.getbuffer())
+        write_image(tmp, image)
 
 
 def read_results(path: str | Path, *, fmt: str, version: int = 1) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
