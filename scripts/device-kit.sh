@@ -4,7 +4,8 @@
 # The GPU machine (the device tool's nvidia-h200) has Python 3.12 with CUDA torch, numpy, h5py, scipy,
 # matplotlib, pandas, rich, typer, scikit-learn and onnxruntime (CPU provider only), and no network.
 # It lacks alignn, ase, jarvis-tools, pydantic and submitit: their wheels, at the versions this
-# checkout's .venv runs, are downloaded here for its Python. The seed data is linked in, not copied
+# checkout's .venv runs, are downloaded here for its Python, with typer, rich and h5py at the tested
+# versions too (the image's own are of unknown age; the kit's come first on PYTHONPATH). The seed data is linked in, not copied
 # into the repository (work/ is ignored; the device tool carries the files a `carry` path names).
 #
 #   bash scripts/device-kit.sh                  # wheels for the GPU machine (cp312)
@@ -22,7 +23,7 @@ seed=${SEED_DATA:-../shared/seed-data/cl_qd}
 # tool's KINDS.md lists its packages); alignn's other requirements (dgl-era tools, lmdb, spglib,
 # flake8) are never imported on these paths, so --no-deps leaves them out.
 packages=(alignn ase jarvis-tools pydantic pydantic-core pydantic-settings python-dotenv annotated-types
-    typing-inspection xmltodict submitit)
+    typing-inspection xmltodict submitit typer rich h5py)
 
 say() { echo "device-kit: $*"; }
 [ -x "$venv_py" ] || { echo "device-kit: $venv_py not found: run 'make install' first" >&2; exit 2; }

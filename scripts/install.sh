@@ -23,7 +23,15 @@ pin=()
 [ -n "$constraints" ] && pin=(-c "$constraints")
 
 if [ ! -x "$venv/bin/python" ]; then
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
+        || { echo "install: qdgap needs Python 3.10 or newer; $py is $("$py" -V 2>&1) (PYTHON=... picks another)" >&2; exit 2; }
     "$py" -m venv "$venv"
+fi
+# The pins were resolved on Python 3.11 and some releases (numpy 2.4, pandas 3, scipy 1.17) need 3.11:
+# on 3.10 pip takes the newest releases that support it (the suite passes with numpy 2.2, pandas 2.3, scipy 1.15).
+if [ -n "$constraints" ] && ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "install: Python 3.10: not pinning to $(basename "$constraints") (made on 3.11); the newest releases for 3.10 instead" >&2
+    pin=()
 fi
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 # torch first, so that nothing below can pull a multi-GB CUDA build as a dependency.
