@@ -137,7 +137,7 @@ def choose_separated(
     min_separation_fs: float | None = None,
     seed: int = 0,
     descriptors: np.ndarray | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, float]:
     """Pick ``budget`` of C candidates.
 
     Args:
