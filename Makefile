@@ -35,12 +35,14 @@ LABELS     ?= $(SEED_DATA)/cl_qd/Cl_QD_elec_1-10k.csv
 EXT_LABELS ?= $(SEED_DATA)/cl_qd/Cl_QD_elec_10k-15k_step_10.csv
 MEMBERS    ?= 20
 PRESET     ?= cpu
-REPRO_WORK ?= work/reproduce
+STRIDE     ?= 10
+# A sparser pool (STRIDE=100: one label per 100 fs) gets its own work folder beside the study's.
+REPRO_WORK ?= $(if $(filter 10,$(STRIDE)),work/reproduce,work/reproduce-stride$(STRIDE))
 REPRO_ARGS ?=
 
 reproduce: $(STAMP)
 	$(QDGAP) reproduce --archive $(ARCHIVE) --labels $(LABELS) --ext-labels $(EXT_LABELS) \
-	    --members $(MEMBERS) --preset $(PRESET) --workdir $(REPRO_WORK) $(REPRO_ARGS)
+	    --members $(MEMBERS) --preset $(PRESET) --stride $(STRIDE) --workdir $(REPRO_WORK) $(REPRO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -14,6 +14,7 @@ from qdgap.cli.options import (
     DEMO_DATA,
     Backend,
     BatchSize,
+    BlockFs,
     Device,
     Epochs,
     FramesFrom,
@@ -34,6 +35,7 @@ from qdgap.cli.options import (
     SlurmPartition,
     SlurmTime,
     SlurmWait,
+    SplitScheme,
     Stride,
     TrajPath,
 )
@@ -56,6 +58,8 @@ def train(
     batch_size: BatchSize = None,
     lr: LearningRate = None,
     stride: Stride = None,
+    split: SplitScheme = "random",
+    block_fs: BlockFs = None,
     frames_from: FramesFrom = None,
     device: Device = "auto",
     partition: SlurmPartition = None,
@@ -82,6 +86,8 @@ def train(
         "batch_size": batch_size,
         "learning_rate": lr,
         "stride": stride,
+        "split": split,
+        "block_fs": block_fs,
     }
     config = resolve_config(preset, **overrides)
     if backend not in ("local", "slurm"):
@@ -96,6 +102,7 @@ def train(
         config = with_pool_from(config, frames_from, data)
     # What each array task repeats, under the command-line names qdgap train takes.
     task_options = {"epochs": epochs, "patience": patience, "batch_size": batch_size, "lr": lr, "stride": stride}
+    task_options.update(split=split, block_fs=block_fs)
     if frames_from is not None:
         task_options["frames_from"] = str(frames_from.absolute())
     resources = slurm_resources(

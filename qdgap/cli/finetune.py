@@ -13,6 +13,7 @@ from qdgap.cli.options import (
     DEMO_EXTENDED,
     Backend,
     BatchSize,
+    BlockFs,
     Device,
     FramesFrom,
     Jobs,
@@ -29,6 +30,7 @@ from qdgap.cli.options import (
     SlurmPartition,
     SlurmTime,
     SlurmWait,
+    SplitScheme,
     Stride,
     TrajPath,
 )
@@ -86,6 +88,8 @@ def finetune(
     lr: FtLearningRate = None,
     patience: Patience = None,
     stride: Stride = None,
+    split: SplitScheme = "random",
+    block_fs: BlockFs = None,
     batch_size: BatchSize = None,
     frames_from: FramesFrom = None,
     seed: OneSeed = None,
@@ -119,6 +123,8 @@ def finetune(
         patience=patience,
         stride=stride,
         batch_size=batch_size,
+        split=split,
+        block_fs=block_fs,
     )
     if backend not in ("local", "slurm"):
         raise ui.usage_error(f"--backend must be local or slurm, got {backend!r}")

@@ -33,6 +33,22 @@ Stride = Annotated[
     int | None,
     typer.Option("--stride", help="Labelled pool spacing in frames (default 10: every 10 fs at a 1 fs step)."),
 ]
+SplitScheme = Annotated[
+    str,
+    typer.Option(
+        "--split",
+        help="How each member cuts the labelled pool 80/10/10: random (the study's; a test frame lies one pool "
+        "spacing from training frames, so its error measures interpolation) or blocked (contiguous time blocks, "
+        "so test frames lie far from every training frame).",
+    ),
+]
+BlockFs = Annotated[
+    float | None,
+    typer.Option(
+        "--block-fs",
+        help="--split blocked: block length, fs (default: five correlation times of the pool's gaps, measured).",
+    ),
+]
 FramesFrom = Annotated[
     Path | None,
     typer.Option(

@@ -29,6 +29,7 @@ def show(outcome: object) -> None:
 
     if isinstance(outcome, inference.PredictOutcome):
         _print_summary(outcome.output, outcome.n_members, outcome.n_frames, outcome.summary)
+        _print_baselines(outcome.baselines)
         _print_calibration(outcome.n_frames, outcome.calibration)
     elif isinstance(outcome, inference.FnaOutcome):
         o = outcome
@@ -94,7 +95,25 @@ def _print_transfer(o) -> None:
     )
     for r in o.rows:
         wall = "" if math.isnan(r.wall_s) else f", training {r.wall_s:.0f} s"
-        out.print(f"  {r.model:<10} RMSE {r.rmse_mev:7.1f} meV, MAE {r.mae_mev:7.1f} meV{wall}")
+        skill = (
+            ""
+            if r.model == "finetuned" or math.isnan(r.finetuned_skill)
+            else f", fine-tuned's skill {r.finetuned_skill:+.2f}"
+        )
+        out.print(f"  {r.model:<17} RMSE {r.rmse_mev:7.1f} meV, MAE {r.mae_mev:7.1f} meV{wall}{skill}")
+    rest = [r for r in o.rows if r.model != "finetuned" and not math.isnan(r.rmse_mev)]
+    ft = next((r for r in o.rows if r.model == "finetuned"), None)
+    if rest and ft is not None:
+        best = min(rest, key=lambda r: r.rmse_mev)
+        if best.rmse_mev <= ft.rmse_mev:
+            out.print(
+                f"  verdict: {best.model} ({best.rmse_mev:.1f} meV) predicts these frames better than the fine-tuned "
+                f"ensemble ({ft.rmse_mev:.1f} meV): with these labels, fine-tuning does not pay"
+            )
+        else:
+            out.print(
+                f"  verdict: the fine-tuned ensemble beats every other row; the nearest is {best.model} ({best.rmse_mev:.1f} meV)"
+            )
 
 
 def _percent(fraction: float) -> str:
@@ -140,6 +159,24 @@ def _print_summary(output: Path, n_members: int, n_frames: int, s: dict) -> None
         )
     else:
         out.print("  no labelled frames among them: nothing to compare against")
+
+
+def _print_baselines(report) -> None:
+    """The ensemble beside what its training labels predict without a model, on the same frames."""
+    if report is None:
+        return
+    from qdgap.core.analysis.baselines import BASELINE_TITLES
+
+    out = ui.stdout_console()
+    model = report.scores[0]
+    out.print(
+        f"  beside baselines from {report.label_source} (gap correlation time {report.corr_time_fs:.0f} fs), "
+        f"on the same {model.frames} frames:"
+    )
+    for s in report.scores[1:]:
+        title = BASELINE_TITLES.get(s.name, s.name).split(" (")[0]
+        out.print(f"    {title}: RMSE {s.rmse_mev:.1f} meV (model's skill {s.skill:+.2f})")
+    out.print(f"  verdict: {report.verdict}")
 
 
 def _print_fna_summary(output, csv_path, xyz, n_members, n_frames, n_atoms, mask, table, stats) -> None:

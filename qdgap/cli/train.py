@@ -8,6 +8,7 @@ from qdgap.cli import ui
 from qdgap.cli.options import (
     DEMO_DATA,
     BatchSize,
+    BlockFs,
     Device,
     Epochs,
     FramesFrom,
@@ -16,6 +17,7 @@ from qdgap.cli.options import (
     Patience,
     Preset,
     Seed,
+    SplitScheme,
     Stride,
     TrajPath,
 )
@@ -31,6 +33,8 @@ def train(
     batch_size: BatchSize = None,
     lr: LearningRate = None,
     stride: Stride = None,
+    split: SplitScheme = "random",
+    block_fs: BlockFs = None,
     frames_from: FramesFrom = None,
     device: Device = "auto",
 ) -> None:
@@ -38,8 +42,9 @@ def train(
     from qdgap.core.config import resolve_config
 
     config = resolve_config(
-        preset, epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=lr, stride=stride
-    )
+        preset, epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=lr, stride=stride,
+        split=split, block_fs=block_fs,
+    )  # fmt: skip
     if seed < 0:
         raise ui.usage_error(f"--seed must be a non-negative integer, got {seed}")
     from qdgap.cli.signals import stop_requested

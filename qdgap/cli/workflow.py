@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from qdgap.cli import ui
-from qdgap.cli.options import DEMO_DATA, DEMO_EXTENDED, Preset
+from qdgap.cli.options import DEMO_DATA, DEMO_EXTENDED, BlockFs, Preset, SplitScheme, Stride
 from qdgap.cli.render import hooks
 from qdgap.core.pipeline.reproduce import STAGES as REPRODUCE_STAGES
 from qdgap.core.pipeline.study import STAGES
@@ -54,6 +54,9 @@ def pipeline(
     partition: Annotated[str | None, typer.Option("--partition", help="slurm: partition.")] = None,
     account: Annotated[str | None, typer.Option("--account", help="slurm: account.")] = None,
     gpus: Annotated[int, typer.Option("--gpus", help="slurm: GPUs per member.")] = 0,
+    stride: Stride = None,
+    split: SplitScheme = "random",
+    block_fs: BlockFs = None,
 ) -> None:
     """Train the ensemble, predict the trajectory, rank atoms (FNA), fine-tune on the extension and write the report."""
     from qdgap.core.pipeline.study import StudySettings, run_pipeline
@@ -68,7 +71,7 @@ def pipeline(
         )
     settings = StudySettings(
         preset=preset, members=members, jobs=jobs, device=device, fna_every=fna_every, fna_mask=fna_mask,
-        finetune_epochs=finetune_epochs, slurm=resources,
+        finetune_epochs=finetune_epochs, slurm=resources, stride=stride, split=split, block_fs=block_fs,
     )  # fmt: skip
     run_pipeline(data, extended, workdir, settings, from_stage=from_stage, hooks=hooks())
 
@@ -118,6 +121,16 @@ def reproduce(
     from_stage: Annotated[
         str | None, typer.Option("--from", help=f"Redo from this stage: {', '.join(REPRODUCE_STAGES)}.")
     ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            "--stride",
+            help="Label every k-th frame of 0-10 ps as the pool (default 10, the study's: 1,000 labels; 100 is the "
+            "sparse study: 100 labels, where interpolation in time fails).",
+        ),
+    ] = None,
+    split: SplitScheme = "random",
+    block_fs: BlockFs = None,
 ) -> None:
     """The original study on its own DFT trajectory, resumable, ending with comparison.md beside the published numbers."""
     from qdgap.cli.options import parse_range
@@ -131,6 +144,7 @@ def reproduce(
     )  # fmt: skip
     settings = StudySettings(
         preset=preset, members=members, jobs=jobs, device=device, fna_every=fna_every,
-        finetune_epochs=finetune_epochs, finetune_stride=finetune_stride,
+        finetune_epochs=finetune_epochs, finetune_stride=finetune_stride, stride=stride, split=split,
+        block_fs=block_fs,
     )  # fmt: skip
     run_reproduce(source, workdir, settings, from_stage=from_stage, hooks=hooks())

@@ -8,6 +8,7 @@ move between qdgap and upstream ALIGNN.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -152,6 +153,11 @@ class TrainConfig:
     # Exactly these labelled frames form the pool (`--frames-from selection.csv`), stride then unused;
     # None: every stride-th labelled frame. Left out of config.json when None, so older runs still match.
     pool_frames: tuple[int, ...] | None = None
+    # How the pool is cut (data/splits.py): "random" (the study's) or "blocked" (contiguous time blocks of
+    # block_fs; None measures five correlation times of the pool's gaps). Left out of config.json at their
+    # defaults, so older runs still match.
+    split: str = "random"
+    block_fs: float | None = None
 
     def __post_init__(self) -> None:
         if self.pool_frames is not None:  # JSON gives a list; a frozen config keeps a hashable tuple
@@ -194,6 +200,9 @@ class RunConfig:
 
 def _train_json(train: TrainConfig) -> dict[str, Any]:
     out = dataclasses.asdict(train)
+    for key, default in (("split", "random"), ("block_fs", None)):
+        if out[key] == default:
+            del out[key]
     if train.pool_frames is None:
         del out["pool_frames"]
     else:
@@ -267,4 +276,20 @@ def resolve_config(preset: str, **train_overrides: Any) -> RunConfig:
             )
     if "learning_rate" in overrides and not overrides["learning_rate"] > 0:
         raise QdgapError(f"--lr must be positive, got {overrides['learning_rate']}")
+    check_split_options(overrides.get("split", "random"), overrides.get("block_fs"))
     return replace(config, train=replace(config.train, **overrides)) if overrides else config
+
+
+def check_split_options(split: str, block_fs: float | None) -> None:
+    """Refuse an unknown ``--split`` or a ``--block-fs`` that is not a positive number of fs.
+
+    Whether the blocks are short enough to give three is checked against the data (``data.splits``).
+    """
+    from qdgap.core.common.schema import SPLIT_SCHEMES
+
+    if split not in SPLIT_SCHEMES:
+        raise QdgapError(f"--split must be one of {', '.join(SPLIT_SCHEMES)}, got {split!r}")
+    if block_fs is not None and not (block_fs > 0 and math.isfinite(block_fs)):
+        raise QdgapError(f"--block-fs must be a positive number of fs, got {block_fs:g}")
+    if block_fs is not None and split != "blocked":
+        raise QdgapError("--block-fs applies to --split blocked only")

@@ -98,12 +98,18 @@ def test_finetune_writes_members_report_and_predicts(run_cli, tmp_path, tiny_run
     # The report lands beside the fine-tuned runs folder, as layout.Workdir has it.
     with open(work / "finetune_report.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [row["model"] for row in rows] == ["pretrained", "finetuned", "scratch"]
-    assert list(rows[0]) == ["model", "rmse_mev", "mae_mev", "wall_s", "n_frames"]
+    assert [row["model"] for row in rows] == [
+        "pretrained", "finetuned", "scratch", "labels_mean", "nearest", "interpolation", "pretrained_offset",
+    ]  # fmt: skip
+    assert list(rows[0]) == ["model", "rmse_mev", "mae_mev", "wall_s", "n_frames", "finetuned_skill"]
     held_out = EXT_FRAMES - len(range(0, EXT_FRAMES, STRIDE))
     assert all(int(row["n_frames"]) == held_out for row in rows)
     assert rows[0]["wall_s"] == "" and float(rows[1]["wall_s"]) > 0 and float(rows[2]["wall_s"]) > 0
     assert all(float(row["rmse_mev"]) >= float(row["mae_mev"]) > 0 for row in rows)
+    rmse = {row["model"]: float(row["rmse_mev"]) for row in rows}
+    for row in rows:  # skill of the fine-tuned ensemble against each row, 1 - RMSE_ft / RMSE_row
+        assert float(row["finetuned_skill"]) == pytest.approx(1 - rmse["finetuned"] / rmse[row["model"]], abs=1e-5)
+    assert "verdict:" in r.stdout and "interpolation" in r.stdout
     assert json.loads((work / "finetune_report.json").read_text())["parameters"]["frozen"] > 0
     # predict reads the fine-tuned ensemble unchanged, on the same held-out frames.
     pred = run_cli("predict", "--runs", work / "runs_ft", "--data", ext_h5, "-o", tmp_path / "p.h5", "--device", "cpu")
@@ -155,7 +161,7 @@ def test_finetune_one_seed_then_rest_and_resume(run_cli, tmp_path, tiny_runs, ex
     assert "1 done, 1 trained" in r.stdout or "1 trained, 1 done" in r.stdout
     assert len(rf.read_metrics_csv(rf.run_dir(out, 0) / rf.METRICS_CSV)) == 2
     with open(tmp_path / "finetune_report.csv", newline="") as fh:
-        assert [row["model"] for row in csv.DictReader(fh)] == ["finetuned"]
+        assert [row["model"] for row in csv.DictReader(fh)] == ["finetuned", "labels_mean", "nearest", "interpolation"]
     assert not (tmp_path / "runs_scratch").exists()
     # A rerun trains nothing; here with an explicit report path (its JSON twin beside it).
     mtime = (rf.run_dir(out, 0) / rf.MODEL_TS).stat().st_mtime_ns

@@ -28,6 +28,9 @@ def test_reproduce_rejects_bad_input(run_cli, tmp_path):
     assert_one_line_error(r, "--members must be at least 1")
     r = run_cli("reproduce", "--archive", labels, "--labels", labels, "-w", tmp_path / "w", "--from", "nope")
     assert_one_line_error(r, "--from must be one of")
+    r = run_cli("reproduce", "--archive", labels, "--labels", labels, "-w", tmp_path / "w", "--split", "blocked",
+                "--block-fs", "-1")  # fmt: skip
+    assert_one_line_error(r, "--block-fs must be a positive number of fs")
     assert not (tmp_path / "w" / "cl_qd.h5").exists()
 
 
@@ -66,6 +69,8 @@ def test_make_reproduce_tiny_on_real_frames(tmp_path, seed_data):
     assert len(list((work / "runs").glob("run_*/DONE"))) == 2
     text = (work / "comparison.md").read_text()
     assert "Spearman's rho over the published 23" in text and "--mask seed" in text and "--mask full" in text
+    assert "## Better than what?" in text and "linear interpolation in time" in text and "Verdict:" in text
+    assert "distance to the nearest training label" in text and "| interpolation |" in text
     from qdgap.core.common import schema
     from qdgap.core.store.results import read_results
 

@@ -42,6 +42,10 @@ def test_train_rejects_bad_input(run_cli, tmp_path, synthetic_h5):
         (("--lr", "0"), "--lr must be positive"),
         (("--device", "tpu"), "--device must be auto, cpu or cuda"),
         (("--stride", "500"), "labelled frame(s) in the pool"),
+        (("--split", "shuffled"), "--split must be one of random, blocked"),
+        (("--split", "blocked", "--block-fs", "0"), "--block-fs must be a positive number of fs"),
+        (("--block-fs", "50"), "--block-fs applies to --split blocked only"),
+        (("--split", "blocked", "--block-fs", "1e6"), "into 1 block(s)"),
     ]
     for extra, message in cases:
         r = run_cli("train", "--data", synthetic_h5, "--preset", "tiny", "-o", out, *extra)
@@ -49,3 +53,36 @@ def test_train_rejects_bad_input(run_cli, tmp_path, synthetic_h5):
     r = run_cli("train", "--data", tmp_path / "missing.h5", "-o", out)
     assert_one_line_error(r, "missing.h5", "no such file")
     assert not list(out.glob("run_*/DONE"))
+
+
+def test_train_blocked_split_is_recorded_and_predict_prints_baselines(run_cli, tmp_path, synthetic_h5):
+    import json
+
+    import h5py
+    import numpy as np
+
+    out = tmp_path / "runs"
+    r = run_cli("train", "--data", synthetic_h5, "--preset", "tiny", "-o", out, "--stride", "2", "--split", "blocked",
+                "--block-fs", "12")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    config = json.loads((out / "run_0" / "config.json").read_text())
+    assert config["train"]["split"] == "blocked" and config["train"]["block_fs"] == 12.0
+    split = json.loads((out / "run_0" / "split.json").read_text())
+    assert split["scheme"] == "blocked" and split["block_fs"] == 12.0
+    blocks = {k: {f // 12 for f in split[k]} for k in ("train", "test")}  # 1 fs per frame
+    assert not blocks["train"] & blocks["test"]
+    # the random split's config.json keeps its old keys (older runs still match)
+    r = run_cli("train", "--data", synthetic_h5, "--preset", "tiny", "-o", tmp_path / "random", "--epochs", "1")
+    assert r.exit_code == 0, r.stderr
+    assert "split" not in json.loads((tmp_path / "random" / "run_0" / "config.json").read_text())["train"]
+
+    pred = tmp_path / "p.h5"
+    r = run_cli("predict", "--runs", out, "--data", synthetic_h5, "--frames", "all", "-o", pred)
+    assert r.exit_code == 0, r.stderr
+    assert "linear interpolation in time: RMSE" in r.stdout and "verdict:" in r.stdout
+    with h5py.File(pred) as f:
+        attrs = dict(f.attrs)
+    assert attrs["baseline_labels"] == len(split["train"])
+    for name in ("mean", "nearest", "linear", "pchip"):
+        assert np.isfinite(attrs[f"baseline_{name}_rmse_mev"]) and f"baseline_{name}_skill" in attrs
+    assert attrs["baseline_model_rmse_mev"] > 0 and "union of the 1 member" in attrs["baseline_label_source"]

@@ -362,11 +362,23 @@ def test_finetune_report_rows(tmp_path, tiny_runs, ext, ext_h5):
         device="cpu",
     )
     pool = np.arange(0, EXT_FRAMES, 3)
-    assert [r.model for r in rows] == list(tr.REPORT_MODELS)
+    assert [r.model for r in rows] == list(tr.REPORT_MODELS) + list(tr.BASELINE_ROWS)
     for r in rows:
         assert r.n_frames == EXT_FRAMES - len(pool)
         assert r.rmse_mev >= r.mae_mev > 0
+    for r in rows[:3]:
         assert r.seeds == [0, 1] and len(r.member_rmse_mev) == 2
+    # the baseline rows, recomputed here from the union of the fine-tuned members' train splits
+    from qdgap.core.common.metrics import rmse_mev
+
+    train = np.unique(np.concatenate([m.split["train"] for m in finetuned]))
+    scored = np.setdiff1d(np.arange(EXT_FRAMES), pool)
+    y = ext.gap_ev[scored].astype(np.float64)
+    interp = np.interp(ext.time_fs[scored], ext.time_fs[train], ext.gap_ev[train].astype(np.float64))
+    by_name = {r.model: r for r in rows}
+    assert by_name["interpolation"].rmse_mev == pytest.approx(rmse_mev(interp - y), rel=1e-9)
+    assert by_name["labels_mean"].rmse_mev == pytest.approx(rmse_mev(ext.gap_ev[train].mean() - y), rel=1e-5)
+    assert by_name["finetuned"].finetuned_skill == 0.0
     assert np.isnan(rows[0].wall_s) and rows[1].wall_s > 0 and rows[2].wall_s > 0
     assert rows[1].member_epochs == [2, 2]
     tr.write_report(
@@ -381,6 +393,6 @@ def test_finetune_report_rows(tmp_path, tiny_runs, ext, ext_h5):
     assert lines[0] == ",".join(tr.REPORT_COLUMNS)
     assert lines[1].startswith("pretrained,") and lines[1].split(",")[3] == ""  # no training: blank wall time
     record = json.loads(paths.report_json.read_text())
-    assert [r["model"] for r in record["rows"]] == list(tr.REPORT_MODELS)
+    assert [r["model"] for r in record["rows"]] == list(tr.REPORT_MODELS) + list(tr.BASELINE_ROWS)
     assert record["rows"][0]["wall_s"] is None and record["parameters"]["frozen"] > 0
     assert record["data"]["sha256"] == ext.sha256

@@ -298,7 +298,13 @@ def test_report_skips_missing_optional_parts(tmp_path):
     text = path.read_text()
     _assert_self_contained(text)
     written = {p.name for p in wd.figures.glob("*.png")}
-    assert written == {"learning_curves.png", "parity_unseen.png", "reliability_unseen.png", "gap_vs_time.png"}
+    assert written == {
+        "learning_curves.png",
+        "parity_unseen.png",
+        "reliability_unseen.png",
+        "gap_vs_time.png",
+        "error_vs_label_distance.png",
+    }  # the baselines need only predictions, splits and the trajectory
     assert "fna.h5 not found" in text and "finetune_report.csv not found" in text
     assert "Skipped" in text
 

@@ -263,6 +263,45 @@ def summarise(pred: EnsemblePrediction) -> dict[str, float | int | list[float]]:
     return out
 
 
+def baseline_report(pred: EnsemblePrediction, train_frames: np.ndarray, traj: Trajectory, *, members: int):
+    """The ensemble beside the baselines built from its training labels, on the prediction's labelled frames.
+
+    Args:
+        pred: the ensemble's predictions.
+        train_frames: (L,) the union of the members' train splits (validation and test frames are left out,
+            as the members never fitted them); frames some member trained on are left out of the scores,
+            where a baseline would read their own label.
+        traj: the trajectory the labels come from.
+        members: how many members that union is over (for the description).
+
+    Returns:
+        An ``analysis.baselines.BaselineReport``; None when no training frame has a label or no labelled
+        frame is left to score.
+    """
+    from qdgap.core.analysis import baselines as bl
+
+    train = np.unique(np.asarray(train_frames, np.int64))
+    train = train[(train >= 0) & (train < traj.num_frames)]
+    train = train[np.isfinite(traj.gap_ev[train])]
+    keep = np.isfinite(pred.gap_true_ev) & ~np.isin(pred.frame_index, train)
+    if train.size == 0 or not keep.any():
+        return None
+    return bl.baseline_report(
+        pred.time_fs[keep],
+        pred.gap_true_ev[keep],
+        pred.gap_mean_ev[keep],
+        traj.time_fs[train],
+        traj.gap_ev[train],
+        label_source=f"the union of the {members} member{'s' if members > 1 else ''}' train splits ({train.size} frames)",
+    )
+
+
+def train_union(members: Sequence[Member]) -> np.ndarray:
+    """(L,) int64: every frame some member trained on (the union of their train splits)."""
+    parts = [np.asarray(m.split.get("train", []), np.int64) for m in members]
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+
 def write_predictions(
     pred: EnsemblePrediction, path: Path, *, attrs: dict, force: bool = True, calibrated=None
 ) -> None:

@@ -117,3 +117,6 @@ ATTR_RANKED_BY: Final[str] = "importance_ranked_by"  # str | rmse or shift: the 
 
 # importance.extxyz (qdgap fna --xyz): per-atom array of every FNA frame
 XYZ_IMPORTANCE: Final[str] = "importance"  # (N,) float64, meV | ensemble-mean |masked - unmasked| on that frame
+
+# split.json / config.json "split": how a member cuts its labelled pool (core/data/splits.py)
+SPLIT_SCHEMES: Final[tuple[str, ...]] = ("random", "blocked")

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from qdgap.core.common.errors import QdgapError
+from qdgap.core.common.schema import SPLIT_SCHEMES
 
 DEFAULT_STRIDE = 10  # every 10th frame: 10 fs at a 1 fs MD step, as in the original study
 FRACTIONS = (0.8, 0.1, 0.1)  # train, val, test
 MIN_POOL = 3  # one frame each for train, val and test
+SCHEMES = SPLIT_SCHEMES
+BLOCK_CORRELATION_TIMES = 5.0  # --split blocked: default block length in correlation times of the pool's gaps
 
 
 @dataclass(frozen=True)
@@ -26,14 +29,19 @@ class Split:
     val: np.ndarray
     test: np.ndarray
     unseen: np.ndarray
+    scheme: str = "random"
+    block_fs: float | None = None  # the blocked scheme's block length, fs (measured when not given)
 
     @property
     def pool(self) -> np.ndarray:
         return np.sort(np.concatenate([self.train, self.val, self.test]))
 
-    def to_json(self) -> dict[str, list[int]]:
-        """The contents of a run's ``split.json``."""
-        return {"train": self.train.tolist(), "val": self.val.tolist(), "test": self.test.tolist()}
+    def to_json(self) -> dict:
+        """The contents of a run's ``split.json`` (the random scheme's as before: index lists only)."""
+        out: dict = {"train": self.train.tolist(), "val": self.val.tolist(), "test": self.test.tolist()}
+        if self.scheme != "random":
+            out.update(scheme=self.scheme, block_fs=self.block_fs)
+        return out
 
 
 def labelled_pool(gap_ev: np.ndarray, *, stride: int = DEFAULT_STRIDE) -> np.ndarray:
@@ -83,14 +91,27 @@ def chosen_pool(gap_ev: np.ndarray, frames: Sequence[int]) -> np.ndarray:
 
 
 def split_frames(
-    gap_ev: np.ndarray, *, seed: int, stride: int = DEFAULT_STRIDE, pool: Sequence[int] | None = None
+    gap_ev: np.ndarray,
+    *,
+    seed: int,
+    stride: int = DEFAULT_STRIDE,
+    pool: Sequence[int] | None = None,
+    scheme: str = "random",
+    time_fs: np.ndarray | None = None,
+    block_fs: float | None = None,
 ) -> Split:
     """Split the labelled pool 80/10/10 into train/val/test for member ``seed``.
 
-    The pool (``labelled_pool``, or the frames of ``pool`` when given) is shuffled
-    with ``numpy.random.default_rng(seed)`` and cut in order: the first 80 % train,
-    the next 10 % val, the rest test (val and test each get round(10 %), at least
-    one frame). The same seed and labels give the same split on any machine.
+    ``random`` (the study's): the pool (``labelled_pool``, or the frames of ``pool`` when given) is
+    shuffled with ``numpy.random.default_rng(seed)`` and cut in order: the first 80 % train, the next
+    10 % val, the rest test (val and test each get round(10 %), at least one frame). A test frame then
+    lies one pool spacing from training frames, so its error measures interpolation in time.
+
+    ``blocked``: the pool is cut into contiguous time blocks of ``block_fs`` and whole blocks are
+    shuffled and cut the same way (10 % of the blocks each to val and test, at least one), so a test
+    frame is up to half a block from every training frame: the error of a frame far from any label.
+
+    The same seed and labels give the same split on any machine.
 
     Args:
         gap_ev: (F,) band gaps, eV; NaN where a frame has no label.
@@ -98,12 +119,18 @@ def split_frames(
         stride: pool spacing in frames (ignored with ``pool``).
         pool: exactly these labelled frames form the pool (``--frames-from``,
             checked by ``chosen_pool``); None for every ``stride``-th labelled frame.
+        scheme: ``random`` or ``blocked``.
+        time_fs: (F,) frame times, fs (the blocked scheme needs them; frame numbers are used when None).
+        block_fs: block length, fs; None for ``BLOCK_CORRELATION_TIMES`` correlation times of the pool's gaps.
 
     Raises:
-        QdgapError: the pool has fewer than ``MIN_POOL`` frames, or ``pool`` names a bad frame.
+        QdgapError: the pool has fewer than ``MIN_POOL`` frames, ``pool`` names a bad frame, or the
+        blocks are not positive or too long to give three of them.
     """
     if seed < 0:
         raise QdgapError(f"--seed must be a non-negative integer, got {seed}")
+    if scheme not in SCHEMES:
+        raise QdgapError(f"--split must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     named = pool is not None
     pool = chosen_pool(gap_ev, pool) if named else labelled_pool(gap_ev, stride=stride)
     n = len(pool)
@@ -116,17 +143,53 @@ def split_frames(
         raise QdgapError(
             f"only {n} labelled frame(s) {where}; a train/val/test split needs at least {MIN_POOL}: {mend}"
         )
+    unseen = np.setdiff1d(np.arange(len(gap_ev), dtype=np.int64), pool)
+    if scheme == "blocked":
+        return _blocked(gap_ev, pool, unseen, seed=seed, time_fs=time_fs, block_fs=block_fs)
     n_val = max(1, round(FRACTIONS[1] * n))
     n_test = max(1, round(FRACTIONS[2] * n))
     n_train = n - n_val - n_test
     perm = np.random.default_rng(seed).permutation(pool)
-    unseen = np.setdiff1d(np.arange(len(gap_ev), dtype=np.int64), pool)
     return Split(
         train=np.sort(perm[:n_train]),
         val=np.sort(perm[n_train : n_train + n_val]),
         test=np.sort(perm[n_train + n_val :]),
         unseen=unseen,
     )
+
+
+def default_block_fs(time_fs: np.ndarray, gap_ev: np.ndarray) -> float:
+    """``BLOCK_CORRELATION_TIMES`` correlation times of the given labelled gaps, fs (NaN when not measurable)."""
+    from qdgap.core.data.timeseries import correlation_time_fs
+
+    return BLOCK_CORRELATION_TIMES * correlation_time_fs(time_fs, gap_ev)
+
+
+def _blocked(gap_ev, pool, unseen, *, seed, time_fs, block_fs) -> Split:
+    t = np.arange(len(gap_ev), dtype=np.float64) if time_fs is None else np.asarray(time_fs, np.float64)
+    tp = t[pool]
+    if block_fs is None:
+        block_fs = default_block_fs(tp, np.asarray(gap_ev, np.float64)[pool])
+        if not np.isfinite(block_fs):
+            raise QdgapError(
+                "--split blocked: the pool's gaps give no correlation time to size blocks by; set --block-fs"
+            )
+    if not (block_fs > 0 and np.isfinite(block_fs)):
+        raise QdgapError(f"--block-fs must be a positive number of fs, got {block_fs}")
+    block = np.floor((tp - tp[0]) / block_fs).astype(np.int64)
+    ids = np.unique(block)
+    if len(ids) < MIN_POOL:
+        raise QdgapError(
+            f"--block-fs {block_fs:g} fs cuts the pool ({tp[-1] - tp[0]:g} fs) into {len(ids)} block(s); "
+            f"a blocked train/val/test split needs at least {MIN_POOL}: use shorter blocks"
+        )
+    n_val = max(1, round(FRACTIONS[1] * len(ids)))
+    n_test = max(1, round(FRACTIONS[2] * len(ids)))
+    n_train = len(ids) - n_val - n_test
+    perm = np.random.default_rng(seed).permutation(ids)
+    part = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
+    frames = {k: np.sort(pool[np.isin(block, v)]) for k, v in part.items()}
+    return Split(**frames, unseen=unseen, scheme="blocked", block_fs=float(block_fs))
 
 
 def split_from_json(record: dict, num_frames: int) -> Split:
@@ -139,4 +202,8 @@ def split_from_json(record: dict, num_frames: int) -> Split:
     if len(pool) and (pool.min() < 0 or pool.max() >= num_frames):
         raise QdgapError(f"split.json names frames outside the trajectory's {num_frames} frames")
     unseen = np.setdiff1d(np.arange(num_frames, dtype=np.int64), pool)
-    return Split(*[np.sort(p) for p in parts], unseen=unseen)
+    scheme = str(record.get("scheme", "random"))
+    block = record.get("block_fs")
+    return Split(
+        *[np.sort(p) for p in parts], unseen=unseen, scheme=scheme, block_fs=None if block is None else float(block)
+    )

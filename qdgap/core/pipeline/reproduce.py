@@ -111,6 +111,7 @@ def _study_stages(wd, data, extended, source: StudyData, s: StudySettings, compa
         write_comparison(
             wd.root,
             output=comparison,
+            data=data,
             setup={
                 "data": f"{source.archive} (st{first}..st{last}; labels {source.labels})",
                 "preset": s.preset,

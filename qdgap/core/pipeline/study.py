@@ -36,6 +36,8 @@ class StudySettings:
         finetune_epochs: most epochs of fine-tuning (and of the scratch baseline).
         finetune_stride: fine-tune on every k-th labelled extension frame (None: the members' own stride).
         slurm: train and fine-tune as Slurm arrays with these resources (followed to their end); None: here.
+        stride: the labelled pool's spacing in frames (None: the preset's, every 10th).
+        split, block_fs: how each member cuts its pool (``random`` or ``blocked``, ``data.splits``).
     """
 
     preset: str = "demo"
@@ -47,8 +49,19 @@ class StudySettings:
     finetune_epochs: int = 50
     finetune_stride: int | None = None
     slurm: slurm.SlurmResources | None = None
+    stride: int | None = None
+    split: str = "random"
+    block_fs: float | None = None
+
+    @property
+    def train_overrides(self) -> dict[str, object]:
+        """The ``qdgap train`` options these settings set (``config.resolve_config``'s names)."""
+        return {"stride": self.stride, "split": self.split, "block_fs": self.block_fs}
 
     def check(self) -> None:
+        from qdgap.core.config import resolve_config
+
+        resolve_config(self.preset, **self.train_overrides)  # a bad preset, stride or block: refused now
         if self.members < 1:
             raise QdgapError(f"--members must be at least 1, got {self.members}")
         if self.fna_every < 1:
@@ -115,8 +128,9 @@ def study_stages(wd: Workdir, data: Path, extended: Path | None, s: StudySetting
         from qdgap.core.workflow.members import train_ensemble
 
         train_ensemble(
-            data, resolve_config(s.preset), seeds=member_seeds(s.members), runs=wd.runs, jobs=s.jobs, device=s.device,
-            array=array(TRAIN_TIME_MIN, "qdgap-train"), preset=s.preset, hooks=hooks,
+            data, resolve_config(s.preset, **s.train_overrides), seeds=member_seeds(s.members), runs=wd.runs,
+            jobs=s.jobs, device=s.device, array=array(TRAIN_TIME_MIN, "qdgap-train"), preset=s.preset,
+            overrides=s.train_overrides, hooks=hooks,
         )  # fmt: skip
 
     def predict(runs: Path, trajectory: Path, output: Path) -> None:
@@ -138,7 +152,10 @@ def study_stages(wd: Workdir, data: Path, extended: Path | None, s: StudySetting
 
         finetune_ensemble(
             wd.runs, extended, wd.runs_finetuned,
-            FinetuneSettings(epochs=s.finetune_epochs, stride=s.finetune_stride),
+            FinetuneSettings(
+                epochs=s.finetune_epochs, stride=s.finetune_stride, split=s.split,
+                block_fs=s.block_fs if s.finetune_stride is None else None,
+            ),  # fmt: skip
             jobs=s.jobs, device=s.device, array=array(FINETUNE_TIME_MIN, "qdgap-finetune"), hooks=hooks,
         )  # fmt: skip
 

@@ -22,7 +22,13 @@ from pathlib import Path
 from qdgap.core.common import schema
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.common.files import write_text_atomic
-from qdgap.core.report.ensemble import calibrated_view, extrapolation_line, section_ensemble, section_uncertainty
+from qdgap.core.report.ensemble import (
+    calibrated_view,
+    extrapolation_line,
+    section_baselines,
+    section_ensemble,
+    section_uncertainty,
+)
 from qdgap.core.report.fna import section_fna
 from qdgap.core.report.page import (
     FIG_EXT_TIME,
@@ -119,6 +125,7 @@ def write_report(workdir: Path, *, data: Path | None = None, dpi: int = REPORT_D
     section_ensemble(page, figs, members, pred, pred_attrs, splits)
     section_uncertainty(page, figs, pred, pred_attrs, splits)
     traj = _find_trajectory(page, wd, data, pred_attrs, members)
+    section_baselines(page, figs, pred, splits, traj)
     section_fna(page, figs, wd, traj)
     section_transfer(page, figs, wd)
     section_selection(page, figs, wd)

@@ -19,11 +19,13 @@ import numpy as np
 from qdgap.core.common import metrics, schema
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.report.page import (
+    FIG_DISTANCE,
     FIG_GAP_TIME,
     FIG_LEARNING,
     FIG_PARITY,
     FIG_RELIABILITY,
     Page,
+    esc,
     fmt_num,
     html_section,
     html_table,
@@ -132,6 +134,49 @@ def section_ensemble(page: Page, figs, members: Sequence[Path], pred: dict, attr
     )
     body.append(member_table(members, rows_members, curves))
     page.sections.append(html_section("Ensemble", body))
+
+
+def section_baselines(page: Page, figs, pred: dict, splits: dict, traj) -> None:
+    """ "Better than what?": the ensemble beside interpolation in time etc. of its training labels, and the
+    error of each against time distance to the nearest training label (where the model starts to pay)."""
+    from qdgap.core.analysis import baselines as bl
+    from qdgap.core.analysis.predict import EnsemblePrediction, baseline_report
+
+    if traj is None:
+        page.note("trajectory file not found: the baselines (interpolation of the training labels) are left out")
+        return
+    p = EnsemblePrediction(
+        frame_index=np.asarray(pred[schema.FRAME_INDEX], np.int64), time_fs=np.asarray(pred[schema.TIME_FS]),
+        gap_true_ev=np.asarray(pred[schema.GAP_TRUE_EV]), gap_pred_ev=np.atleast_2d(np.asarray(pred[schema.GAP_PRED_EV])),
+        seeds=np.asarray(pred.get(schema.SEEDS, [])),
+    )  # fmt: skip
+    report = baseline_report(p, pool_frames(splits, ("train",)), traj, members=len(splits))
+    if report is None:
+        page.note("no labelled frame outside the training splits: the baselines are left out")
+        return
+    rows = [
+        ["qdgap ensemble" if s.name == "model" else bl.BASELINE_TITLES.get(s.name, s.name), fmt_num(s.rmse_mev),
+         fmt_num(s.mae_mev), "" if s.name == "model" else f"{s.skill:+.2f}"]
+        for s in report.scores
+    ]  # fmt: skip
+    body = [
+        f"<p>On the same {report.scores[0].frames} labelled frames, from {report.label_source}; the gap's "
+        f"correlation time on those labels is {report.corr_time_fs:.0f} fs. <b>Verdict:</b> {esc(report.verdict)}.</p>",
+        html_table(["predictor", "RMSE (meV)", "MAE (meV)", "skill of the model (1 - RMSE_model / RMSE)"], rows),
+    ]
+    page.summary.append(("Better than what?", report.verdict))
+    b = report.bins
+    fig = figs.error_by_distance(b.edges_fs, b.frames, b.rmse_mev, corr_time_fs=report.corr_time_fs)
+    body.append(
+        page.figure(
+            fig,
+            FIG_DISTANCE,
+            "RMSE of the ensemble and of the baselines binned by time distance to the nearest training label. Close "
+            "to a label, interpolation in time is hard to beat; far from every label it falls back towards the mean, "
+            "and that is where a model of structure to gap can pay.",
+        )
+    )
+    page.sections.append(html_section("Better than what? Baselines on the same frames", body))
 
 
 def member_table(members: Sequence[Path], rows_members: list, curves: dict) -> str:

@@ -7,6 +7,7 @@ This module gathers the public names of
 - ``figures_gap``: the band gap against time, with the calibrated interval and extrapolation flags;
 - ``figures_importance``: atom importance (FNA) as bars, in 3D, over time and per group;
 - ``figures_uncertainty``: the reliability diagram and the selection learning curve;
+- ``figures_baselines``: the error of the model and of interpolation against distance to a label;
 
 so that ``from qdgap.core.report import figures as figs; figs.parity(...)`` reads the same whichever holds it.
 """
@@ -14,6 +15,7 @@ so that ``from qdgap.core.report import figures as figs; figs.parity(...)`` read
 from __future__ import annotations
 
 from qdgap.core.report.figures_base import SPECIES_COLOURS, species_of
+from qdgap.core.report.figures_baselines import error_by_distance
 from qdgap.core.report.figures_gap import extension_gap_vs_time, flagged_spans, gap_vs_time
 from qdgap.core.report.figures_importance import (
     BOND_DRAW_CUTOFF_ANG,
@@ -43,6 +45,7 @@ __all__ = [
     "TRANSFER_MODELS",
     "TRANSFER_NAMES",
     "atom_importance",
+    "error_by_distance",
     "extension_gap_vs_time",
     "flagged_spans",
     "gap_vs_time",

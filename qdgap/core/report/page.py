@@ -41,11 +41,13 @@ FIG_TRANSFER = "transfer_learning.png"
 FIG_EXT_TIME = "extension_gap_vs_time.png"
 FIG_RELIABILITY = "reliability_unseen.png"
 FIG_SELECTION = "selection_learning_curve.png"
+FIG_DISTANCE = "error_vs_label_distance.png"
 FIGURE_NAMES = (
     FIG_LEARNING,
     FIG_PARITY,
     FIG_RELIABILITY,
     FIG_GAP_TIME,
+    FIG_DISTANCE,
     FIG_IMPORTANCE,
     FIG_QD_3D,
     FIG_IMPORTANCE_TIME,

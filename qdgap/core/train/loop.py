@@ -27,8 +27,8 @@ from qdgap.core.common.errors import Interrupted, QdgapError
 from qdgap.core.common.files import check_writable_dir, exclusive_lock, provenance
 from qdgap.core.common.metrics import MEV_PER_EV, mae_mev, rmse_mev
 from qdgap.core.common.runtime import resolve_device
-from qdgap.core.config import RunConfig
-from qdgap.core.data.splits import split_frames
+from qdgap.core.config import RunConfig, TrainConfig
+from qdgap.core.data.splits import Split, split_frames
 from qdgap.core.data.trajectory import Trajectory
 from qdgap.core.deploy.checkpoint import load_checkpoint, model_meta, save_checkpoint, save_weights
 from qdgap.core.graphs.build import load_or_build_graphs
@@ -101,9 +101,7 @@ def train_member(
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
-    check_splittable(
-        traj, seed=seed, stride=config.train.stride, pool=config.train.pool_frames, data_path=data_path
-    )  # before any folder is made
+    check_splittable(traj, config.train, seed=seed, data_path=data_path)  # before any folder is made
     check_writable_dir(run_dir)
     with exclusive_lock(run_dir / rf.LOCK, what=f"member {run_dir}"):
         if (run_dir / rf.DONE).exists():
@@ -129,16 +127,23 @@ def train_member(
     return result
 
 
-def check_splittable(
-    traj: Trajectory, *, seed: int, stride: int, pool: tuple[int, ...] | None = None, data_path: str = ""
-) -> None:
+def member_split(traj: Trajectory, train: TrainConfig, *, seed: int) -> Split:
+    """Member ``seed``'s train/val/test split of ``traj`` as ``train`` (stride, pool, scheme, blocks) asks."""
+    return split_frames(
+        traj.gap_ev, seed=seed, stride=train.stride, pool=train.pool_frames, scheme=train.split,
+        time_fs=traj.time_fs, block_fs=train.block_fs,
+    )  # fmt: skip
+
+
+def check_splittable(traj: Trajectory, train: TrainConfig, *, seed: int, data_path: str = "") -> None:
     """Refuse data whose labelled pool is too small for member ``seed``'s split, naming the file.
 
     Raises:
-        QdgapError: too few (or no) labelled frames, or a chosen ``pool`` frame out of range or unlabelled.
+        QdgapError: too few (or no) labelled frames, a chosen ``pool`` frame out of range or unlabelled,
+        or blocks too long to give three.
     """
     try:
-        split_frames(traj.gap_ev, seed=seed, stride=stride, pool=pool)
+        member_split(traj, train, seed=seed)
     except QdgapError as exc:
         raise QdgapError(f"{data_path}: {exc}" if data_path else str(exc)) from None
 
@@ -167,7 +172,7 @@ def _train(
     _check_or_write_record(run_dir, record)
 
     # ---------------------------------------------------------------- data and graphs
-    split = split_frames(traj.gap_ev, seed=seed, stride=tc.stride, pool=tc.pool_frames)
+    split = member_split(traj, tc, seed=seed)
     _check_or_write_split(run_dir, split.to_json())
     graphs = _to_device(load_or_build_graphs(traj, config.graph, cache_dir=cache_dir), device)
     gaps = torch.from_numpy(traj.gap_ev.astype(np.float32)).to(device)

@@ -130,9 +130,7 @@ def train_local(
     from qdgap.core.train.loop import check_splittable
 
     for seed in todo:  # too few labelled frames: one error now, not a failed member (and a graph cache) per seed
-        check_splittable(
-            traj, seed=seed, stride=config.train.stride, pool=config.train.pool_frames, data_path=str(data_path)
-        )
+        check_splittable(traj, config.train, seed=seed, data_path=str(data_path))
     from qdgap.core.common.files import check_writable_dir
 
     check_writable_dir(Path(runs))  # an unwritable place: one error now, not a failed member per seed

@@ -75,6 +75,8 @@ class FinetuneSettings:
         pool_frames: train on exactly these labelled extension frames (``--frames-from``), split per
             member seed as the stride pool is; None for every ``stride``-th labelled frame.
         frames_from: the selection CSV ``pool_frames`` came from (passed on to Slurm array tasks).
+        split: how each member cuts the extension's pool (``random`` or ``blocked``, ``data.splits``).
+        block_fs: the blocked split's block length, fs; None to measure it.
     """
 
     freeze_blocks: int | None = None
@@ -86,8 +88,13 @@ class FinetuneSettings:
     batch_size: int | None = None
     pool_frames: tuple[int, ...] | None = None
     frames_from: str | None = None
+    split: str = "random"
+    block_fs: float | None = None
 
     def __post_init__(self) -> None:
+        from qdgap.core.config import check_split_options
+
+        check_split_options(self.split, self.block_fs)
         if self.freeze_blocks is not None and self.freeze_blocks < 0:
             raise QdgapError(f"--freeze-blocks must be >= 0, got {self.freeze_blocks}")
         if self.epochs < 0:
@@ -138,6 +145,8 @@ def finetune_config(member: RunConfig, settings: FinetuneSettings) -> RunConfig:
             batch_size=tc.batch_size if settings.batch_size is None else settings.batch_size,
             # never the pretrained member's own pool: those were frames of the data it was trained on
             pool_frames=settings.pool_frames,
+            split=settings.split,
+            block_fs=settings.block_fs,
         ),
     )
 
@@ -540,10 +549,11 @@ def finetune_argv(
         argv += ["--lr", repr(settings.learning_rate)]
     if settings.frames_from is not None:
         argv += ["--frames-from", str(Path(settings.frames_from).absolute())]
-    for key in ("patience", "stride", "batch_size"):
+    for key in ("patience", "stride", "batch_size", "block_fs"):
         value = getattr(settings, key)
         if value is not None:
             argv += [f"--{key.replace('_', '-')}", str(value)]
+    argv += ["--split", settings.split]
     return argv
 
 
@@ -563,6 +573,8 @@ def scratch_train_overrides(member: Member, settings: FinetuneSettings) -> tuple
         "batch_size": t.batch_size,
         "lr": t.learning_rate,
         "stride": t.stride,
+        "split": t.split,
+        "block_fs": t.block_fs,
         "frames_from": None if settings.frames_from is None else str(Path(settings.frames_from).absolute()),
     }
     preset = member.config.preset
@@ -576,6 +588,8 @@ def scratch_train_overrides(member: Member, settings: FinetuneSettings) -> tuple
             learning_rate=t.learning_rate,
             stride=t.stride,
             pool_frames=t.pool_frames,
+            split=t.split,
+            block_fs=t.block_fs,
         )
         != want
     ):

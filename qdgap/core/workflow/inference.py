@@ -37,6 +37,8 @@ class PredictOutcome:
         n_members, n_frames: what was predicted.
         summary: errors on the labelled frames (``analysis.predict.summarise``), meV.
         calibration: coverage, extrapolation flags and threshold (``analysis.calibration``).
+        baselines: the ensemble beside interpolation in time etc. of its training labels on the same
+            frames (``analysis.baselines.BaselineReport``); None without labelled frames to score.
     """
 
     output: Path
@@ -44,6 +46,7 @@ class PredictOutcome:
     n_frames: int
     summary: dict
     calibration: dict
+    baselines: object = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ def predict_to_file(
                     members, traj, chosen, cache_dir=cache_dir, device=dev, backend=backend, progress=advance
                 )
         summary = pr.summarise(pred)
+        baselines = pr.baseline_report(pred, pr.train_union(members), traj, members=len(members))
         calibrated, cal_summary = cb.calibrate_prediction(
             runs, members, pred, traj_sha256=traj.sha256, level=level, method=interval,
             cache_dir=cache_dir, device=dev, backend=backend,
@@ -158,9 +162,10 @@ def predict_to_file(
             **array_attrs,
             **{k: v for k, v in summary.items() if not isinstance(v, list)},
             **cal_summary,
+            **(baselines.attrs() if baselines is not None else {}),
         }
         pr.write_predictions(pred, output, attrs=attrs, calibrated=calibrated)
-    outcome = PredictOutcome(output, len(members), len(chosen), summary, cal_summary)
+    outcome = PredictOutcome(output, len(members), len(chosen), summary, cal_summary, baselines)
     hooks.show(outcome)
     return outcome
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,11 @@ from qdgap.core.workflow.finetune import FinetuneSettings, OutputPaths, Paramete
 log = logging.getLogger(__name__)
 
 REPORT_MODELS = ("pretrained", "finetuned", "scratch")  # rows of finetune_report.csv, in order
-REPORT_COLUMNS = ("model", "rmse_mev", "mae_mev", "wall_s", "n_frames")
+# Rows after the models: what the fine-tuning labels predict without training (analysis/baselines.py):
+# their mean, the nearest labelled frame, linear interpolation in time, and the pretrained ensemble with
+# its mean offset on those labels subtracted (a one-number recalibration).
+BASELINE_ROWS = ("labels_mean", "nearest", "interpolation", "pretrained_offset")
+REPORT_COLUMNS = ("model", "rmse_mev", "mae_mev", "wall_s", "n_frames", "finetuned_skill")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class ReportRow:
     member_rmse_mev: list[float]
     member_wall_s: list[float]
     member_epochs: list[int]
+    finetuned_skill: float = math.nan  # 1 - RMSE_finetuned / RMSE of this row: above 0, fine-tuning beats it
 
 
 def scored_frames(finetuned: Sequence[Member], traj: Trajectory) -> np.ndarray:
@@ -129,7 +134,7 @@ def compare(
     if frames.size == 0:
         raise QdgapError("no labelled extension frame lies outside the fine-tuning pool; raise --stride")
     cache = paths.finetuned / rf.CACHE_DIR  # the extension's graphs, built while fine-tuning
-    rows = []
+    rows: list[ReportRow] = []
     if pretrained is not None:
         rows.append(
             _row(
@@ -171,7 +176,53 @@ def compare(
                 progress=progress,
             )
         )
-    return rows
+    rows += _baseline_rows(traj, frames, finetuned, pretrained, cache_dir=cache, device=device)
+    ft_rmse = next(r.rmse_mev for r in rows if r.model == "finetuned")
+    return [replace(r, finetuned_skill=1.0 - ft_rmse / r.rmse_mev if r.rmse_mev > 0 else math.nan) for r in rows]
+
+
+def _baseline_rows(
+    traj: Trajectory,
+    frames: np.ndarray,
+    finetuned: Sequence[Member],
+    pretrained: Sequence[Member] | None,
+    *,
+    cache_dir: Path,
+    device: str,
+) -> list[ReportRow]:
+    """Rows for what the fine-tuning labels (the union of the fine-tuned members' train splits) predict alone."""
+    from qdgap.core.analysis import baselines as bl
+    from qdgap.core.analysis.predict import predict_ensemble, train_union
+    from qdgap.core.data.timeseries import correlation_time_fs
+
+    train = train_union(finetuned)
+    train = train[np.isfinite(traj.gap_ev[train])] if train.size else train
+    if train.size == 0:
+        return []
+    t_lab, g_lab = traj.time_fs[train], traj.gap_ev[train].astype(np.float64)
+    base = bl.baseline_predictions(traj.time_fs[frames], t_lab, g_lab, corr_time_fs=correlation_time_fs(t_lab, g_lab))
+    preds = {"labels_mean": base["mean"], "nearest": base["nearest"], "interpolation": base["linear"]}
+    if pretrained is not None:
+        on_labels = predict_ensemble(pretrained, traj, train, cache_dir=cache_dir, device=device)
+        offset = float(np.mean(g_lab - on_labels.gap_mean_ev.astype(np.float64)))
+        scored = predict_ensemble(pretrained, traj, frames, cache_dir=cache_dir, device=device)
+        preds["pretrained_offset"] = scored.gap_mean_ev.astype(np.float64) + offset
+    y = traj.gap_ev[frames].astype(np.float64)
+    return [
+        ReportRow(
+            model=name,
+            rmse_mev=metrics.rmse_mev(p - y),
+            mae_mev=metrics.mae_mev(p - y),
+            wall_s=math.nan,
+            n_frames=int(len(frames)),
+            runs="",
+            seeds=[],
+            member_rmse_mev=[],
+            member_wall_s=[],
+            member_epochs=[],
+        )  # fmt: skip
+        for name, p in preds.items()
+    ]
 
 
 def write_report(
@@ -195,6 +246,7 @@ def write_report(
             "mae_mev": [r.mae_mev for r in rows],
             "wall_s": [r.wall_s for r in rows],
             "n_frames": [r.n_frames for r in rows],
+            "finetuned_skill": [r.finetuned_skill for r in rows],
         },
         force=True,
     )
@@ -202,6 +254,11 @@ def write_report(
         "format": "qdgap.finetune_report",
         "version": 1,
         "frames": "labelled extension frames outside every fine-tuned member's pool (train, val and test)",
+        "baselines": (
+            "labels_mean, nearest, interpolation: the mean, the nearest in time and linear interpolation in time "
+            "of the fine-tuning labels (the union of the fine-tuned members' train splits); pretrained_offset: the "
+            "pretrained ensemble plus its mean error on those labels; finetuned_skill = 1 - RMSE_finetuned / RMSE"
+        ),
         "wall_s": (
             "training time summed over members (per-epoch times in metrics.csv); none for the pretrained "
             "ensemble, whose member_wall_s is its original training, for reference"
