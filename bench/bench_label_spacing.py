@@ -11,7 +11,7 @@
    frame outside the pool it stands beside linear and PCHIP interpolation in time, the nearest labelled
    frame and the mean, each from the whole pool (every label the user paid for) and, for linear, from the
    union of the members' train splits (what the members fitted). With the calibrated 95 % interval's coverage.
-2. Blocked split at the first spacing: the same members trained with ``--split blocked``; each member's
+2. Blocked split at the first spacing: ``--blocked-members`` members trained with ``--split blocked``; each member's
    test error on its own (blocked / random) test split beside linear interpolation of its own train split
    on the same frames.
 3. Extension: the first spacing's ensemble fine-tuned (``qdgap finetune``) on K labels of 10-15 ps (every
@@ -56,6 +56,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--ext-labels", default=",".join(map(str, EXT_LABELS)), help="K, comma-separated")
     p.add_argument("--finetune-epochs", type=int, default=50)
     p.add_argument("--no-blocked", action="store_true", help="skip the blocked-split members")
+    p.add_argument("--blocked-members", type=int, default=2, help="members trained with --split blocked")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--render", action="store_true", help="only rewrite the table and figure from the JSON")
     return p.parse_args()
@@ -67,8 +68,8 @@ def _qdgap(*args: object) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _train(args, runs: Path, stride: int, split: str = "random") -> None:
-    _qdgap("ensemble", "train", "--members", args.members, "--preset", args.preset, "--stride", stride, "--split",
+def _train(args, runs: Path, stride: int, split: str = "random", members: int | None = None) -> None:
+    _qdgap("ensemble", "train", "--members", members or args.members, "--preset", args.preset, "--stride", stride, "--split",
            split, "--jobs", args.jobs, "--data", args.data, "-o", runs, "--device", "cpu")  # fmt: skip
 
 
@@ -219,13 +220,13 @@ def main() -> None:
                 f"{k:4d} fs: ensemble {r['ensemble_rmse_mev']:.1f}, linear {r['linear_rmse_mev']:.1f} meV", flush=True
             )
     first = args.work / f"s{spacings[0]}" / "runs"
-    if not args.no_blocked and "own_test" not in record:
-        blocked = args.work / f"s{spacings[0]}_blocked" / "runs"
-        _train(args, blocked, spacings[0], split="blocked")
-        record["own_test"] = _own_test_rows(args, first, "random") + _own_test_rows(args, blocked, "blocked")
-        save()
     if args.ext is not None and "extension" not in record:
         record["extension"] = _ext_rows(args, first, [int(k) for k in args.ext_labels.split(",")])
+        save()
+    if not args.no_blocked and "own_test" not in record:
+        blocked = args.work / f"s{spacings[0]}_blocked" / "runs"
+        _train(args, blocked, spacings[0], split="blocked", members=args.blocked_members)
+        record["own_test"] = _own_test_rows(args, first, "random") + _own_test_rows(args, blocked, "blocked")
         save()
     record["wall_s_this_run"] = time.perf_counter() - started
     save()
