@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from qdgap.cli import ui
-from qdgap.cli.options import DEMO_DATA, DEMO_EXTENDED, BlockFs, Preset, SplitScheme, Stride
+from qdgap.cli.options import DEMO_DATA, DEMO_EXTENDED, BlockFs, Preset, SeedBase, SplitScheme, Stride
 from qdgap.cli.render import hooks
 from qdgap.core.pipeline.reproduce import STAGES as REPRODUCE_STAGES
 from qdgap.core.pipeline.study import STAGES
@@ -57,6 +57,7 @@ def pipeline(
     stride: Stride = None,
     split: SplitScheme = "random",
     block_fs: BlockFs = None,
+    seed_base: SeedBase = 0,
 ) -> None:
     """Train the ensemble, predict the trajectory, rank atoms (FNA), fine-tune on the extension and write the report."""
     from qdgap.core.pipeline.study import StudySettings, run_pipeline
@@ -72,6 +73,7 @@ def pipeline(
     settings = StudySettings(
         preset=preset, members=members, jobs=jobs, device=device, fna_every=fna_every, fna_mask=fna_mask,
         finetune_epochs=finetune_epochs, slurm=resources, stride=stride, split=split, block_fs=block_fs,
+        seed_base=seed_base,
     )  # fmt: skip
     run_pipeline(data, extended, workdir, settings, from_stage=from_stage, hooks=hooks())
 

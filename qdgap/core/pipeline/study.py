@@ -38,6 +38,7 @@ class StudySettings:
         slurm: train and fine-tune as Slurm arrays with these resources (followed to their end); None: here.
         stride: the labelled pool's spacing in frames (None: the preset's, every 10th).
         split, block_fs: how each member cuts its pool (``random`` or ``blocked``, ``data.splits``).
+        seed_base: the first member's seed (members train with seeds seed_base .. seed_base + members - 1).
     """
 
     preset: str = "demo"
@@ -52,6 +53,7 @@ class StudySettings:
     stride: int | None = None
     split: str = "random"
     block_fs: float | None = None
+    seed_base: int = 0
 
     @property
     def train_overrides(self) -> dict[str, object]:
@@ -60,8 +62,10 @@ class StudySettings:
 
     def check(self) -> None:
         from qdgap.core.config import resolve_config
+        from qdgap.core.workflow.ensemble import member_seeds
 
         resolve_config(self.preset, **self.train_overrides)  # a bad preset, stride or block: refused now
+        member_seeds(self.members, self.seed_base)
         if self.members < 1:
             raise QdgapError(f"--members must be at least 1, got {self.members}")
         if self.fna_every < 1:
@@ -128,7 +132,7 @@ def study_stages(wd: Workdir, data: Path, extended: Path | None, s: StudySetting
         from qdgap.core.workflow.members import train_ensemble
 
         train_ensemble(
-            data, resolve_config(s.preset, **s.train_overrides), seeds=member_seeds(s.members), runs=wd.runs,
+            data, resolve_config(s.preset, **s.train_overrides), seeds=member_seeds(s.members, s.seed_base), runs=wd.runs,
             jobs=s.jobs, device=s.device, array=array(TRAIN_TIME_MIN, "qdgap-train"), preset=s.preset,
             overrides=s.train_overrides, hooks=hooks,
         )  # fmt: skip
