@@ -25,6 +25,7 @@ def hooks():
 
 def show(outcome: object) -> None:
     """Print ``outcome`` (any of core's outcome types) as its command does."""
+    from qdgap.core.pipeline.headlines import HeadlineOutcome
     from qdgap.core.workflow import finetune_run, inference, members
 
     if isinstance(outcome, inference.PredictOutcome):
@@ -46,6 +47,8 @@ def show(outcome: object) -> None:
         _print_member_finetuned(outcome.run, outcome.result)
     elif isinstance(outcome, finetune_run.TransferOutcome):
         _print_transfer(outcome)
+    elif isinstance(outcome, HeadlineOutcome):
+        _print_headlines(outcome)
     else:
         raise TypeError(f"no rendering for {type(outcome).__name__}")
 
@@ -159,6 +162,25 @@ def _print_summary(output: Path, n_members: int, n_frames: int, s: dict) -> None
         )
     else:
         out.print("  no labelled frames among them: nothing to compare against")
+
+
+def _print_headlines(o) -> None:
+    """This demo run against the ranges over independent re-runs (data/demo_headlines.json, the README's)."""
+    out = ui.stdout_console()
+    out.print(f"against the README's ranges over {o.runs} independent demo ensembles (seed bases 0, 1000, 2000):")
+    for c in o.checks:
+        where = "inside" if c.inside else "OUTSIDE"
+        out.print(f"  {c.name}: {c.value:.1f} meV, {where} {c.low:.1f}-{c.high:.1f}")
+    if o.top_atoms:
+        known = [a for a in o.top_atoms if a in o.known_leaders]
+        out.print(
+            f"  FNA top {len(o.top_atoms)}: {', '.join(o.top_atoms)}; {len(known)} of them led in some re-run "
+            f"({', '.join(o.known_leaders)})"
+        )
+    if o.all_inside:
+        out.print("  every number lands inside its range: a normal re-draw of training noise")
+    else:
+        out.print("  a number lies outside its range: more than a re-draw; check the install (`qdgap --version`)")
 
 
 def _print_baselines(report) -> None:

@@ -1,0 +1,52 @@
+"""The demo's headline ranges: values read from a work folder, checked against ranges over re-runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from qdgap.core.pipeline import headlines as hl
+from tests.unit.test_report import make_workdir
+
+
+def test_headline_values_and_check_against_ranges(tmp_path):
+    wd = make_workdir(tmp_path / "w")
+    values = hl.headline_values(wd.root)
+    with open(wd.finetune_csv, newline="") as fh:
+        rows = {r["model"]: float(r["rmse_mev"]) for r in csv.DictReader(fh)}
+    assert values["transfer_finetuned_rmse_mev"] == pytest.approx(rows["finetuned"])
+    with open(wd.fna_csv, newline="") as fh:
+        assert values["fna_top"] == [r["atom_label"] for r in csv.DictReader(fh)][: hl.TOP_ATOMS]
+    assert values["ensemble_rmse_mev"] > 0
+    v = values["ensemble_rmse_mev"]
+    runs = [{**values, "ensemble_rmse_mev": v - 1.0}, {**values, "ensemble_rmse_mev": v + 2.0}]
+    ranges = hl.ranges_from_runs(runs)
+    assert ranges["ensemble_rmse_mev"] == (v - 1.0, v + 2.0) and "fna_top" not in ranges
+    path = tmp_path / "ranges.json"
+    path.write_text(json.dumps({"data_sha256": "abc", "ranges": ranges, "runs": runs}))
+    out = hl.check_headlines(wd.root, "abc", path=path)
+    assert out is not None and out.all_inside and out.runs == 2
+    assert {c.name for c in out.checks} == set(ranges)
+    narrow = {**ranges, "ensemble_rmse_mev": (v + 0.5, v + 2.0)}  # this run below the range
+    path.write_text(json.dumps({"data_sha256": "abc", "ranges": narrow, "runs": runs}))
+    out = hl.check_headlines(wd.root, "abc", path=path)
+    assert not out.all_inside and [c.name for c in out.checks if not c.inside] == ["ensemble_rmse_mev"]
+    assert hl.check_headlines(wd.root, "other data", path=path) is None
+    assert hl.check_headlines(wd.root, "abc", path=tmp_path / "missing.json") is None
+
+
+def test_shipped_ranges_belong_to_the_demo_data():
+    if not hl.HEADLINES_JSON.is_file():
+        pytest.skip("data/demo_headlines.json not measured yet (bench/bench_headlines.py)")
+    from qdgap.cli.options import DEMO_DATA
+    from qdgap.core.data.trajectory import read_trajectory
+
+    record = json.loads(hl.HEADLINES_JSON.read_text())
+    assert record["data_sha256"] == read_trajectory(DEMO_DATA).sha256
+    assert len(record["runs"]) >= 3
+    for name, (lo, hi) in record["ranges"].items():
+        got = [r[name] for r in record["runs"]]
+        assert lo == min(got) and hi == max(got) and np.isfinite([lo, hi]).all()
