@@ -60,8 +60,8 @@ def train(
     device: Device = "auto",
     partition: SlurmPartition = None,
     account: SlurmAccount = None,
-    time_min: SlurmTime = 120,
-    cpus: SlurmCpus = 4,
+    time_min: SlurmTime = None,
+    cpus: SlurmCpus = None,
     gpus: SlurmGpus = 0,
     mem_gb: SlurmMem = None,
     image: SlurmImage = None,
@@ -99,8 +99,9 @@ def train(
     if frames_from is not None:
         task_options["frames_from"] = str(frames_from.absolute())
     resources = slurm_resources(
-        backend, "qdgap-train", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel
-    )
+        backend, "qdgap-train", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel,
+        usual_time_min=120,
+    )  # fmt: skip
     array = None if resources is None else ArrayOptions(resources, wait=wait, dry_run=dry_run)
     train_ensemble(
         data, config, seeds=seeds, runs=output, jobs=jobs, device=device, preset=preset, overrides=task_options,
