@@ -377,9 +377,10 @@ def wait(
             progress(done - seen)
         line = describe(job, states)
         if line != said:
-            log.info("%s", line)
             if report is not None:
                 report(line)
+            else:
+                log.info("%s", line)
             said = line
         seen = done
         if done == len(states):
