@@ -140,7 +140,7 @@ def status(
     for r in rows:
         fmt = lambda v: "" if math.isnan(v) else f"{v:.1f}"  # noqa: E731
         table.add_row(
-            str(r.seed), r.state, str(r.epochs), fmt(r.best_val_mae_mev), fmt(r.test_rmse_mev), r.message[:80]
+            str(r.seed), r.state, str(r.epochs), fmt(r.best_val_mae_mev), fmt(r.test_rmse_mev), r.message[:120]
         )
     ui.stdout_console().print(table)
     counts: dict[str, int] = {}
@@ -163,7 +163,7 @@ def _parts_status(output: Path) -> None:
     for col in ("part", "state", "slurm task", "note"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.part, r.state, r.job_id, r.message[:80])
+        table.add_row(r.part, r.state, r.job_id, r.message[:120])
     ui.stdout_console().print(table)
     counts: dict[str, int] = {}
     for r in rows:

@@ -6,6 +6,7 @@ scripts on PATH (``fake_slurm``), so these run anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -427,10 +428,15 @@ def test_squeue_states_carry_the_pending_reason(tmp_path, fake_slurm):
     states = slurm_states.task_states(job)
     assert [(s.state, s.reason) for s in states] == [("PENDING", "JobHeldAdmin"), ("RUNNING", "")]
     assert slurm_states.describe(job, states) == (
-        "job array 100 (2 tasks): 1 pending (JobHeldAdmin: held by an administrator or `scontrol hold` "
-        "(`scontrol release 100` lets it go)), 1 running"
+        "job array 100 (2 tasks): 1 pending (JobHeldAdmin: held (`scontrol hold`); `scontrol release 100` lets it "
+        "go), 1 running"
     )
-    assert slurm_states.pending_note(states[0]).startswith("JobHeldAdmin: held by")
+    assert (
+        slurm_states.pending_note(states[0])
+        == "JobHeldAdmin: held (`scontrol hold`); `scontrol release 100` lets it go"
+    )
+    fresh = dataclasses.replace(states[0], reason="None")  # just submitted: Slurm says "None"
+    assert slurm_states.describe(job, [fresh]).endswith("1 pending (not yet looked at by the scheduler)")
 
 
 def test_wait_says_each_change_once(tmp_path, fake_slurm, monkeypatch):
@@ -453,7 +459,7 @@ def test_wait_says_each_change_once(tmp_path, fake_slurm, monkeypatch):
     states = slurm_states.wait(job, poll_s=0, report=lines.append)
     assert [s.state for s in states] == ["COMPLETED", "COMPLETED"]
     assert [ln.split(": ", 1)[1] for ln in lines] == [
-        "2 pending (JobHeldUser: held by its user (`scontrol release 100` lets it go))",
+        "2 pending (JobHeldUser: held by its user; `scontrol release 100` lets it go)",
         "1 pending (Resources: waiting for free CPUs, memory or GPUs), 1 running",
         "1 running, 1 done",
         "2 done",

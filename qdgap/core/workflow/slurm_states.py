@@ -55,8 +55,8 @@ _REASONS: Final[dict[str, str]] = {
     "None": "not yet looked at by the scheduler",
     "Priority": "other jobs come first",
     "Resources": "waiting for free CPUs, memory or GPUs",
-    "JobHeldUser": "held by its user (`scontrol release JOBID` lets it go)",
-    "JobHeldAdmin": "held by an administrator or `scontrol hold` (`scontrol release JOBID` lets it go)",
+    "JobHeldUser": "held by its user; `scontrol release JOBID` lets it go",
+    "JobHeldAdmin": "held (`scontrol hold`); `scontrol release JOBID` lets it go",
     "Dependency": "waiting for the jobs it depends on",
     "BeginTime": "its start time has not come",
     "Reservation": "waiting for its reservation",
@@ -303,8 +303,14 @@ def pending_note(task: TaskState) -> str:
         return ""
     code = task.reason.split(",")[0].strip()
     why = never_starts(code)
-    text = f"cannot start: {why}" if why else reason_text(code)
-    return f"{code}: {text.replace('JOBID', task.job_id.split('_')[0])}"
+    if why:
+        return f"{code}: cannot start: {why}"
+    return _reason_words(code).replace("JOBID", task.job_id.split("_")[0])
+
+
+def _reason_words(code: str) -> str:
+    """``Resources: waiting for ...``; Slurm's ``None`` (not yet scheduled) without its code, which reads oddly."""
+    return reason_text(code) if code == "None" else f"{code}: {reason_text(code)}"
 
 
 def describe(job: ArrayJob, states: list[TaskState]) -> str:
@@ -316,7 +322,7 @@ def describe(job: ArrayJob, states: list[TaskState]) -> str:
             pending[key] = pending.get(key, 0) + 1
     parts = []
     for reason, n in pending.items():
-        why = f" ({reason}: {reason_text(reason)})" if reason else ""
+        why = f" ({_reason_words(reason)})" if reason else ""
         parts.append(f"{n} pending{why.replace('JOBID', job.job_id)}")
     counts = (
         ("running", sum(s.running for s in states)),
