@@ -493,3 +493,29 @@ def test_wait_cancels_when_no_node_of_the_partition_is_up(tmp_path, two_cpu_part
     (two_cpu_partition / "nodes.txt").write_text("localhost|2|21694|(null)|mix\n")  # up again: waiting may help
     (two_cpu_partition / "squeue.txt").write_text("100_0|PENDING|ReqNodeNotAvail, UnavailableNodes:localhost\n")
     assert slurm_states.never_starting(job, slurm_states.task_states(job)) is None
+
+
+def test_status_rows_say_why_a_task_waits(tmp_path, fake_slurm):
+    from qdgap.core.workflow import part_array
+    from qdgap.core.workflow.ensemble import ensemble_status
+
+    runs = tmp_path / "runs"
+    slurm.submit(TRAIN, folder=slurm.slurm_folder(runs), resources=slurm.SlurmResources(), members=[3, 4])
+    (fake_slurm / "squeue.txt").write_text("100_0|PENDING|JobHeldUser\n100_1|PENDING|PartitionTimeLimit\n")
+    rows = {r.seed: r for r in ensemble_status(runs)}
+    assert rows[3].state == "pending" and rows[3].message == (
+        "Slurm 100_0: JobHeldUser: held by its user; `scontrol release 100` lets it go"
+    )
+    assert (
+        rows[4].message == "Slurm 100_1: PartitionTimeLimit: cannot start: its --time is over the partition's MaxTime"
+    )
+
+    parts = tmp_path / ".p.h5.parts"
+    slurm.submit(TRAIN, folder=slurm.slurm_folder(parts), resources=slurm.SlurmResources(), members=["0:0", "1:0"])
+    (fake_slurm / "squeue.txt").write_text("101_0|PENDING|Resources\n101_1|RUNNING|None\n")
+    states = {s.part: s for s in part_array.part_states(parts)}
+    assert (states["0:0"].state, states["0:0"].message) == (
+        "pending",
+        "Resources: waiting for free CPUs, memory or GPUs",
+    )
+    assert (states["1:0"].state, states["1:0"].message) == ("running", "")

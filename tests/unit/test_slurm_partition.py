@@ -166,7 +166,7 @@ def test_size_request_fits_the_two_cpu_node():
     assert s.chosen == ("--cpus", "--mem", "--time")
     assert s.line == (
         "Slurm partition debug: its largest node localhost has 2 CPUs, 21.2 GB, MaxTime unlimited; "
-        "chose --cpus 2 --mem 21.2 --time 120 per task (give --cpus/--mem/--time to choose)"
+        "not given, so chose --cpus 2 --mem 21.2 --time 120 per task"
     )
     sp.check_request(_debug(), cpus=s.cpus, mem_gb=s.mem_gb, gpus=0, time_min=s.time_min)  # what it chose fits
 

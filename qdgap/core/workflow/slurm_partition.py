@@ -402,10 +402,7 @@ def size_request(
             offer = f"its largest node {node.name} has {node.cpus} CPUs, {gb(node.mem_mb)}"
             offer += f", {node.gpus} GPU(s)" if node.gpus else ""
         maxtime = "unlimited" if part.max_time_min is None else time_text(part.max_time_min)
-        line = (
-            f"Slurm partition {part.name}: {offer}, MaxTime {maxtime}; "
-            f"chose {what} per task (give {'/'.join(chosen)} to choose)"
-        )
+        line = f"Slurm partition {part.name}: {offer}, MaxTime {maxtime}; not given, so chose {what} per task"
     return Sizing(cpus, mem_gb, time_min, tuple(chosen), line)
 
 
