@@ -197,3 +197,9 @@ def test_size_request_respects_per_node_and_per_cpu_memory_caps():
 def test_size_request_without_slurm_keeps_the_usual_values():
     s = sp.size_request(None, cpus=None, mem_gb=None, gpus=0, time_min=None, usual_time_min=120)
     assert (s.cpus, s.mem_gb, s.time_min, s.line) == (sp.USUAL_CPUS, None, 120, "")
+
+
+def test_nodes_reserved_or_in_maintenance_count_as_up():
+    states = {"resv": True, "maint": True, "mix-": True, "idle~": True, "drain": False, "drng": False, "down*": False}
+    for state, up in states.items():
+        assert sp.Node("n1", 2, 1000, 0, state).up is up, state

@@ -2,7 +2,8 @@
 
 Before an array is submitted (``workflow.slurm.submit``), the request is checked against what Slurm
 says of the partition: its limits from ``scontrol show partition`` (MaxTime, MaxCPUsPerNode,
-MaxMemPerNode, MaxMemPerCPU, AllowAccounts, DenyAccounts, State) and its nodes from ``sinfo``
+MaxMemPerNode, AllowAccounts, DenyAccounts, State; MaxMemPerCPU caps only the sized memory, since
+Slurm meets it by giving a task more CPUs) and its nodes from ``sinfo``
 (CPUs, memory, GPUs, state). A request that cannot fit is one line naming the option, the value and
 the limit (``check_request``); resources the command left unset are sized from the partition, at
 most what one node offers (``size_request``).
@@ -30,8 +31,12 @@ MB_PER_GB: Final[int] = 1024  # Slurm's G suffix: --mem=2G is 2048 MB
 USUAL_CPUS: Final[int] = 4  # cores per task when --cpus is not given, cut to one node
 _TIMEOUT_S: Final[int] = 60  # for one scontrol/sinfo/sacctmgr/squeue/sacct/scancel call
 _UNLIMITED: Final[frozenset[str]] = frozenset({"UNLIMITED", "INFINITE", "NONE", "N/A", "(NULL)", ""})
-# sinfo's short node states (a trailing *~#!%$@^- flags it) in which a node runs jobs or soon will.
-_UP_STATES: Final[frozenset[str]] = frozenset({"idle", "mix", "mixed", "alloc", "allocated", "comp", "completing"})
+# sinfo's short node states (a trailing *~#!%$@^- flags it) in which a node runs jobs or will once its
+# jobs, reservation or maintenance end; down, drained and failing nodes are not up.
+_UP_STATES: Final[frozenset[str]] = frozenset(
+    {"idle", "mix", "mixed", "alloc", "allocated", "comp", "completing", "resv", "reserved", "maint", "plnd",
+     "planned", "blocked"}
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------
@@ -240,7 +245,8 @@ def check_request(
     Args:
         part: the partition, with its nodes (an empty node list skips the node checks).
         cpus: CPU cores per task; None when Slurm's default applies (1).
-        mem_gb: memory per task, GB (Slurm's G); None when Slurm's default applies.
+        mem_gb: memory per task, GB (Slurm's G); None when Slurm's default applies. Over MaxMemPerCPU x
+            CPUs is not refused: Slurm then gives the task more CPUs, and the node checks still apply.
         gpus: GPUs per task.
         time_min: wall time per task, minutes; None when the partition's default applies.
         account: the account charged; None for the user's default.
@@ -276,13 +282,6 @@ def check_request(
             f"--mem {mem_gb:g}: over partition {p}'s MaxMemPerNode of {gb(part.max_mem_per_node_mb)} "
             f"({part.max_mem_per_node_mb} MB)"
         )
-    if mem_mb is not None and part.max_mem_per_cpu_mb is not None:
-        most = part.max_mem_per_cpu_mb * (cpus or 1)
-        if mem_mb > most:
-            raise QdgapError(
-                f"--mem {mem_gb:g}: over partition {p}'s MaxMemPerCPU of {gb(part.max_mem_per_cpu_mb)} x "
-                f"{cpus or 1} CPU(s) = {gb(most)}; ask for less memory or more --cpus"
-            )
     nodes = part.nodes
     if not nodes:
         return
