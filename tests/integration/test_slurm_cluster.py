@@ -304,7 +304,7 @@ def test_slurm_held_array_shows_its_reason_and_finishes_after_release(slurm_clus
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     # Fill the node first, so that the array is still pending when it is held.
     blocker = subprocess.run(["sbatch", "--parsable", "--job-name=qdgap-test-blocker", "--cpus-per-task",
-                              _node_cpus(), "--time=5", "--wrap", "sleep 120"], capture_output=True, text=True,
+                              _node_cpus(), "--time=5", "--output=/dev/null", "--wrap", "sleep 120"], capture_output=True, text=True,
                              timeout=30, check=True).stdout.strip().split(";")[0]  # fmt: skip
     out = tmp_path / "predictions.h5"
     command = [sys.executable, "-m", "qdgap", "--quiet", "predict", "--runs", str(tiny_runs), "--data",
