@@ -17,9 +17,12 @@ def split_backend(backend: str | None) -> tuple[str, str | None]:
     return "local", backend
 
 
-def slurm_resources(array, job_name, partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel):
+def slurm_resources(
+    array, job_name, partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel, *, usual_time_min=60
+):
     """The Slurm resources of a ``--backend slurm`` run from the Slurm option group (checked before any work);
-    None for local."""
+    None for local. ``--time``, ``--cpus`` and ``--mem`` left out (None) are sized from the partition when the
+    array is submitted; ``usual_time_min`` is what a task of the command usually needs, minutes."""
     if array != "slurm":
         return None
     from qdgap.core.workflow import slurm
@@ -34,4 +37,5 @@ def slurm_resources(array, job_name, partition, account, time_min, cpus, gpus, m
         image=image,
         max_parallel=max_parallel,
         job_name=job_name,
+        usual_time_min=usual_time_min,
     )

@@ -64,8 +64,8 @@ def train(
     device: Device = "auto",
     partition: SlurmPartition = None,
     account: SlurmAccount = None,
-    time_min: SlurmTime = 120,
-    cpus: SlurmCpus = 4,
+    time_min: SlurmTime = None,
+    cpus: SlurmCpus = None,
     gpus: SlurmGpus = 0,
     mem_gb: SlurmMem = None,
     image: SlurmImage = None,
@@ -106,8 +106,9 @@ def train(
     if frames_from is not None:
         task_options["frames_from"] = str(frames_from.absolute())
     resources = slurm_resources(
-        backend, "qdgap-train", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel
-    )
+        backend, "qdgap-train", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel,
+        usual_time_min=120,
+    )  # fmt: skip
     array = None if resources is None else ArrayOptions(resources, wait=wait, dry_run=dry_run)
     train_ensemble(
         data, config, seeds=seeds, runs=output, jobs=jobs, device=device, preset=preset, overrides=task_options,
@@ -146,7 +147,7 @@ def status(
     for r in rows:
         fmt = lambda v: "" if math.isnan(v) else f"{v:.1f}"  # noqa: E731
         table.add_row(
-            str(r.seed), r.state, str(r.epochs), fmt(r.best_val_mae_mev), fmt(r.test_rmse_mev), r.message[:80]
+            str(r.seed), r.state, str(r.epochs), fmt(r.best_val_mae_mev), fmt(r.test_rmse_mev), r.message[:120]
         )
     ui.stdout_console().print(table)
     counts: dict[str, int] = {}
@@ -169,7 +170,7 @@ def _parts_status(output: Path) -> None:
     for col in ("part", "state", "slurm task", "note"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.part, r.state, r.job_id, r.message[:80])
+        table.add_row(r.part, r.state, r.job_id, r.message[:120])
     ui.stdout_console().print(table)
     counts: dict[str, int] = {}
     for r in rows:

@@ -100,8 +100,8 @@ def finetune(
     device: Device = "auto",
     partition: SlurmPartition = None,
     account: SlurmAccount = None,
-    time_min: SlurmTime = 60,
-    cpus: SlurmCpus = 4,
+    time_min: SlurmTime = None,
+    cpus: SlurmCpus = None,
     gpus: SlurmGpus = 0,
     mem_gb: SlurmMem = None,
     image: SlurmImage = None,
@@ -135,8 +135,9 @@ def finetune(
     if backend == "local" and (dry_run or wait):
         raise ui.usage_error("--dry-run and --wait belong to --backend slurm")
     resources = slurm_resources(
-        backend, "qdgap-finetune", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel
-    )
+        backend, "qdgap-finetune", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel,
+        usual_time_min=60,
+    )  # fmt: skip
     array = None if resources is None else ArrayOptions(resources, wait=wait, dry_run=dry_run)
     finetune_ensemble(
         runs, data, output, settings, frames_from=frames_from, seed=seed, baselines=baselines, report=report,

@@ -88,8 +88,8 @@ def fna(
     part: PartOpt = None,
     partition: SlurmPartition = None,
     account: SlurmAccount = None,
-    time_min: SlurmTime = 60,
-    cpus: SlurmCpus = 4,
+    time_min: SlurmTime = None,
+    cpus: SlurmCpus = None,
     gpus: SlurmGpus = 0,
     mem_gb: SlurmMem = None,
     image: SlurmImage = None,
@@ -105,8 +105,9 @@ def fna(
     array, runtime = split_backend(backend)
     pa.check_not_mixed(part=part, backend=array, frames_per_task=frames_per_task, wait=wait, dry_run=dry_run)
     resources = slurm_resources(
-        array, "qdgap-fna", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel
-    )
+        array, "qdgap-fna", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel,
+        usual_time_min=60,
+    )  # fmt: skip
     statistics = inf.FnaStatistics(score=score, bootstrap=bootstrap, top_k=top_k, correction=correction, seed=seed)
     inf.fna_to_file(
         runs, data, output, frames=frames, every=every, mask=mask, chunk=chunk, csv=csv, xyz=xyz, device=device,

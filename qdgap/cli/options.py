@@ -96,10 +96,30 @@ def _slurm_panel(text: str) -> dict:
 # finetune, predict, fna): a task is one member, or one part (member x block of frames) of predict/FNA.
 SlurmPartition = Annotated[str | None, typer.Option(**_slurm_panel("Partition."))]
 SlurmAccount = Annotated[str | None, typer.Option(**_slurm_panel("Account to charge."))]
-SlurmTime = Annotated[int, typer.Option("--time", **_slurm_panel("Wall time per task (member or part), minutes."))]
-SlurmCpus = Annotated[int, typer.Option("--cpus", **_slurm_panel("CPU cores per task."))]
+SlurmTime = Annotated[
+    int | None,
+    typer.Option(
+        "--time",
+        **_slurm_panel("Wall time per task (member or part), minutes (default: the command's usual time, at most "
+        "the partition's MaxTime)."),
+        show_default=False,
+    ),
+]  # fmt: skip
+SlurmCpus = Annotated[
+    int | None,
+    typer.Option(
+        "--cpus", **_slurm_panel("CPU cores per task (default: 4, at most what one node has)."), show_default=False
+    ),
+]
 SlurmGpus = Annotated[int, typer.Option("--gpus", **_slurm_panel("GPUs per task."))]
-SlurmMem = Annotated[float | None, typer.Option("--mem", **_slurm_panel("Memory per task, GB."))]
+SlurmMem = Annotated[
+    float | None,
+    typer.Option(
+        "--mem",
+        **_slurm_panel("Memory per task, GB (default: one node's memory in proportion to the CPUs taken)."),
+        show_default=False,
+    ),
+]
 SlurmImage = Annotated[
     Path | None,
     typer.Option("--image", **_slurm_panel("Apptainer image: tasks run `apptainer run --nv IMAGE <command> ...`.")),

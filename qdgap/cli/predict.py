@@ -56,8 +56,8 @@ def predict(
     part: PartOpt = None,
     partition: SlurmPartition = None,
     account: SlurmAccount = None,
-    time_min: SlurmTime = 60,
-    cpus: SlurmCpus = 4,
+    time_min: SlurmTime = None,
+    cpus: SlurmCpus = None,
     gpus: SlurmGpus = 0,
     mem_gb: SlurmMem = None,
     image: SlurmImage = None,
@@ -74,8 +74,9 @@ def predict(
     array, runtime = split_backend(backend)
     pa.check_not_mixed(part=part, backend=array, frames_per_task=frames_per_task, wait=wait, dry_run=dry_run)
     resources = slurm_resources(
-        array, "qdgap-predict", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel
-    )
+        array, "qdgap-predict", partition, account, time_min, cpus, gpus, mem_gb, image, max_parallel,
+        usual_time_min=60,
+    )  # fmt: skip
     inf.predict_to_file(
         runs, data, output, frames=frames, device=device, backend=runtime, level=level, interval=interval,
         allow_data_change=allow_data_change, frames_per_task=frames_per_task, part=part,

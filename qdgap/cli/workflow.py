@@ -67,9 +67,8 @@ def pipeline(
         raise ui.usage_error(f"--backend must be local or slurm, got {backend!r}")
     resources = None
     if backend == "slurm":
-        resources = SlurmResources(
-            partition=partition, account=account, cpus_per_task=4, gpus_per_task=gpus, image=image
-        )
+        # --cpus, --mem and --time are sized per stage from the partition when each array is submitted.
+        resources = SlurmResources(partition=partition, account=account, gpus_per_task=gpus, image=image)
     settings = StudySettings(
         preset=preset, members=members, jobs=jobs, device=device, fna_every=fna_every, fna_mask=fna_mask,
         finetune_epochs=finetune_epochs, slurm=resources, stride=stride, split=split, block_fs=block_fs,

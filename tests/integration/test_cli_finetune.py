@@ -172,7 +172,7 @@ def test_finetune_one_seed_then_rest_and_resume(run_cli, tmp_path, tiny_runs, ex
     assert (tmp_path / "k1.csv").read_text() == (tmp_path / "finetune_report.csv").read_text()
 
 
-def test_finetune_slurm_dry_run_lists_one_task_per_member(run_cli, tmp_path, tiny_runs, ext_h5):
+def test_finetune_slurm_dry_run_lists_one_task_per_member(run_cli, tmp_path, tiny_runs, ext_h5, fake_slurm):  # noqa: F811
     r = run_cli(
         *_args(tiny_runs, ext_h5, tmp_path / "runs_ft", "--backend", "slurm", "--dry-run", "--partition", "gpu")
     )

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from qdgap.core.common.errors import QdgapError
 from qdgap.core.data.trajectory import write_trajectory
 from qdgap.core.workflow import slurm, slurm_states
 from qdgap.testing.synthetic import synthetic_trajectory
@@ -200,5 +201,148 @@ def test_slurm_unknown_partition_is_one_line(slurm_cluster, run_cli, tmp_path, t
                 "--partition", "no-such-partition")  # fmt: skip
     assert r.exit_code == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "sbatch refused the job array" in lines[0] and "partition" in lines[0].lower(), lines
+    assert len(lines) == 1 and "--partition no-such-partition: no such Slurm partition; the cluster has" in lines[0], (
+        lines
+    )
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------
+# The request against the partition; defaults that fit; the waiting made visible
+# --------------------------------------------------------------------------
+SHORT = "qdgap-test-short"  # a partition with MaxTime=10, made for one test and deleted after it
+
+
+def _scontrol(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=30, check=False)
+
+
+@pytest.fixture
+def short_partition(slurm_cluster):
+    """Partition ``qdgap-test-short`` on the cluster's nodes, MaxTime 10 minutes (``scontrol create``); deleted after."""
+    nodes = subprocess.run(["sinfo", "--noheader", "--format=%N"], capture_output=True, text=True, timeout=30).stdout
+    _scontrol("delete", f"PartitionName={SHORT}")  # left by an interrupted run
+    made = _scontrol("create", f"PartitionName={SHORT}", f"Nodes={nodes.split()[0]}", "MaxTime=10", "State=UP")
+    assert made.returncode == 0, made.stderr
+    yield SHORT
+    _scontrol("delete", f"PartitionName={SHORT}")
+
+
+def _records(out):
+    from qdgap.core.analysis import parts
+
+    return slurm.load_jobs(slurm.slurm_folder(parts.parts_folder(out)))
+
+
+def test_slurm_more_cpus_than_a_node_has_is_refused_before_submission(
+    slurm_cluster, run_cli, tmp_path, tiny_runs, synthetic_h5
+):
+    out = tmp_path / "predictions.h5"
+    r = run_cli("--quiet", "predict", "--runs", tiny_runs, "--data", synthetic_h5, "-o", out, "--backend", "slurm",
+                "--wait", "--cpus", "64")  # fmt: skip
+    assert r.exit_code == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--cpus 64: no node of partition" in lines[0] and "the largest has" in lines[0], lines
+    assert _records(out) == [] and not out.exists()  # nothing submitted
+
+
+def test_slurm_time_over_the_partition_maxtime_is_refused(
+    slurm_cluster, short_partition, run_cli, tmp_path, tiny_runs, synthetic_h5
+):
+    out = tmp_path / "fna.h5"
+    r = run_cli("--quiet", "fna", "--runs", tiny_runs, "--data", synthetic_h5, "-o", out, "--backend", "slurm",
+                "--partition", short_partition, "--time", "30", "--cpus", "1")  # fmt: skip
+    assert r.exit_code == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"--time 30: over partition {short_partition}'s MaxTime of 10 min" in lines[0], lines
+    assert _records(out) == []
+
+
+def test_slurm_defaults_fit_the_node_and_run_to_the_end(
+    slurm_cluster, short_partition, fast_poll, run_cli, tmp_path, tiny_runs, synthetic_h5
+):
+    out = tmp_path / "predictions.h5"
+    r = run_cli("--quiet", "predict", "--runs", tiny_runs, "--data", synthetic_h5, "-o", out, "--backend", "slurm",
+                "--wait", "--device", "cpu", "--partition", short_partition)  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    (job,) = _records(out)
+    node = job.partition["nodes"][0]
+    # No --cpus/--mem/--time: all of one node's CPUs (at most 4), its memory in proportion, the usual
+    # 60 min cut to the partition's MaxTime.
+    assert job.sized == ("--cpus", "--mem", "--time")
+    assert job.resources.cpus_per_task == min(4, node["cpus"]) and job.resources.time_min == 10
+    assert job.resources.mem_gb * 1024 <= node["mem_mb"]
+    assert f"Slurm partition {short_partition}: its largest node" in r.stdout and job.sizing in r.stdout
+    assert f"job array {job.job_id} (2 tasks): 2 done" in r.stdout
+    assert out.is_file()
+
+
+def test_slurm_array_that_can_never_start_is_cancelled_with_its_reason(slurm_cluster, monkeypatch, tmp_path, traj_h5):
+    """What the checks before submission prevent, where they cannot see (here: turned off): 64 CPUs on a
+    2-CPU node pend for PartitionConfig; the wait cancels the array at once and says why."""
+    from qdgap.core.workflow import slurm_partition
+
+    monkeypatch.setattr(slurm_partition, "query", lambda name: None)
+    argv = ["data", "info", str(traj_h5)]
+    res = slurm.SlurmResources(time_min=5, cpus_per_task=64, mem_gb=1, job_name="qdgap-test")
+    job = slurm.submit([argv, argv], folder=tmp_path / ".slurm", resources=res, cwd=tmp_path)
+    lines: list[str] = []
+    with pytest.raises(QdgapError) as exc:
+        slurm_states.wait(job, poll_s=1, timeout_s=60, report=lines.append)
+    assert "can never start" in str(exc.value) and "(PartitionConfig)" in str(exc.value), str(exc.value)
+    assert any("pending (PartitionConfig" in ln for ln in lines), lines
+    states = slurm_states.task_states(job)
+    assert all(s.state == "CANCELLED" for s in states), [(s.state, s.reason) for s in states]
+
+
+def test_slurm_held_array_shows_its_reason_and_finishes_after_release(slurm_cluster, tmp_path, tiny_runs, synthetic_h5):
+    """`predict --backend slurm --wait` in its own process; the array is held by hand (`scontrol hold`):
+    the command and `qdgap status` say so, and once released the array runs and the command ends well."""
+    import threading
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # Fill the node first, so that the array is still pending when it is held.
+    blocker = subprocess.run(["sbatch", "--parsable", "--job-name=qdgap-test-blocker", "--cpus-per-task",
+                              _node_cpus(), "--time=5", "--output=/dev/null", "--wrap", "sleep 120"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout.strip().split(";")[0]  # fmt: skip
+    out = tmp_path / "predictions.h5"
+    command = [sys.executable, "-m", "qdgap", "--quiet", "predict", "--runs", str(tiny_runs), "--data",
+               str(synthetic_h5), "-o", str(out), "--backend", "slurm", "--wait", "--device", "cpu", "--cpus", "1",
+               "--mem", "1", "--time", "5"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not _records(out) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        (job,) = _records(out)
+        assert _scontrol("hold", job.job_id).returncode == 0
+        subprocess.run(["scancel", blocker], timeout=30, check=False)
+        while not any("JobHeld" in ln for ln in lines) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        status = subprocess.run([sys.executable, "-m", "qdgap", "status", str(out)], capture_output=True, text=True,
+                                env=env, timeout=120)  # fmt: skip
+        assert _scontrol("release", job.job_id).returncode == 0
+        proc.wait(timeout=300)
+    finally:
+        subprocess.run(["scancel", blocker], timeout=30, check=False)
+        if proc.poll() is None:
+            proc.kill()
+            for j in _records(out):  # only the array this test submitted
+                subprocess.run(["scancel", j.job_id], timeout=30, check=False)
+    reader.join(timeout=10)
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err
+    held = [ln for ln in lines if f"job array {job.job_id} (2 tasks): 2 pending (JobHeld" in ln]
+    assert held and "scontrol release" in held[0], lines
+    assert "JobHeld" in status.stdout, status.stdout
+    assert lines.index(held[0]) < max(i for i, ln in enumerate(lines) if "2 done" in ln)
+    assert out.is_file()
+
+
+def _node_cpus() -> str:
+    text = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%c"], capture_output=True, text=True, timeout=30)
+    return text.stdout.split()[0]

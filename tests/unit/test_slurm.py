@@ -6,11 +6,15 @@ scripts on PATH (``fake_slurm``), so these run anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shlex
 import shutil
 import stat
 import sys
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from submitit.core.utils import cloudpickle_dump
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.workflow import slurm, slurm_states
 
+_SYSTEM_PATH = os.environ.get("PATH", os.defpath)  # before _no_real_cluster empties it
 TRAIN = [["train", "--seed", str(s), "--data", "traj.h5", "-o", "runs"] for s in (3, 4)]
 
 
@@ -27,11 +32,23 @@ def _exe(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
 
+@pytest.fixture(autouse=True)
+def _no_real_cluster(tmp_path, monkeypatch):
+    """No Slurm command on PATH unless a test puts its stand-ins there (``fake_slurm``), so a cluster
+    running beside the tests (CI starts one) never answers these."""
+    empty = tmp_path / "nobin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+
 @pytest.fixture
 def fake_slurm(tmp_path, monkeypatch):
-    """sbatch/srun/squeue stand-ins: sbatch saves the script and answers job ids 100, 101, ...;
-    squeue prints the lines of ``squeue.txt`` (``<job>_<task>|STATE``)."""
-    cat, cp = shutil.which("cat"), shutil.which("cp")
+    """sbatch/srun/squeue/scontrol/sinfo/scancel stand-ins: sbatch saves the script and answers job ids
+    100, 101, ...; squeue prints the lines of ``squeue.txt`` (``<job>_<task>|STATE[|REASON]``);
+    scontrol prints ``partitions.txt`` (``scontrol show partition --oneliner``), or fails when there is
+    none (Slurm not answering); sinfo prints ``nodes.txt`` (``%N|%c|%m|%G|%t``); scancel notes its
+    arguments in ``cancelled.txt``."""
+    cat, cp = shutil.which("cat", path=_SYSTEM_PATH), shutil.which("cp", path=_SYSTEM_PATH)
     bin_dir = tmp_path / "fakebin"
     bin_dir.mkdir()
     state = tmp_path / "fakeslurm"
@@ -45,6 +62,9 @@ def fake_slurm(tmp_path, monkeypatch):
     )
     _exe(bin_dir / "squeue", f"{cat} {state}/squeue.txt\n")
     _exe(bin_dir / "srun", "exit 0\n")
+    _exe(bin_dir / "scontrol", f"[ -f {state}/partitions.txt ] || exit 1; {cat} {state}/partitions.txt\n")
+    _exe(bin_dir / "sinfo", f"[ -f {state}/nodes.txt ] && {cat} {state}/nodes.txt; exit 0\n")
+    _exe(bin_dir / "scancel", f'echo "$@" >> {state}/cancelled.txt\n')
     monkeypatch.setenv("PATH", str(bin_dir))  # only these: no sacct (accounting off), no real Slurm
     return state
 
@@ -311,3 +331,191 @@ def test_an_array_records_the_array_it_reruns(tmp_path, fake_slurm):
                          resubmits=slurm.previous_array(folder, [1]))  # fmt: skip
     assert slurm.load_jobs(folder)[-1].resubmits == first.job_id == again.resubmits
     assert slurm.previous_array(folder, [0, 1]) == again.job_id  # the newest attempt
+
+
+# --------------------------------------------------------------------------
+# The request against the partition, before anything is submitted
+# --------------------------------------------------------------------------
+@pytest.fixture
+def two_cpu_partition(fake_slurm):
+    """The stand-ins describe the CI cluster: partition debug (default, no MaxTime) and short (MaxTime
+    10 min), one node of 2 CPUs and 21694 MB (text captured from `.ci/slurm-up.sh`'s Slurm 22.05)."""
+    from tests.unit.test_slurm_partition import SCONTROL, SINFO
+
+    (fake_slurm / "partitions.txt").write_text(SCONTROL)
+    (fake_slurm / "nodes.txt").write_text(SINFO)
+    return fake_slurm
+
+
+@pytest.mark.parametrize(
+    "resources, message",
+    [
+        ({"cpus_per_task": 64}, "--cpus 64: no node of partition debug (1 node) has that many; the largest has 2 CPUs"),
+        ({"partition": "short", "time_min": 30}, "--time 30: over partition short's MaxTime of 10 min"),
+        ({"mem_gb": 64}, "--mem 64: no node of partition debug (1 node) has that much"),
+        ({"partition": "gpu"}, "--partition gpu: no such Slurm partition; the cluster has debug, short"),
+    ],
+)
+def test_submit_refuses_what_the_partition_cannot_run_before_submitting(
+    tmp_path, two_cpu_partition, resources, message
+):
+    folder = tmp_path / "runs" / ".slurm"
+    with pytest.raises(QdgapError) as exc:
+        slurm.submit(TRAIN, folder=folder, resources=slurm.SlurmResources(**resources), members=[3, 4])
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+    assert not list(two_cpu_partition.glob("script_*.sh"))  # sbatch never ran
+    assert not folder.exists()  # nothing written
+
+
+def test_submit_sizes_what_was_not_given_from_the_partition_and_records_it(tmp_path, two_cpu_partition):
+    folder = tmp_path / ".slurm"
+    job = slurm.submit(TRAIN, folder=folder, resources=slurm.SlurmResources(usual_time_min=120), members=[3, 4])
+    sent = (two_cpu_partition / "script_100.sh").read_text()
+    for flag in ("--cpus-per-task=2", "--mem=21694MB", "--time=120"):
+        assert f"#SBATCH {flag}" in sent, flag
+    assert job.sized == ("--cpus", "--mem", "--time")
+    assert job.sizing.startswith("Slurm partition debug: its largest node localhost has 2 CPUs, 21.2 GB")
+    assert job.sizing in sent  # the script says it too
+    record = json.loads(job.record_path.read_text())
+    assert record["resources"]["cpus_per_task"] == 2 and record["resources"]["time_min"] == 120
+    assert record["sized"] == ["--cpus", "--mem", "--time"] and record["sizing"] == job.sizing
+    assert record["partition"]["name"] == "debug" and record["partition"]["nodes"][0]["cpus"] == 2
+    assert slurm.load_jobs(folder)[-1] == job
+
+    # Time over the short partition's MaxTime is cut to it when not given; given values are kept.
+    short = slurm.submit(TRAIN, folder=folder, resources=slurm.SlurmResources(partition="short", cpus_per_task=1,
+                                                                              mem_gb=1))  # fmt: skip
+    assert short.resources.time_min == 10 and short.sized == ("--time",)
+    assert "#SBATCH --cpus-per-task=1" in (two_cpu_partition / "script_101.sh").read_text()
+
+
+def test_dry_run_shows_the_sized_request(tmp_path, two_cpu_partition):
+    text = slurm.dry_run(TRAIN, folder=tmp_path, resources=slurm.SlurmResources(partition="short"))
+    assert "#SBATCH --cpus-per-task=2" in text and "#SBATCH --time=10" in text
+    assert "chose --cpus 2 --mem 21.2 --time 10 per task" in text
+
+
+# --------------------------------------------------------------------------
+# Following an array: where it stands, one line per change; a job that can never start is cancelled
+# --------------------------------------------------------------------------
+def test_reason_text_and_which_reasons_never_resolve():
+    assert "held" in slurm_states.reason_text("JobHeldAdmin")
+    assert slurm_states.never_starts("Resources") is None
+    assert slurm_states.never_starts("JobHeldUser") is None
+    assert slurm_states.never_starts("Priority") is None
+    assert "MaxTime" in slurm_states.never_starts("PartitionTimeLimit")
+    assert "more than the partition's nodes have" in slurm_states.never_starts("PartitionConfig")
+    assert slurm_states.never_starts("PartitionNodeLimit") is not None
+    # QOS and association limits: per job, waiting cannot help; on a group's or user's running jobs, it can.
+    assert "QOSMaxWallDurationPerJobLimit" in slurm_states.never_starts("QOSMaxWallDurationPerJobLimit")
+    assert slurm_states.never_starts("AssocMaxCpuPerJobLimit") is not None
+    assert slurm_states.never_starts("QOSMinCpuNotSatisfied") is not None
+    assert slurm_states.never_starts("AssocGrpCpuLimit") is None
+    assert slurm_states.never_starts("QOSMaxJobsPerUserLimit") is None
+    assert "starts when others end" in slurm_states.reason_text("AssocGrpCpuLimit")
+    # ReqNodeNotAvail can never resolve only while no node of the partition is up.
+    busy = "ReqNodeNotAvail, UnavailableNodes:n1"
+    assert slurm_states.never_starts(busy, node_up=lambda: True) is None
+    assert slurm_states.never_starts(busy, node_up=lambda: None) is None
+    assert "no node" in slurm_states.never_starts(busy, node_up=lambda: False)
+
+
+def test_squeue_states_carry_the_pending_reason(tmp_path, fake_slurm):
+    job = slurm.submit(TRAIN, folder=tmp_path, resources=slurm.SlurmResources())
+    text = "100_0|PENDING|JobHeldAdmin\n100_1|RUNNING|None\n100_[2-3]|PENDING|Priority\n99_0|PENDING|Resources\n"
+    assert slurm_states.parse_states(text, job) == {0: ("PENDING", "JobHeldAdmin"), 1: ("RUNNING", "None")}
+    (fake_slurm / "squeue.txt").write_text(text)
+    states = slurm_states.task_states(job)
+    assert [(s.state, s.reason) for s in states] == [("PENDING", "JobHeldAdmin"), ("RUNNING", "")]
+    assert slurm_states.describe(job, states) == (
+        "job array 100 (2 tasks): 1 pending (JobHeldAdmin: held (`scontrol hold`); `scontrol release 100` lets it "
+        "go), 1 running"
+    )
+    assert (
+        slurm_states.pending_note(states[0])
+        == "JobHeldAdmin: held (`scontrol hold`); `scontrol release 100` lets it go"
+    )
+    fresh = dataclasses.replace(states[0], reason="None")  # just submitted: Slurm says "None"
+    assert slurm_states.describe(job, [fresh]).endswith("1 pending (not yet looked at by the scheduler)")
+
+
+def test_wait_says_each_change_once(tmp_path, fake_slurm, monkeypatch):
+    job = slurm.submit(TRAIN, folder=tmp_path, resources=slurm.SlurmResources())
+    squeue = fake_slurm / "squeue.txt"
+    squeue.write_text("100_0|PENDING|JobHeldUser\n100_1|PENDING|JobHeldUser\n")
+    lines: list[str] = []
+    looks = iter(
+        [
+            lambda: None,  # the same state once more: nothing said
+            lambda: squeue.write_text("100_0|RUNNING|None\n100_1|PENDING|Resources\n"),
+            lambda: (_result(job, 0, "success", ""), squeue.write_text("100_1|RUNNING|None\n")),
+            lambda: _result(job, 1, "success", ""),
+        ]
+    )
+
+    # Each look at Slurm is followed by a sleep: the stand-in sleep moves the array on by one step.
+    clock = types.SimpleNamespace(monotonic=time.monotonic, sleep=lambda _s: next(looks, lambda: None)())
+    monkeypatch.setattr(slurm_states, "time", clock)
+    states = slurm_states.wait(job, poll_s=0, report=lines.append)
+    assert [s.state for s in states] == ["COMPLETED", "COMPLETED"]
+    assert [ln.split(": ", 1)[1] for ln in lines] == [
+        "2 pending (JobHeldUser: held by its user; `scontrol release 100` lets it go)",
+        "1 pending (Resources: waiting for free CPUs, memory or GPUs), 1 running",
+        "1 running, 1 done",
+        "2 done",
+    ]
+
+
+def test_wait_cancels_an_array_that_can_never_start(tmp_path, fake_slurm):
+    job = slurm.submit(TRAIN, folder=tmp_path, resources=slurm.SlurmResources())
+    (fake_slurm / "squeue.txt").write_text("100_0|PENDING|PartitionConfig\n100_1|PENDING|PartitionConfig\n")
+    lines: list[str] = []
+    with pytest.raises(QdgapError) as exc:
+        slurm_states.wait(job, poll_s=0, report=lines.append)
+    message = str(exc.value)
+    assert message.startswith(
+        "Slurm job 100_0 can never start: it asks for more than the partition's nodes have (CPUs, memory, GPUs "
+        "or nodes) (PartitionConfig); cancelled job array 100."
+    )
+    assert "\n" not in message
+    assert (fake_slurm / "cancelled.txt").read_text().split() == ["100"]
+    assert lines == [
+        f"job array 100 (2 tasks): 2 pending (PartitionConfig: {slurm_states.reason_text('PartitionConfig')})"
+    ]
+
+
+def test_wait_cancels_when_no_node_of_the_partition_is_up(tmp_path, two_cpu_partition):
+    job = slurm.submit(TRAIN, folder=tmp_path, resources=slurm.SlurmResources(cpus_per_task=1, mem_gb=1))
+    (two_cpu_partition / "squeue.txt").write_text("100_0|PENDING|ReqNodeNotAvail, UnavailableNodes:localhost\n")
+    (two_cpu_partition / "nodes.txt").write_text("localhost|2|21694|(null)|drain\n")
+    with pytest.raises(QdgapError, match="no node of its partition is up"):
+        slurm_states.wait(job, poll_s=0)
+    (two_cpu_partition / "nodes.txt").write_text("localhost|2|21694|(null)|mix\n")  # up again: waiting may help
+    (two_cpu_partition / "squeue.txt").write_text("100_0|PENDING|ReqNodeNotAvail, UnavailableNodes:localhost\n")
+    assert slurm_states.never_starting(job, slurm_states.task_states(job)) is None
+
+
+def test_status_rows_say_why_a_task_waits(tmp_path, fake_slurm):
+    from qdgap.core.workflow import part_array
+    from qdgap.core.workflow.ensemble import ensemble_status
+
+    runs = tmp_path / "runs"
+    slurm.submit(TRAIN, folder=slurm.slurm_folder(runs), resources=slurm.SlurmResources(), members=[3, 4])
+    (fake_slurm / "squeue.txt").write_text("100_0|PENDING|JobHeldUser\n100_1|PENDING|PartitionTimeLimit\n")
+    rows = {r.seed: r for r in ensemble_status(runs)}
+    assert rows[3].state == "pending" and rows[3].message == (
+        "Slurm 100_0: JobHeldUser: held by its user; `scontrol release 100` lets it go"
+    )
+    assert (
+        rows[4].message == "Slurm 100_1: PartitionTimeLimit: cannot start: its --time is over the partition's MaxTime"
+    )
+
+    parts = tmp_path / ".p.h5.parts"
+    slurm.submit(TRAIN, folder=slurm.slurm_folder(parts), resources=slurm.SlurmResources(), members=["0:0", "1:0"])
+    (fake_slurm / "squeue.txt").write_text("101_0|PENDING|Resources\n101_1|RUNNING|None\n")
+    states = {s.part: s for s in part_array.part_states(parts)}
+    assert (states["0:0"].state, states["0:0"].message) == (
+        "pending",
+        "Resources: waiting for free CPUs, memory or GPUs",
+    )
+    assert (states["1:0"].state, states["1:0"].message) == ("running", "")

@@ -130,7 +130,8 @@ def study_stages(wd: Workdir, data: Path, extended: Path | None, s: StudySetting
 
         if s.slurm is None:
             return None
-        return ArrayOptions(dataclasses.replace(s.slurm, time_min=time_min, job_name=name), wait=True)
+        # The stage's usual time, cut to the partition's MaxTime when submitted (the user gave no --time here).
+        return ArrayOptions(dataclasses.replace(s.slurm, usual_time_min=time_min, job_name=name), wait=True)
 
     def train() -> None:
         from qdgap.core.config import resolve_config

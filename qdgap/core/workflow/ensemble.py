@@ -332,9 +332,13 @@ def ensemble_status(runs: Path, *, seeds: Sequence[int] | None = None) -> list[M
             test = float(rf.read_json(run / rf.TEST_METRICS_JSON)["rmse_mev"])
         task = slurm.get(seed)
         if state != "done" and task is not None:
-            if task.state in ("PENDING", "CONFIGURING", "REQUEUED"):
+            if task.pending:
                 state = "pending"
-            elif task.state in ("RUNNING", "COMPLETING"):
+                from qdgap.core.workflow.slurm_states import pending_note
+
+                note = pending_note(task)
+                message = f"Slurm {task.job_id}: {note}" if note else ""
+            elif task.running:
                 state = "running"
             elif task.failed:
                 state, message = "failed", f"Slurm {task.job_id}: {task.message or task.state}"

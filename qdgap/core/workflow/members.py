@@ -17,6 +17,8 @@ from qdgap.core.config import RunConfig
 from qdgap.core.workflow import slurm
 from qdgap.core.workflow.ensemble import MemberOutcome
 
+POLL_S = 5.0  # seconds between looks at Slurm while following an array
+
 
 @dataclass(frozen=True)
 class MembersOutcome:
@@ -153,6 +155,8 @@ def submit_members(
         [argv_of(s) for s in todo], folder=folder, resources=resources, members=todo,
         resubmits=slurm.previous_array(folder, todo),
     )  # fmt: skip
+    if job.sizing:
+        hooks.say(job.sizing)
     hooks.say(f"submitted job array {job.job_id}: {len(todo)} member(s), seeds {ranges(todo)}")
     if not wait:
         hooks.say(f"follow it with `qdgap ensemble status {output}`; rerun this command to resubmit failed members")
@@ -160,16 +164,17 @@ def submit_members(
 
 
 def wait_members(job: slurm.ArrayJob, output: Path, *, hooks: Hooks = Hooks()) -> None:
-    """Follow ``job`` to its end.
+    """Follow ``job`` to its end, one line each time where it stands changes (pending and why, running, done).
 
     Raises:
-        QdgapError: a member failed or left no ``DONE``, named by seed.
+        QdgapError: the array can never start (cancelled; the reason in plain words), or a member failed
+            or left no ``DONE``, named by seed.
     """
     from qdgap.core.store import runs as rf
     from qdgap.core.workflow import slurm_states
 
     with hooks.progress(f"slurm {job.job_id}", len(job.members), unit="member") as advance:
-        states = slurm_states.wait(job, poll_s=5.0, progress=advance)
+        states = slurm_states.wait(job, poll_s=POLL_S, progress=advance, report=hooks.say)
     failed = [s for s in states if s.failed or not (rf.run_dir(output, int(s.member)) / rf.DONE).exists()]
     if failed:
         for s in failed:

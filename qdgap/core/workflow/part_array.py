@@ -32,8 +32,6 @@ from qdgap.core.workflow import slurm, slurm_states
 log = logging.getLogger(__name__)
 
 POLL_S: Final[float] = 5.0  # seconds between looks at Slurm while following an array
-_QUEUED: Final[frozenset[str]] = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "SUSPENDED"})
-_RUNNING: Final[frozenset[str]] = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT"})
 
 
 def task_argv(kind: str, part: pt.Part, *, options: Mapping[str, object], frames_per_task: int | None) -> list[str]:
@@ -70,7 +68,7 @@ class PartState:
         part: ``SEED:BLOCK``.
         state: done (its file is there), pending, running, failed or missing.
         job_id: Slurm id of its latest task; "" if never submitted.
-        message: why it failed, when it did.
+        message: why it failed, when it did; why it waits, when pending (Slurm's reason).
     """
 
     part: str
@@ -106,9 +104,9 @@ def part_states(folder: str | os.PathLike, plan: Sequence[pt.Part] | None = None
             rows.append(PartState(name, "done", job))
         elif task is None:
             rows.append(PartState(name, "missing"))
-        elif task.state in _QUEUED:
-            rows.append(PartState(name, "pending", job))
-        elif task.state in _RUNNING or task.state == slurm_states.UNKNOWN:
+        elif task.pending:
+            rows.append(PartState(name, "pending", job, slurm_states.pending_note(task)))
+        elif task.running or task.state == slurm_states.UNKNOWN:
             rows.append(PartState(name, "running", job))
         elif task.failed:
             rows.append(PartState(name, "failed", job, task.message or task.state))
@@ -165,6 +163,7 @@ def run_array(
     cwd: Path | None = None,
     poll_s: float | None = None,
     progress: Callable[[int], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> ArrayRun:
     """Submit the missing parts of a predict or FNA run as one array; merge once all are there.
 
@@ -183,13 +182,16 @@ def run_array(
         cwd: working folder of the tasks; the current one if None.
         poll_s: seconds between looks at Slurm while waiting; ``POLL_S`` if None.
         progress: called with the number of parts newly finished while waiting.
+        say: called with one line for the user: what was sized and submitted (as soon as it is), and
+            where each followed array stands whenever that changes.
 
     Returns:
         What was submitted, what is still busy or failed, and the merged result when complete.
 
     Raises:
-        QdgapError: bad ``frames_per_task``, a part file from other inputs, or sbatch refused the
-            array (its error in one line); nothing is merged then.
+        QdgapError: bad ``frames_per_task``, a part file from other inputs, a request that does not
+            fit the partition or that sbatch refused (nothing submitted), or an array that can never
+            start (cancelled); nothing is merged then.
     """
     pt.check_frames_per_task(frames_per_task)
     frames = np.asarray(frames, dtype=np.int64)
@@ -223,11 +225,15 @@ def run_array(
             cwd=cwd,
             resubmits=slurm.previous_array(slurm.slurm_folder(folder), [p.name for p in submit]),
         )
+        if say is not None:
+            if job.sizing:
+                say(job.sizing)
+            say(f"submitted job array {job.job_id}: {len(job.members)} of {len(plan)} {kind} part(s) of {output}")
     waited: list[str] = []
     if wait:
         jobs = _arrays_of(folder, {states[p.name].job_id for p in skipped}) + ([job] if job is not None else [])
         for j in jobs:
-            slurm_states.wait(j, poll_s=POLL_S if poll_s is None else poll_s, progress=progress)
+            slurm_states.wait(j, poll_s=POLL_S if poll_s is None else poll_s, progress=progress, report=say)
             waited.append(j.job_id)
     found = pt.done_parts(plan, folder, **check)
     common = dict(total=len(plan), submitted=job, skipped=tuple(p.name for p in skipped), waited=tuple(waited))
@@ -297,16 +303,13 @@ def follow(
     with hooks.progress(f"slurm {kind} ({n_parts} parts)", n_parts, unit="part") as advance:
         run = run_array(
             kind, members, traj, frames, output=output, options=options, frames_per_task=frames_per_task,
-            resources=resources, mode=mode, wait=wait, dry_run=dry_run, progress=advance,
+            resources=resources, mode=mode, wait=wait, dry_run=dry_run, progress=advance, say=hooks.say,
         )  # fmt: skip
     if dry_run:
         hooks.say(run.script or f"{output}: nothing to submit, all {run.total} parts done")
         return None
     if run.skipped:
         hooks.say(f"{output}: {len(run.skipped)} part(s) already queued or running; not submitted again")
-    if run.submitted is not None:
-        job = run.submitted
-        hooks.say(f"submitted job array {job.job_id}: {len(job.members)} of {run.total} {kind} part(s) of {output}")
     if run.failed:
         for s in run.failed:
             hooks.say(f"  part {s.part}: {s.state} {s.job_id} — {s.message}")

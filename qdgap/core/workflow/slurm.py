@@ -30,12 +30,13 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.common.files import write_text_atomic
+from qdgap.core.workflow import slurm_partition
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ _K_TASK: Final[str] = "task"  # int | array index
 _K_MEMBER: Final[str] = "member"  # int or str | what the task stands for
 _K_ARGV: Final[str] = "argv"  # list[str] | the qdgap arguments
 _K_COMMAND: Final[str] = "command"  # list[str] | the full command line the task runs
+_K_SIZED: Final[str] = "sized"  # list[str] | options qdgap chose from the partition (--cpus, --mem, --time)
+_K_SIZING: Final[str] = "sizing"  # str | the line that said what was chosen; "" if nothing was
+_K_PARTITION: Final[str] = "partition"  # dict or null | the partition's limits and nodes when submitted
 
 
 # --------------------------------------------------------------------------
@@ -72,32 +76,39 @@ class SlurmResources:
     Attributes:
         partition: Slurm partition (``--partition``); the cluster's default if None.
         account: account to charge (``--account``); the user's default if None.
-        time_min: wall-time limit per task, minutes.
-        cpus_per_task: CPU cores per task.
+        time_min: wall-time limit per task, minutes; None: ``usual_time_min``, at most the
+            partition's MaxTime.
+        cpus_per_task: CPU cores per task; None: ``slurm_partition.USUAL_CPUS``, at most one node's.
         gpus_per_task: GPUs per task; 0 for none.
-        mem_gb: memory per task (per node), GB; the partition's default if None.
+        mem_gb: memory per task (per node), GB (Slurm's G, 1024 MB); None: the CPUs' share of one
+            node's memory (Slurm's default where the partition cannot be asked).
         image: Apptainer image; each task then runs ``apptainer run --nv IMAGE <argv>``.
         max_parallel: most tasks running at once (the array's ``%`` throttle); no limit if None.
         job_name: Slurm job name.
+        usual_time_min: what a task of this command usually needs, minutes: the time asked for when
+            ``time_min`` is None.
     """
 
     partition: str | None = None
     account: str | None = None
-    time_min: int = 60
-    cpus_per_task: int = 1
+    time_min: int | None = None
+    cpus_per_task: int | None = None
     gpus_per_task: int = 0
     mem_gb: float | None = None
     image: Path | None = None
     max_parallel: int | None = None
     job_name: str = "qdgap"
+    usual_time_min: int = 60
 
     def __post_init__(self) -> None:
         for name in ("partition", "account", "job_name"):
             value = getattr(self, name)
             if value is not None and (not value or any(c.isspace() for c in value)):
                 raise QdgapError(f"Slurm {name} {value!r}: expected a non-empty name without spaces")
-        for name, low in (("time_min", 1), ("cpus_per_task", 1), ("gpus_per_task", 0)):
+        for name, low in (("time_min", 1), ("cpus_per_task", 1), ("gpus_per_task", 0), ("usual_time_min", 1)):
             value = getattr(self, name)
+            if value is None and name in ("time_min", "cpus_per_task"):
+                continue  # sized from the partition when submitted
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise QdgapError(f"Slurm {name.replace('_', '-')} {value!r}: expected a whole number >= {low}")
         if self.max_parallel is not None and (
@@ -151,6 +162,10 @@ class ArrayJob:
         resubmits: id of the array whose failed tasks this one reruns, if any.
         array: False for a single task, which submitit submits as a plain job (id
             ``<job_id>``, not ``<job_id>_0``).
+        sized: the options qdgap chose from the partition (``--cpus``, ``--mem``, ``--time``).
+        sizing: the line that said what was chosen; "" if nothing was.
+        partition: the partition's limits and nodes at submission (``Partition.to_json``); None
+            when Slurm could not be asked.
     """
 
     job_id: str
@@ -163,6 +178,9 @@ class ArrayJob:
     submitted: str
     resubmits: str | None = None
     array: bool = True
+    sized: tuple[str, ...] = ()
+    sizing: str = ""
+    partition: dict | None = field(default=None, compare=False)
 
     @property
     def tasks(self) -> dict[int, Member]:
@@ -191,6 +209,56 @@ def task_command(argv: Sequence[str], *, image: str | os.PathLike | None = None)
     if image is not None:
         return ["apptainer", "run", "--nv", str(image), *argv]
     return [sys.executable, "-m", "qdgap", *argv]
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A request checked against its partition, with what was left unset sized from it.
+
+    Attributes:
+        resources: the request, every value set (``time_min``, ``cpus_per_task``; ``mem_gb`` too
+            when the partition could be asked).
+        sized: the options qdgap chose (``--cpus``, ``--mem``, ``--time``).
+        sizing: one line saying what was chosen and from what; "" if nothing was.
+        partition: the partition as Slurm described it; None when Slurm could not be asked.
+    """
+
+    resources: SlurmResources
+    sized: tuple[str, ...] = ()
+    sizing: str = ""
+    partition: slurm_partition.Partition | None = None
+
+
+def fit_resources(resources: SlurmResources) -> Fitted:
+    """Check ``resources`` against the partition Slurm describes now, and size what was not given.
+
+    Without ``scontrol`` (not on a cluster) nothing is checked: the unset values take their usual
+    sizes and sbatch has the last word.
+
+    Raises:
+        QdgapError: an unknown partition or account, or a request over the partition's limits or
+            over what any one of its nodes offers: one line naming the option, value and limit.
+    """
+    part = slurm_partition.query(resources.partition)
+    sizing = slurm_partition.size_request(
+        part,
+        cpus=resources.cpus_per_task,
+        mem_gb=resources.mem_gb,
+        gpus=resources.gpus_per_task,
+        time_min=resources.time_min,
+        usual_time_min=resources.usual_time_min,
+    )
+    if part is not None:
+        accounts = slurm_partition.query_accounts() if resources.account is not None else None
+        slurm_partition.check_request(
+            part, cpus=sizing.cpus, mem_gb=sizing.mem_gb, gpus=resources.gpus_per_task, time_min=sizing.time_min,
+            account=resources.account, accounts=accounts,
+        )  # fmt: skip
+        if part.state != "UP" or (part.nodes and not any(n.up for n in part.nodes)):
+            log.warning("Slurm partition %s is %s with no node up: the array waits until it comes back", part.name,
+                        part.state)  # fmt: skip
+    fitted = replace(resources, time_min=sizing.time_min, cpus_per_task=sizing.cpus, mem_gb=sizing.mem_gb)
+    return Fitted(fitted, sizing.chosen, sizing.line, part)
 
 
 def _check_commands(
@@ -272,10 +340,14 @@ def dry_run(
     from submitit.slurm.slurm import _make_sbatch_string
 
     argvs, labels = _check_commands(commands, members)
+    fitted = fit_resources(resources)
     logs = Path(folder).absolute() / LOGS_DIRNAME
     work = Path(cwd or os.getcwd()).absolute()
     full = [task_command(a, image=resources.image) for a in argvs]
-    params = _sbatch_parameters(resources, _setup_lines(full, labels, work))
+    lines = _setup_lines(full, labels, work)
+    if fitted.sizing:
+        lines.insert(1, f"# {fitted.sizing}")
+    params = _sbatch_parameters(fitted.resources, lines)
     return _make_sbatch_string(
         command=_runner_command(logs),
         folder=logs,
@@ -343,7 +415,9 @@ def submit(
         ``folder/job_<id>.json``.
 
     Raises:
-        QdgapError: Slurm's commands are missing, the image does not exist, or sbatch refused.
+        QdgapError: Slurm's commands are missing, the image does not exist, the request does not
+            fit the partition (``fit_resources``: nothing is submitted or written then), or sbatch
+            refused.
     """
     from submitit.helpers import CommandFunction
 
@@ -351,6 +425,8 @@ def submit(
     _require_slurm()
     if resources.image is not None and not resources.image.is_file():
         raise QdgapError(f"{resources.image}: Apptainer image not found (build it with `make sif`)")
+    fitted = fit_resources(resources)
+    resources = fitted.resources
     folder = Path(folder).absolute()
     logs = folder / LOGS_DIRNAME
     try:
@@ -359,7 +435,10 @@ def submit(
         raise QdgapError(f"{folder}: cannot create the Slurm folder ({exc.strerror})") from exc
     work = Path(cwd or os.getcwd()).absolute()
     full = [task_command(a, image=resources.image) for a in argvs]
-    params = _sbatch_parameters(resources, _setup_lines(full, labels, work))
+    lines = _setup_lines(full, labels, work)
+    if fitted.sizing:
+        lines.insert(1, f"# {fitted.sizing}")
+    params = _sbatch_parameters(resources, lines)
     fns = [CommandFunction(cmd, verbose=True, cwd=work) for cmd in full]
 
     job_id = _submit_array(logs, params, fns)
@@ -374,6 +453,9 @@ def submit(
         submitted=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         resubmits=resubmits,
         array=len(argvs) > 1,
+        sized=fitted.sized,
+        sizing=fitted.sizing,
+        partition=None if fitted.partition is None else fitted.partition.to_json(),
     )
     _save_record(job)
     log.info("submitted job array %s: %d tasks (record %s)", job_id, len(argvs), job.record_path)
@@ -396,6 +478,9 @@ def _save_record(job: ArrayJob) -> None:
         _K_PREVIOUS: job.resubmits,
         _K_ARRAY: job.array,
         _K_RESOURCES: job.resources.to_json(),
+        _K_SIZED: list(job.sized),
+        _K_SIZING: job.sizing,
+        _K_PARTITION: job.partition,
         _K_CWD: str(job.cwd),
         _K_TASKS: [
             {_K_TASK: i, _K_MEMBER: m, _K_ARGV: list(a), _K_COMMAND: list(c)}
@@ -422,6 +507,9 @@ def _load_record(path: Path) -> ArrayJob:
             submitted=str(data[_K_SUBMITTED]),
             resubmits=data.get(_K_PREVIOUS),
             array=bool(data.get(_K_ARRAY, True)),
+            sized=tuple(data.get(_K_SIZED, ())),
+            sizing=str(data.get(_K_SIZING, "")),
+            partition=data.get(_K_PARTITION),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise QdgapError(f"{path}: not a readable qdgap Slurm record ({exc})") from exc
