@@ -294,7 +294,16 @@ def _render(record: dict, out: Path) -> None:
                   f"ensemble {z['pretrained']:.1f} meV; 0-10 ps training mean {z['training_mean']:.1f}; persistence "
                   f"(mean of the last {z['corr_time_fs']:.0f} fs of training labels) {z['persistence']:.1f}; the "
                   f"extension's own mean (an oracle constant) {z['extension_mean_oracle']:.1f} meV.", ""]  # fmt: skip
-        cols = ["finetuned", "scratch", "pretrained", "pretrained_offset", "interpolation", "nearest", "labels_mean"]
+        cols = [
+            "finetuned",
+            "scratch",
+            "pretrained",
+            "pretrained_offset",
+            "pretrained_affine",
+            "interpolation",
+            "nearest",
+            "labels_mean",
+        ]
         lines += ["| K labels (pool) | scored frames | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
         for key in sorted((k for k in ext if k != "0"), key=int):
             e = ext[key]

@@ -100,6 +100,7 @@ def test_finetune_writes_members_report_and_predicts(run_cli, tmp_path, tiny_run
         rows = list(csv.DictReader(fh))
     assert [row["model"] for row in rows] == [
         "pretrained", "finetuned", "scratch", "labels_mean", "nearest", "interpolation", "pretrained_offset",
+        "pretrained_affine",
     ]  # fmt: skip
     assert list(rows[0]) == ["model", "rmse_mev", "mae_mev", "wall_s", "n_frames", "finetuned_skill"]
     held_out = EXT_FRAMES - len(range(0, EXT_FRAMES, STRIDE))

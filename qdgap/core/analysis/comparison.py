@@ -236,7 +236,7 @@ def render(
             "",
             "Rows after the ensembles use the fine-tuning labels alone (the union of the fine-tuned members' train "
             "splits): their mean, the nearest in time, linear interpolation in time, and the pretrained ensemble "
-            "shifted by its mean error on them. Skill = 1 - RMSE_fine-tuned / RMSE_row: below 0, that row wins.",
+            "shifted by its mean error on them (offset) or fitted to them by a scale and an offset (affine). Skill = 1 - RMSE_fine-tuned / RMSE_row: below 0, that row wins.",
             "Frames: the labelled extension frames outside every fine-tuned member's pool. `scratch` is the same "
             "architecture trained from random weights on the same frames with the same epoch budget.",
         ]

@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 REPORT_MODELS = ("pretrained", "finetuned", "scratch")  # rows of finetune_report.csv, in order
 # Rows after the models: what the fine-tuning labels predict without training (analysis/baselines.py):
-# their mean, the nearest labelled frame, linear interpolation in time, and the pretrained ensemble with
-# its mean offset on those labels subtracted (a one-number recalibration).
-BASELINE_ROWS = ("labels_mean", "nearest", "interpolation", "pretrained_offset")
+# their mean, the nearest labelled frame, linear interpolation in time, and the pretrained ensemble
+# recalibrated on those labels: its mean offset removed, or a least-squares scale and offset.
+BASELINE_ROWS = ("labels_mean", "nearest", "interpolation", "pretrained_offset", "pretrained_affine")
 REPORT_COLUMNS = ("model", "rmse_mev", "mae_mev", "wall_s", "n_frames", "finetuned_skill")
 
 
@@ -204,9 +204,13 @@ def _baseline_rows(
     preds = {"labels_mean": base["mean"], "nearest": base["nearest"], "interpolation": base["linear"]}
     if pretrained is not None:
         on_labels = predict_ensemble(pretrained, traj, train, cache_dir=cache_dir, device=device)
-        offset = float(np.mean(g_lab - on_labels.gap_mean_ev.astype(np.float64)))
-        scored = predict_ensemble(pretrained, traj, frames, cache_dir=cache_dir, device=device)
-        preds["pretrained_offset"] = scored.gap_mean_ev.astype(np.float64) + offset
+        p_lab = on_labels.gap_mean_ev.astype(np.float64)
+        scored = predict_ensemble(pretrained, traj, frames, cache_dir=cache_dir, device=device).gap_mean_ev
+        scored = scored.astype(np.float64)
+        preds["pretrained_offset"] = scored + float(np.mean(g_lab - p_lab))
+        if len(train) >= 3 and np.ptp(p_lab) > 0:  # a line needs two labels and a spread of predictions
+            scale, shift = np.polyfit(p_lab, g_lab, 1)
+            preds["pretrained_affine"] = scale * scored + shift
     y = traj.gap_ev[frames].astype(np.float64)
     return [
         ReportRow(
@@ -257,7 +261,8 @@ def write_report(
         "baselines": (
             "labels_mean, nearest, interpolation: the mean, the nearest in time and linear interpolation in time "
             "of the fine-tuning labels (the union of the fine-tuned members' train splits); pretrained_offset: the "
-            "pretrained ensemble plus its mean error on those labels; finetuned_skill = 1 - RMSE_finetuned / RMSE"
+            "pretrained ensemble plus its mean error on those labels; pretrained_affine: a least-squares scale and "
+            "offset of the pretrained ensemble fitted on them; finetuned_skill = 1 - RMSE_finetuned / RMSE"
         ),
         "wall_s": (
             "training time summed over members (per-epoch times in metrics.csv); none for the pretrained "
