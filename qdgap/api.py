@@ -156,11 +156,12 @@ class Ensemble:
     Make one with ``Ensemble.load``. Inference runs the exported TorchScript models.
     """
 
-    def __init__(self, runs: Path, members: Sequence[Member], *, device: str, backend: str):
+    def __init__(self, runs: Path, members: Sequence[Member], models: Sequence, *, device: str, backend: str):
         self.runs = Path(runs)
         self.members = tuple(members)
         self.device = device
         self.backend = backend
+        self._models = tuple(models)  # loaded and checked once: a logger predicting every few MD steps reuses them
         self._cal: tuple | None = None  # (Calibration or None, why not), looked up on the first predict
 
     @classmethod
@@ -183,9 +184,8 @@ class Ensemble:
         name = check_backend(backend)
         dev = str(resolve_device(device))
         members = load_members(Path(runs))
-        for member in members:
-            load_model(member, backend=name, device=dev)  # the sha256 and the metadata, checked now, not later
-        return cls(Path(runs), members, device=dev, backend=name)
+        models = [load_model(m, backend=name, device=dev) for m in members]  # sha256 and metadata checked here
+        return cls(Path(runs), members, models, device=dev, backend=name)
 
     @property
     def seeds(self) -> np.ndarray:
@@ -238,8 +238,9 @@ class Ensemble:
         traj, chosen, _ = self._frames_of(x, frames, allow_data_change)
         cache_dir = pr.runs_cache_dir(self.runs)
         pred = pr.predict_ensemble(
-            self.members, traj, chosen, cache_dir=cache_dir, device=self.device, backend=self.backend
-        )
+            self.members, traj, chosen, cache_dir=cache_dir, device=self.device, backend=self.backend,
+            models=self._models,
+        )  # fmt: skip
         cal, why = self._calibration()
         if cal is None:
             nan = np.full(len(chosen), np.nan, np.float32)
