@@ -68,9 +68,12 @@ def import_structures(
     Args:
         sources: extended XYZ, ASE ``.traj``, VASP XDATCAR or vasprun.xml files, folders of ``st<N>.vasp``
             POSCARs, or tar archives of them, concatenated in order.
-        gaps: labels CSV (``--gaps``); fmt: ASE format name (``--format``); gap_key: frame info key of the
-            gap in eV; gap_column: CSV column of the gap in eV.
-        stride: keep every k-th frame; dt_fs: time between consecutive frame numbers, fs.
+        gaps: labels CSV (``--gaps``).
+        fmt: ASE format name (``--format``), when the file name does not tell.
+        gap_key: frame info key of the gap in eV.
+        gap_column: CSV column of the gap in eV.
+        stride: keep every k-th frame.
+        dt_fs: time between consecutive frame numbers, fs.
         numbers: (A, B): only the ``st<N>`` structures with A <= N <= B.
 
     Returns:
@@ -101,7 +104,8 @@ class Prediction:
         std_ev: (F,) float32, eV, population std over the members (the raw spread).
         std_calibrated_ev: (F,) float32, eV, the spread recalibrated on held-out frames (``runs/calibration.json``);
             NaN when the ensemble cannot be calibrated (``uncalibrated`` says why).
-        lo_ev, hi_ev: (F,) float32, eV, the interval at ``level``; NaN when uncalibrated.
+        lo_ev: (F,) float32, eV, lower end of the interval at ``level``; NaN when uncalibrated.
+        hi_ev: (F,) float32, eV, upper end of that interval; NaN when uncalibrated.
         extrapolating: (F,) bool, calibrated std above what the ensemble shows on its own training
             trajectory (``threshold_std_ev``); all False when uncalibrated.
         level: nominal coverage of ``lo_ev``..``hi_ev``.
@@ -305,10 +309,14 @@ class Ensemble:
         Args:
             x: as ``predict``.
             mask: ``full`` (the atom, its bonds and their angles) or ``seed`` (the original script's).
-            frames: as ``predict``; every: use every k-th of them (FNA costs N + 1 forwards per frame).
+            frames: as ``predict``.
+            every: use every k-th of the chosen frames (FNA costs N + 1 forwards per frame).
             chunk: masked copies per forward; None: sized for the device.
             score: ``rmse`` (needs labels), ``shift`` (mean |masked - unmasked|) or ``auto`` (rmse with labels).
-            bootstrap, top_k, correction, seed: the statistics' options, as ``qdgap fna``'s.
+            bootstrap: bootstrap replicates (blocks of consecutive frames x members) behind the intervals.
+            top_k: ``rank_stability`` is how often an atom is among the top ``top_k``.
+            correction: ``holm`` (family-wise error) or ``bh`` (false discovery rate), for testing every atom.
+            seed: seed of the bootstrap.
             allow_data_change: as ``predict``.
 
         Returns:

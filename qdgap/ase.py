@@ -127,6 +127,7 @@ class GapLogger:
 
         frame = self.atoms.copy()
         frame.calc = None  # the info carries the gap; a calculator's energy and forces are not ours to store
+        frame.info.pop("comment", None)  # the input file's comment describes the first structure, not this one
         frame.info.update({"step": step, COLUMNS[1]: time_fs, schema.EXTRAPOLATING: extrapolating})
         frame.info.update({name: float(v) for name, v in zip(COLUMNS[2:7], values, strict=True)})
         write(self.xyz, frame, format="extxyz", append=True)
