@@ -467,7 +467,7 @@ def test_report_says_how_many_frames_extrapolate(full_workdir):
     n_ext, f_ext = counts["extension"]
     assert n_ext > 0  # the synthetic extension has flagged frames, so the band is drawn
     assert f"{n_ext} of {f_ext} frames flagged as extrapolating (shaded red)" in text  # in the extension's caption
-    assert "calibrated 95 % interval (dashed green, scale)" in text
+    assert "calibrated 95 % interval (green band, scale)" in text
     lines = extrapolation_summary(wd.root)
     assert [x.split(":")[0] for x in lines] == ["trajectory", "extension"]
     assert (

@@ -256,7 +256,7 @@ def band_caption(cal: CalibratedView | None, n_frames: int) -> str:
     if cal.lo_ev is not None:
         level = f"{100 * cal.level:.0f} % " if math.isfinite(cal.level) else ""
         method = f", {cal.method}" if cal.method else ""
-        words += f"the calibrated {level}interval (dashed green{method}), "
+        words += f"the calibrated {level}interval (green band{method}), "
     if cal.extrapolating is not None:
         n = int(cal.extrapolating.sum())
         words += f"{n} of {n_frames} frames flagged as extrapolating (shaded red), "
