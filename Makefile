@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.qdgap-installed
 WORK   ?= work/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo reproduce test test-slow lint fna bench bench-quick bench-gpu sif image clean constraints image-test sif-from-image device-kit
+.PHONY: install demo reproduce test test-slow lint docs docs-serve fna bench bench-quick bench-gpu sif image clean constraints image-test sif-from-image device-kit
 
 install: $(STAMP)
 
@@ -51,6 +51,20 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check qdgap tests bench scripts
 	$(VENV)/bin/ruff format --check qdgap tests bench scripts
+
+# The documentation site (mkdocs.yml, docs/, README: "Documentation"): the notebook tutorial
+# (docs/tutorials/python.md, a jupytext notebook) executed with nbmake on the tiny preset, then the site built
+# with --strict, so a broken link, a missing API reference or a failing cell fails. Result: build/site/.
+DOCS_NB := build/docs-notebooks
+docs: $(STAMP)
+	mkdir -p $(DOCS_NB)
+	$(VENV)/bin/jupytext --quiet --to ipynb --output $(DOCS_NB)/python.ipynb docs/tutorials/python.md
+	$(PY) -m pytest -p no:cacheprovider -q --nbmake --nbmake-timeout=300 $(DOCS_NB)/python.ipynb
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The site on http://127.0.0.1:8000, rebuilt on every change (the notebook is shown, not executed).
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

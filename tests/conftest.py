@@ -93,3 +93,31 @@ def tiny_runs(tmp_path_factory, synthetic_h5) -> Path:
             data_path=str(synthetic_h5),
         )
     return runs
+
+
+@pytest.fixture(scope="session")
+def calibrated_runs(tmp_path_factory, tiny_runs, synthetic_h5) -> Path:
+    """``tiny_runs``' two members beside a stored calibration (two tiny members hold too few frames out
+    together to fit one), so the calibrated columns are exercised; the threshold flags half the frames."""
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    from qdgap import Ensemble
+    from qdgap.core.analysis import calibration as cb
+    from qdgap.core.store import runs as rf
+
+    members = rf.load_members(tiny_runs)
+    cal = cb.Calibration(
+        shared=0.2, num_members=2, scores=tuple(np.linspace(0.1, 3.0, 40)), threshold_std_ev=0.0, n_frames=40,
+        seeds=tuple(m.seed for m in members), model_sha256=tuple(m.model_sha256 for m in members),
+    )  # fmt: skip
+    raw_std = Ensemble.load(tiny_runs, device="cpu").predict(synthetic_h5).std_ev
+    cal = dataclasses.replace(cal, threshold_std_ev=float(np.median(raw_std) * cal.scale))
+    runs = tmp_path_factory.mktemp("calibrated") / "runs"
+    runs.mkdir()
+    for m in members:
+        (runs / m.path.name).symlink_to(m.path, target_is_directory=True)
+    (runs / cb.CALIBRATION_JSON).write_text(json.dumps(cal.to_json()))
+    return runs

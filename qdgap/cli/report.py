@@ -29,15 +29,29 @@ ReportData = Annotated[
 ]
 
 
-def report(workdir: WorkdirArg, data: ReportData = None) -> None:
+ReportZoom = Annotated[
+    str | None,
+    typer.Option(
+        "--zoom",
+        help="Time window A-B (fs) to zoom into below each gap-against-time figure (default: over 2 ps, the first "
+        "500 fs and the worst-predicted 500 fs).",
+        metavar="A-B",
+        show_default=False,
+    ),
+]
+
+
+def report(workdir: WorkdirArg, data: ReportData = None, zoom: ReportZoom = None) -> None:
     """Write WORKDIR/report.html (one self-contained page) and WORKDIR/figures/*.png.
 
     Sections whose inputs are missing (no fna.h5 or fine-tuning yet) are skipped with a note. Prints how many
     frames of each predictions file lie outside what the ensemble knows, then the path of report.html.
     """
+    from qdgap.cli.options import parse_range
     from qdgap.core.report.build import extrapolation_summary, write_report
 
-    path = write_report(workdir, data=data)
+    zoom_fs = parse_range(zoom, option="--zoom") if zoom is not None else None
+    path = write_report(workdir, data=data, zoom_fs=zoom_fs)
     out = ui.stdout_console()
     for line in extrapolation_summary(workdir):
         out.print(line, markup=False, highlight=False)

@@ -861,11 +861,11 @@ def test_safe_loading_nothing_else_unpickles():
 
 def test_safe_loading_model_ts_only_through_the_checked_loader():
     """``torch.jit.load`` appears once, in ``torchscript.load_torchscript``, which checks the sha256 first;
-    ``predict``, ``fna`` and ``finetune`` reach it only through ``export.load_model``."""
+    ``predict``, ``fna``, ``finetune`` and the Python API (``Ensemble.load``) reach it only through ``export.load_model``."""
     assert [w for w, _, _ in _calls(r"\btorch\.jit\.load\(")] == ["core/deploy/torchscript.py"]
     assert [w for w, _, _ in _calls(r"\bload_torchscript\(")] == [
         "core/deploy/export.py",
         "core/deploy/torchscript.py",
     ]  # load_model + def
     users = {w for w, _, _ in _calls(r"\bload_model\(")}
-    assert users <= {"core/deploy/export.py", "core/analysis/predict.py", "core/analysis/fna.py"}, users
+    assert users <= {"core/deploy/export.py", "core/analysis/predict.py", "core/analysis/fna.py", "api.py"}, users

@@ -254,8 +254,40 @@ def test_gap_vs_time_draws_the_calibrated_band_and_shades_extrapolating_frames()
     for a in (ax, ax_err):  # one shaded span per run of flagged frames, in both panels
         spans = [p for p in a.patches if isinstance(p, Rectangle)]
         assert len(spans) == 2
-    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
-    np.testing.assert_allclose(dashed[0].get_ydata(), lo)  # the band is drawn where the file puts it
+    (cal,) = [c for c in ax.collections if c.get_label() == "calibrated 95 % interval"]
+    edges = cal.get_paths()[0].vertices  # the band, drawn where the file puts it: lo forward, hi back
+    assert np.isclose(edges[:, 1].min(), lo.min()) and np.isclose(edges[:, 1].max(), hi.max())
+    assert not [ln for ln in ax.lines if ln.get_linestyle() == "--"]  # no dashed edges: a wall of them at 10,001 frames
+    _png(fig)
+
+
+def test_worst_window_finds_the_worst_predicted_stretch():
+    t = np.arange(4000, dtype=np.float64)
+    true = np.full(4000, 1.7)
+    mean = true + 0.002
+    mean[2300:2700] += 0.05  # a 400 fs stretch predicted 50 meV off
+    a, b = figs.worst_window(t, true, mean, window_fs=500.0)
+    assert b - a == 500.0 and a <= 2300 and b >= 2699
+    assert figs.default_zoom(t, true, mean) == [(0.0, 500.0), (a, b)]
+    assert figs.default_zoom(t[:1001], true[:1001], mean[:1001]) == []  # 1 ps reads whole: no zoom
+    true[::2] = np.nan  # labels on every other frame only: the same stretch
+    assert figs.worst_window(t, true, mean, window_fs=500.0)[0] <= 2300
+
+
+def test_gap_vs_time_zooms_into_a_long_trajectory():
+    t, true, mean, std = _series(10001)
+    mean[6000:6400] += 0.08
+    lo, hi = mean - 2 * std, mean + 2 * std
+    fig = figs.gap_vs_time(t, true, mean, std, gap_lo_ev=lo, gap_hi_ev=hi, level=0.95)
+    ax, ax_err, first, worst = fig.axes
+    assert first.get_xlim() == (0.0, 500.0) and "RMSE" in first.get_title()
+    a, b = worst.get_xlim()
+    assert b - a == 500.0 and a <= t[6000] and b >= t[6399]
+    assert len(first.collections) == 2  # raw and calibrated bands, zoomed
+    assert ax.get_xlim() == (t[0], t[-1])
+    chosen = figs.gap_vs_time(t, true, mean, std, zoom_fs=[(100.0, 300.0)])
+    assert len(chosen.axes) == 3 and chosen.axes[2].get_xlim() == (100.0, 300.0)
+    assert len(figs.gap_vs_time(t, true, mean, std, zoom_fs=[]).axes) == 2
     _png(fig)
 
 

@@ -1,4 +1,4 @@
-"""The house rules of imports: cli -> core -> kernels, rooms inside core in one order, no cycles.
+"""The house rules of imports: cli -> core -> kernels (the API, qdgap.api and qdgap.ase, beside cli), rooms inside core in one order, no cycles.
 
 An AST walk over every module, function-local imports included (a cycle hidden
 inside a function is still a cycle). ``core`` is built of rooms (subpackages,
@@ -110,6 +110,20 @@ def test_layers_one_way_between_packages():
                 bad.append(f"{m}:{line} -> {target} (kernels import neither core nor cli)")
             if m.startswith("qdgap.core") and target.startswith("qdgap.cli"):
                 bad.append(f"{m}:{line} -> {target} (core never imports cli)")
+    assert not bad, "\n".join(bad)
+
+
+def test_layers_api_sits_above_core_beside_cli():
+    """The Python API (``qdgap.api``, ``qdgap.ase``) calls core as the CLI does: neither core, kernels nor
+    the CLI import it, and it imports no CLI module."""
+    api = ("qdgap.api", "qdgap.ase")
+    bad = []
+    for m, edges in EDGES.items():
+        for target, _, line in edges:
+            if m.startswith(("qdgap.core", "qdgap.kernels", "qdgap.cli")) and target.startswith(api):
+                bad.append(f"{m}:{line} -> {target} (only users import the API)")
+            if m in api and target.startswith("qdgap.cli"):
+                bad.append(f"{m}:{line} -> {target} (the API never imports the CLI)")
     assert not bad, "\n".join(bad)
 
 

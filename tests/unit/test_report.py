@@ -473,7 +473,7 @@ def test_report_says_how_many_frames_extrapolate(full_workdir):
     n_ext, f_ext = counts["extension"]
     assert n_ext > 0  # the synthetic extension has flagged frames, so the band is drawn
     assert f"{n_ext} of {f_ext} frames flagged as extrapolating (shaded red)" in text  # in the extension's caption
-    assert "calibrated 95 % interval (dashed green, scale)" in text
+    assert "calibrated 95 % interval (green band, scale)" in text
     lines = extrapolation_summary(wd.root)
     assert [x.split(":")[0] for x in lines] == ["trajectory", "extension"]
     assert (
@@ -554,3 +554,24 @@ def test_data_info_says_how_many_frames_of_a_trajectory_extrapolate(full_workdir
     ):
         bad = run_cli("data", "info", data, "--predictions", predictions)
         assert bad.exit_code == 2 and words in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_report_zooms_where_asked_and_refuses_an_empty_window(tmp_path):
+    wd = make_workdir(tmp_path / "w", members=2, fna=False, finetune=False)
+    html = write_report(wd.root, zoom_fs=(20.0, 60.0)).read_text()
+    assert "zoomed into 20-60 fs" in html
+    html = write_report(wd.root).read_text()  # 120 fs read whole: no zoom by default
+    assert "zoomed into" not in html
+    html = write_report(wd.root, zoom_fs=(5000.0, 5500.0)).read_text()
+    assert "zoomed into" not in html and "holds no predicted frame" in html
+    with pytest.raises(QdgapError, match="the window is empty"):
+        write_report(wd.root, zoom_fs=(60.0, 60.0))
+
+
+def test_cli_report_zoom_option(tmp_path, run_cli):
+    wd = make_workdir(tmp_path / "w", members=2, fna=False, finetune=False)
+    r = run_cli("report", wd.root, "--zoom", "10-50")
+    assert r.exit_code == 0, r.stderr
+    assert "zoomed into 10-50 fs" in wd.report_html.read_text()
+    r = run_cli("report", wd.root, "--zoom", "fifty")
+    assert r.exit_code == 2 and "--zoom 'fifty': expected A-B" in r.stderr

@@ -139,6 +139,7 @@ def predict_ensemble(
     backend: str | None = None,
     progress: Callable[[int], None] | None = None,
     stacked: bool | None = None,
+    models: Sequence | None = None,
 ) -> EnsemblePrediction:
     """Predict ``frames`` of ``traj`` with every member's exported model.
 
@@ -153,6 +154,9 @@ def predict_ensemble(
         stacked: all members in one forward (``core.ensemble_forward``, from each ``best.pt``) instead of
             one exported model after another; None: on CUDA when no ``backend`` is asked for and the
             members stack (``ensemble_forward.use_stacked``).
+        models: the members' models already loaded (``export.load_model`` with this ``backend`` and
+            ``device``), one per member, so that a caller predicting often (``qdgap.ase.GapLogger``)
+            loads and checks them once; None loads them here.
 
     Returns:
         Per-member predictions (M, F) in eV, with true gaps and times.
@@ -163,7 +167,7 @@ def predict_ensemble(
     from qdgap.core.model.network import fast_cpu_math
 
     if stacked is None:
-        stacked = backend is None and use_stacked(device, members)
+        stacked = backend is None and models is None and use_stacked(device, members)
     backend = check_backend(backend)
 
     fast_cpu_math()
@@ -182,7 +186,7 @@ def predict_ensemble(
             packed = load_or_build_graphs(traj, member.config.graph, cache_dir=cache_dir)
             graphs_by_config[key] = PackedGraphs(*(t.to(dev) for t in packed))
         graphs = graphs_by_config[key]
-        model = load_model(member, backend=backend, device=dev)
+        model = load_model(member, backend=backend, device=dev) if models is None else models[i]
         edges_per_frame = float(graphs.edge_ptr[-1]) / max(1, graphs.num_frames)
         step = graphs_per_forward(dev.type, edges_per_frame, member.config.model.hidden_features)
         with torch.inference_mode():

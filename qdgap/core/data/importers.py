@@ -157,13 +157,7 @@ def import_trajectory(
         frame_numbers = np.asarray(names, dtype=np.int64)
         time_fs = frame_numbers * float(dt_fs)
 
-    numbers = _common_numbers(atoms, origins)
-    positions = np.stack([a.get_positions() for a in atoms]).astype(np.float32)
-    cells = np.stack([np.asarray(a.get_cell(), dtype=np.float64) for a in atoms])
-    pbc = np.asarray(atoms[0].get_pbc(), dtype=bool)
-    for a, origin in zip(atoms, origins, strict=True):
-        if not np.array_equal(a.get_pbc(), pbc):
-            raise QdgapError(f"{origin}: periodic boundary flags differ from the first frame")
+    numbers, positions, cells, pbc = _atoms_arrays(atoms, origins)
 
     labels_path = Path(gaps_csv) if gaps_csv is not None else folder_labels
     if labels_path is not None:
@@ -184,6 +178,54 @@ def import_trajectory(
     )
     validate_trajectory(traj, source=source_desc)
     return traj
+
+
+def trajectory_from_atoms(
+    atoms: Sequence, *, dt_fs: float = 1.0, gap_key: str | None = None, source: str = "structures"
+) -> Trajectory:
+    """In-memory ``ase.Atoms`` (a list of frames of one set of atoms) as a validated ``Trajectory``.
+
+    Frame i (0-based) is at time i * ``dt_fs``; its gap is read from its info as ``import_trajectory``
+    reads it from a multi-frame file (``gap_key``, else the first of ``GAP_KEYS`` present; NaN if none).
+
+    Raises:
+        QdgapError: no structures, frames with different atoms or species order, different
+            periodic flags, or any failure of ``validate_trajectory``.
+    """
+    atoms = list(atoms)
+    if not atoms:
+        raise QdgapError(f"{source}: no structures given (empty list)")
+    if not dt_fs > 0:
+        raise QdgapError(f"--dt-fs must be positive, got {dt_fs}")
+    origins = [f"{source}[{i}]" for i in range(len(atoms))]
+    numbers, positions, cells, pbc = _atoms_arrays(atoms, origins)
+    traj = make_trajectory(
+        numbers,
+        positions,
+        time_fs=np.arange(len(atoms), dtype=np.float64) * float(dt_fs),
+        gap_ev=_gaps_from_info(atoms, gap_key),
+        cell_ang=cells,
+        pbc=pbc,
+        attrs={schema.ATTR_SOURCE: source},
+    )
+    validate_trajectory(traj, source=source)
+    return traj
+
+
+def _atoms_arrays(atoms: list, origins: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """numbers (N,) int64, positions (F, N, 3) float32 Å, cells (F, 3, 3) float64 Å, pbc (3,) bool of ``atoms``.
+
+    Raises:
+        QdgapError: a frame with other atoms, species order or periodic flags than the first (named by origin).
+    """
+    numbers = _common_numbers(atoms, origins)
+    positions = np.stack([a.get_positions() for a in atoms]).astype(np.float32)
+    cells = np.stack([np.asarray(a.get_cell(), dtype=np.float64) for a in atoms])
+    pbc = np.asarray(atoms[0].get_pbc(), dtype=bool)
+    for a, origin in zip(atoms, origins, strict=True):
+        if not np.array_equal(a.get_pbc(), pbc):
+            raise QdgapError(f"{origin}: periodic boundary flags differ from the first frame")
+    return numbers, positions, cells, pbc
 
 
 _NUMBER_IN_NAME = re.compile(r"(\d+)(?:\.[A-Za-z]+)?$")

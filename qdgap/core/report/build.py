@@ -75,7 +75,9 @@ __all__ = [
 ATTR_INPUT_PATH = schema.ATTR_INPUT_PATH
 
 
-def write_report(workdir: Path, *, data: Path | None = None, dpi: int = REPORT_DPI) -> Path:
+def write_report(
+    workdir: Path, *, data: Path | None = None, dpi: int = REPORT_DPI, zoom_fs: tuple[float, float] | None = None
+) -> Path:
     """Write ``WORKDIR/report.html`` and ``WORKDIR/figures/*.png`` from a work folder's results.
 
     Args:
@@ -84,6 +86,8 @@ def write_report(workdir: Path, *, data: Path | None = None, dpi: int = REPORT_D
         data: the trajectory file, for the 3D view of the dot; by default the
             ``input_path`` attr of ``predictions.h5``, then the members' ``config.json``.
         dpi: PNG resolution.
+        zoom_fs: (start, end) in fs: the zoom panel of the gap-against-time figures; None for their default
+            (over 2 ps: the first 500 fs and the worst-predicted 500 fs; none on a shorter trajectory).
 
     Returns:
         The path of ``report.html``.
@@ -106,7 +110,11 @@ def write_report(workdir: Path, *, data: Path | None = None, dpi: int = REPORT_D
     from qdgap.core.report import figures as figs
     from qdgap.core.store.results import read_results
 
-    page = Page(workdir=wd.root, figures_dir=wd.figures, dpi=dpi)
+    if zoom_fs is not None and not zoom_fs[0] < zoom_fs[1]:
+        raise QdgapError(
+            f"--zoom {zoom_fs[0]:g}-{zoom_fs[1]:g}: the window is empty (its start must be before its end)"
+        )
+    page = Page(workdir=wd.root, figures_dir=wd.figures, dpi=dpi, zoom_fs=zoom_fs)
     pred, pred_attrs = read_results(wd.predictions, fmt=schema.PREDICTIONS_FORMAT, version=schema.PREDICTIONS_VERSION)
     check_datasets(
         wd.predictions,

@@ -123,13 +123,15 @@ def section_ensemble(page: Page, figs, members: Sequence[Path], pred: dict, attr
     else:
         page.note("predictions.h5 has no unseen frame with a true gap; no parity plot or unseen-frame errors")
     cal = calibrated_view(pred, attrs)
-    fig = figs.gap_vs_time(time_fs, true, mean, std, train_mask=trained, **gap_time_extras(cal))
+    windows = zoom_windows(page, time_fs, true, mean, figs)
+    fig = figs.gap_vs_time(time_fs, true, mean, std, train_mask=trained, zoom_fs=windows, **gap_time_extras(cal))
     body.append(
         page.figure(
             fig,
             FIG_GAP_TIME,
             f"Band gap against time over the {len(frame)} predicted frames: true gaps, the ensemble mean with its ±2 std band, "
-            f"{band_caption(cal, len(frame))}and the frames some member trained on; the lower panel is the error of the mean.",
+            f"{band_caption(cal, len(frame))}and the frames some member trained on; the lower panel is the error of the mean"
+            f"{zoom_caption(windows)}.",
         )
     )
     body.append(member_table(members, rows_members, curves))
@@ -281,6 +283,29 @@ def calibrated_view(pred: dict, attrs: dict) -> CalibratedView | None:
     )
 
 
+def zoom_windows(
+    page: Page, time_fs: np.ndarray, true: np.ndarray, mean: np.ndarray, figs
+) -> list[tuple[float, float]]:
+    """The gap-against-time figure's zoom windows (fs): the one ``qdgap report --zoom`` asked for (if the
+    predictions reach into it), else ``figures.default_zoom``."""
+    if page.zoom_fs is None:
+        return figs.default_zoom(time_fs, true, mean)
+    a, b = page.zoom_fs
+    t = np.asarray(time_fs, np.float64)
+    if not ((t >= a) & (t <= b)).any():
+        page.note(f"--zoom {a:g}-{b:g} fs holds no predicted frame ({t.min():g}-{t.max():g} fs); no zoom panel")
+        return []
+    return [(float(a), float(b))]
+
+
+def zoom_caption(windows: list[tuple[float, float]]) -> str:
+    """The caption's words for the zoom panels ("" without any)."""
+    if not windows:
+        return ""
+    spans = " and ".join(f"{a:g}-{b:g} fs" for a, b in windows)
+    return f"; below, zoomed into {spans}"
+
+
 def gap_time_extras(cal: CalibratedView | None) -> dict:
     """Keyword arguments of ``figures.gap_vs_time`` for the calibrated band and the flags (none without them)."""
     if cal is None:
@@ -301,7 +326,7 @@ def band_caption(cal: CalibratedView | None, n_frames: int) -> str:
     if cal.lo_ev is not None:
         level = f"{100 * cal.level:.0f} % " if math.isfinite(cal.level) else ""
         method = f", {cal.method}" if cal.method else ""
-        words += f"the calibrated {level}interval (dashed green{method}), "
+        words += f"the calibrated {level}interval (green band{method}), "
     if cal.extrapolating is not None:
         n = int(cal.extrapolating.sum())
         words += f"{n} of {n_frames} frames flagged as extrapolating (shaded red), "

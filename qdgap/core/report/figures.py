@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from qdgap.core.report.figures_base import SPECIES_COLOURS, species_of
 from qdgap.core.report.figures_baselines import error_by_distance
-from qdgap.core.report.figures_gap import extension_gap_vs_time, flagged_spans, gap_vs_time
+from qdgap.core.report.figures_gap import (
+    ZOOM_WINDOW_FS,
+    default_zoom,
+    extension_gap_vs_time,
+    flagged_spans,
+    gap_vs_time,
+    worst_window,
+)
 from qdgap.core.report.figures_importance import (
     BOND_DRAW_CUTOFF_ANG,
     TOP_ATOMS_LABELLED,
@@ -44,7 +51,9 @@ __all__ = [
     "TOP_ATOMS_OVER_TIME",
     "TRANSFER_MODELS",
     "TRANSFER_NAMES",
+    "ZOOM_WINDOW_FS",
     "atom_importance",
+    "default_zoom",
     "error_by_distance",
     "extension_gap_vs_time",
     "flagged_spans",
@@ -59,4 +68,5 @@ __all__ = [
     "selection_curve",
     "species_of",
     "transfer_comparison",
+    "worst_window",
 ]

@@ -3,7 +3,10 @@
 Arrays in, ``matplotlib.figure.Figure`` out (``core/report/figures_base.py``). Gaps in
 eV, errors in meV, time in fs. Besides the raw ensemble spread (mean ± 2 std),
 a plot can carry the calibrated interval ``gap_lo_ev..gap_hi_ev`` that
-``qdgap predict`` writes and shade the frames it flags as extrapolating.
+``qdgap predict`` writes (as a band) and shade the frames it flags as extrapolating.
+A long trajectory (the real study's 10,001 frames) gets zoom panels below the
+whole: by default its first ``ZOOM_WINDOW_FS`` and the window of that length
+where the ensemble mean errs most, so that single frames can be read.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from qdgap.core.report.figures_base import (
 )
 
 _MAX_TRAIN_MARKERS = 120  # more training frames than this are marked by a rug, not circles
+_MAX_LABEL_MARKERS = 2000  # more labelled frames than this are drawn as a line without dots
+ZOOM_WINDOW_FS = 500.0  # length of each default zoom window, fs
+# Zoom panels only for a trajectory spanning more than this: the demo's 1 ps reads whole, 10 ps does not.
+ZOOM_MIN_SPAN_FS = 4 * ZOOM_WINDOW_FS
 
 
 # ==========================================================================
@@ -64,6 +71,50 @@ def _shade(ax, spans: list[tuple[float, float]], *, label: str | None = None):
     return handle
 
 
+def worst_window(
+    time_fs: np.ndarray, gap_true_ev: np.ndarray, gap_mean_ev: np.ndarray, *, window_fs: float = ZOOM_WINDOW_FS
+) -> tuple[float, float] | None:
+    """The ``window_fs`` long time window (fs) where the mean's RMSE against the true gaps is largest.
+
+    Windows start at labelled frames and lie inside the labelled span; one needs at least half the
+    labelled frames a window holds on average. None without two labelled frames ``window_fs`` apart.
+
+    Args:
+        time_fs: (F,) fs, increasing.
+        gap_true_ev: (F,) eV, NaN where unknown.
+        gap_mean_ev: (F,) eV.
+    """
+    t = np.asarray(time_fs, np.float64)
+    known = np.isfinite(gap_true_ev)
+    t = t[known]
+    if len(t) < 2 or t[-1] - t[0] < window_fs:
+        return None
+    err2 = (np.asarray(gap_mean_ev, np.float64)[known] - np.asarray(gap_true_ev, np.float64)[known]) ** 2
+    cum = np.concatenate([[0.0], np.cumsum(err2)])
+    starts = np.flatnonzero(t + window_fs <= t[-1])
+    ends = np.searchsorted(t, t[starts] + window_fs, side="right")
+    count = ends - starts
+    ok = count >= max(1, 0.5 * count.mean())
+    if not ok.any():
+        return None
+    mse = np.where(ok, (cum[ends] - cum[starts]) / np.maximum(count, 1), -1.0)
+    best = starts[int(np.argmax(mse))]
+    return float(t[best]), float(t[best] + window_fs)
+
+
+def default_zoom(
+    time_fs: np.ndarray, gap_true_ev: np.ndarray, gap_mean_ev: np.ndarray, *, window_fs: float = ZOOM_WINDOW_FS
+) -> list[tuple[float, float]]:
+    """The zoom windows (fs) of a long trajectory: its first ``window_fs`` and the worst-predicted window
+    (``worst_window``) when that is another; none for a span under ``ZOOM_MIN_SPAN_FS``."""
+    t = np.asarray(time_fs, np.float64)
+    if not len(t) or t.max() - t.min() <= ZOOM_MIN_SPAN_FS:
+        return []
+    first = (float(t.min()), float(t.min() + window_fs))
+    worst = worst_window(t, gap_true_ev, gap_mean_ev, window_fs=window_fs)
+    return [first] if worst is None or worst[0] < first[1] else [first, worst]
+
+
 # ==========================================================================
 # Gap against time
 # ==========================================================================
@@ -80,6 +131,7 @@ def gap_vs_time(
     gap_hi_ev: np.ndarray | None = None,
     level: float | None = None,
     extrapolating: np.ndarray | None = None,
+    zoom_fs: list[tuple[float, float]] | None = None,
     title: str = "Band gap along the trajectory",
     mean_label: str = "ensemble mean",
     train_label: str = "training frames",
@@ -88,8 +140,8 @@ def gap_vs_time(
 
     A lower panel shows the error of the mean (meV) against the same ±2 std band.
     With ``gap_lo_ev``/``gap_hi_ev`` the calibrated interval is drawn in both
-    panels (as its edges, so the raw band stays visible under it); with
-    ``extrapolating`` the flagged frames are shaded along time.
+    panels as a band over the raw one; with ``extrapolating`` the flagged frames
+    are shaded along time. Zoom panels below show chosen time windows at full detail.
 
     Args:
         time_fs: (F,) fs, increasing.
@@ -101,6 +153,8 @@ def gap_vs_time(
         gap_hi_ev: (F,) eV, its upper end.
         level: nominal coverage of that interval (0-1), for the legend.
         extrapolating: (F,) bool, frames outside what the ensemble knows (shaded).
+        zoom_fs: (start, end) windows in fs, one zoom panel each (at most 3); None for ``default_zoom``
+            (none on a short trajectory), [] for none.
         title: figure title.
         mean_label: legend text of the mean curve.
         train_label: legend text of the training-frame markers.
@@ -120,8 +174,15 @@ def gap_vs_time(
     flags = None if extrapolating is None else np.asarray(extrapolating, bool)[order]
     known = np.isfinite(true)
 
-    fig = new_figure(12.0, 6.2)
-    ax, ax_err = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
+    windows = default_zoom(t, true, mean) if zoom_fs is None else [(float(a), float(b)) for a, b in zoom_fs][:3]
+    if windows:
+        fig = new_figure(12.0, 9.0)
+        grid = fig.add_gridspec(3, len(windows), height_ratios=(3, 1.3, 2.4))
+        ax = fig.add_subplot(grid[0, :])
+        ax_err = fig.add_subplot(grid[1, :], sharex=ax)
+    else:
+        fig = new_figure(12.0, 6.2)
+        ax, ax_err = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
     raw = ax.fill_between(
         t,
         mean - 2 * std,
@@ -135,11 +196,12 @@ def gap_vs_time(
     handles = [raw, line_mean]
     if band is not None:
         name = f"calibrated {100 * level:.0f} % interval" if level is not None else "calibrated interval"
-        (line_cal,) = ax.plot(t, band[0], color=CALIBRATED_COLOUR, lw=0.8, ls="--", label=name)
-        ax.plot(t, band[1], color=CALIBRATED_COLOUR, lw=0.8, ls="--")
-        handles.append(line_cal)
+        # A band, not two dashed edges: over 10,001 frames the edges drawn frame by frame are a wall of dashes.
+        cal_band = ax.fill_between(t, band[0], band[1], color=CALIBRATED_COLOUR, alpha=0.22, lw=0, label=name)
+        handles.append(cal_band)
     if known.any():
-        sparse = known.sum() < 0.5 * len(t)
+        # Dots show where the labels are, unless there are so many that they merge into a line anyway.
+        sparse = known.sum() < 0.5 * len(t) and known.sum() <= _MAX_LABEL_MARKERS
         (line_true,) = ax.plot(
             t[known],
             true[known],
@@ -196,8 +258,9 @@ def gap_vs_time(
 
     ax_err.fill_between(t, -2 * std * MEV_PER_EV, 2 * std * MEV_PER_EV, color=MEAN_COLOUR, alpha=0.25, lw=0)
     if band is not None:  # the interval around the mean, as an error band
-        ax_err.plot(t, (band[0] - mean) * MEV_PER_EV, color=CALIBRATED_COLOUR, lw=0.8, ls="--")
-        ax_err.plot(t, (band[1] - mean) * MEV_PER_EV, color=CALIBRATED_COLOUR, lw=0.8, ls="--")
+        ax_err.fill_between(
+            t, (band[0] - mean) * MEV_PER_EV, (band[1] - mean) * MEV_PER_EV, color=CALIBRATED_COLOUR, alpha=0.22, lw=0
+        )
     ax_err.axhline(0.0, color="0.3", lw=0.8)
     if known.any():
         err = (mean - true) * MEV_PER_EV
@@ -206,7 +269,7 @@ def gap_vs_time(
             err[known],
             color=MEAN_COLOUR,
             lw=0.7,
-            marker="." if known.sum() < 0.5 * len(t) else None,
+            marker="." if known.sum() < 0.5 * len(t) and known.sum() <= _MAX_LABEL_MARKERS else None,
             ms=2,
         )
         if train is not None and not dense and (train & known).any():
@@ -223,9 +286,38 @@ def gap_vs_time(
     ax_err.set_xlabel("time (fs)")
     ax_err.grid(alpha=0.3, lw=0.5)
     ax_err.set_xlim(t[0], t[-1])
+    for k, (a, b) in enumerate(windows):
+        for edge in (a, b):  # where each zoom panel looks, marked on the whole
+            ax.axvline(edge, color="0.35", lw=0.7, ls=":")
+        _zoom_panel(fig.add_subplot(grid[2, k]), t, true, mean, std, band, flags, (a, b), first=k == 0)
     fig.suptitle(title)
     legend_above(ax, handles)
     return fig
+
+
+def _zoom_panel(ax, t, true, mean, std, band, flags, window: tuple[float, float], *, first: bool) -> None:
+    """One zoom panel: the frames inside ``window`` (fs) with their bands, the mean and the true gaps."""
+    a, b = window
+    inside = (t >= a) & (t <= b)
+    ti, mi, si = t[inside], mean[inside], std[inside]
+    ax.fill_between(ti, mi - 2 * si, mi + 2 * si, color=MEAN_COLOUR, alpha=0.25, lw=0)
+    if band is not None:
+        ax.fill_between(ti, band[0][inside], band[1][inside], color=CALIBRATED_COLOUR, alpha=0.22, lw=0)
+    ax.plot(ti, mi, color=MEAN_COLOUR, lw=1.0)
+    known = inside & np.isfinite(true)
+    if known.any():
+        ax.plot(t[known], true[known], color=TRUE_COLOUR, lw=0.8, marker=".", ms=2.5)
+        rmse = float(np.sqrt(np.mean((mean[known] - true[known]) ** 2)) * MEV_PER_EV)
+        ax.set_title(f"{a:g}-{b:g} fs: RMSE {rmse:.1f} meV on {int(known.sum())} frames", fontsize=9)
+    else:
+        ax.set_title(f"{a:g}-{b:g} fs", fontsize=9)
+    if flags is not None:
+        _shade(ax, [(max(x, a), min(y, b)) for x, y in flagged_spans(t, flags) if y > a and x < b])
+    ax.set_xlim(a, b)
+    ax.set_xlabel("time (fs)")
+    if first:
+        ax.set_ylabel("band gap (eV)")
+    ax.grid(alpha=0.3, lw=0.5)
 
 
 def extension_gap_vs_time(
@@ -239,6 +331,7 @@ def extension_gap_vs_time(
     gap_hi_ev: np.ndarray | None = None,
     level: float | None = None,
     extrapolating: np.ndarray | None = None,
+    zoom_fs: list[tuple[float, float]] | None = None,
 ) -> Figure:
     """The extension's band gap against time: true gaps and the fine-tuned ensemble (mean ± 2 std).
 
@@ -255,6 +348,7 @@ def extension_gap_vs_time(
         gap_hi_ev=gap_hi_ev,
         level=level,
         extrapolating=extrapolating,
+        zoom_fs=zoom_fs,
         title="Band gap along the extension: fine-tuned ensemble",
         mean_label="fine-tuned ensemble mean",
         train_label="fine-tuning frames",

@@ -71,6 +71,7 @@ class Page:
     written: list[str] = field(default_factory=list)
     trajectory: str = ""  # what the predictions were made from, for the page header
     formula: str = ""
+    zoom_fs: tuple[float, float] | None = None  # the gap-against-time zoom window (fs); None: figures.default_zoom
 
     def note(self, text: str) -> None:
         log.info("report: %s", text)

@@ -16,7 +16,14 @@ import numpy as np
 
 from qdgap.core.common import metrics, schema
 from qdgap.core.common.errors import QdgapError
-from qdgap.core.report.ensemble import band_caption, calibrated_view, extrapolation_line, gap_time_extras
+from qdgap.core.report.ensemble import (
+    band_caption,
+    calibrated_view,
+    extrapolation_line,
+    gap_time_extras,
+    zoom_caption,
+    zoom_windows,
+)
 from qdgap.core.report.page import (
     FIG_EXT_TIME,
     FIG_SELECTION,
@@ -109,15 +116,16 @@ def section_transfer(page: Page, figs, wd: Workdir) -> None:
         line = extrapolation_line(cal, len(frame))
         if line is not None:
             page.summary.append(("Extrapolating frames (extension)", line))
+        windows = zoom_windows(page, ext[schema.TIME_FS], true, mean, figs)
         fig = figs.extension_gap_vs_time(
-            ext[schema.TIME_FS], true, mean, std, train_mask=trained, **gap_time_extras(cal)
+            ext[schema.TIME_FS], true, mean, std, train_mask=trained, zoom_fs=windows, **gap_time_extras(cal)
         )
         body.append(
             page.figure(
                 fig,
                 FIG_EXT_TIME,
                 "Band gap against time along the extension: true gaps and the fine-tuned ensemble's mean with its "
-                f"±2 std band, {band_caption(cal, len(frame))}and the fine-tuning frames marked.",
+                f"±2 std band, {band_caption(cal, len(frame))}and the fine-tuning frames marked{zoom_caption(windows)}.",
             )
         )
         if line is not None:

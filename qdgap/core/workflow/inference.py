@@ -194,6 +194,37 @@ class FnaStatistics:
             raise QdgapError(f"--top-k must be at least 1, got {self.top_k}")
 
 
+def check_fna_options(*, mask: str, every: int, chunk: int | None, statistics: FnaStatistics) -> None:
+    """Refuse a bad ``--mask``, ``--every``, ``--chunk`` or statistics option, before any heavy work."""
+    from qdgap.kernels.fna import MODES
+
+    if mask not in MODES:
+        raise QdgapError(f"--mask must be one of {', '.join(MODES)}, got {mask!r}")
+    if every < 1:
+        raise QdgapError(f"--every must be at least 1, got {every}")
+    if chunk is not None and chunk < 1:
+        raise QdgapError(f"--chunk must be at least 1, got {chunk}")
+    statistics.check()
+
+
+def fna_frames(traj, chosen: np.ndarray, *, every: int, score: str, name: str) -> np.ndarray:
+    """FNA's frames: every ``every``-th of ``chosen`` (F,) int64, only the labelled ones unless ``score`` is
+    shift and some are labelled; ``name`` is the data's, for messages.
+
+    Raises:
+        QdgapError: ``score`` rmse without a labelled frame, or no frame left.
+    """
+    chosen = chosen[::every]
+    labelled = np.isfinite(traj.gap_ev[chosen])
+    if score == "rmse" and not labelled.any():
+        raise QdgapError(f"{name}: none of the chosen frames has a true gap; --score rmse needs labels, try shift")
+    if score != "shift" and labelled.any():
+        chosen = chosen[labelled]  # the rmse score ranks: its RMSEs and the shifts are then on the same frames
+    if chosen.size == 0:
+        raise QdgapError(f"{name}: no frames chosen for FNA; try --frames all or a smaller --every")
+    return chosen
+
+
 def fna_to_file(
     runs: Path,
     data: Path,
@@ -231,28 +262,14 @@ def fna_to_file(
     from qdgap.core.common.files import check_output_file, exclusive_lock
     from qdgap.core.common.runtime import resolve_device
     from qdgap.core.deploy.export import check_backend
-    from qdgap.kernels.fna import MODES
 
-    if mask not in MODES:
-        raise QdgapError(f"--mask must be one of {', '.join(MODES)}, got {mask!r}")
-    if every < 1:
-        raise QdgapError(f"--every must be at least 1, got {every}")
-    if chunk is not None and chunk < 1:
-        raise QdgapError(f"--chunk must be at least 1, got {chunk}")
-    statistics.check()
+    check_fna_options(mask=mask, every=every, chunk=chunk, statistics=statistics)
     runtime, backend = backend, check_backend(backend)
     dev = str(resolve_device(device))
     csv_path = csv or output.parent / "average_rmse_results.csv"
     members, traj, chosen = _members_and_frames(runs, data, frames, allow_data_change)
-    chosen = chosen[::every]
-    labelled = np.isfinite(traj.gap_ev[chosen])
     score = statistics.score
-    if score == "rmse" and not labelled.any():
-        raise QdgapError(f"{data}: none of the chosen frames has a true gap; --score rmse needs labels, try shift")
-    if score != "shift" and labelled.any():
-        chosen = chosen[labelled]  # the rmse score ranks: its RMSEs and the shifts are then on the same frames
-    if chosen.size == 0:
-        raise QdgapError(f"{data}: no frames chosen for FNA; try --frames all or a smaller --every")
+    chosen = fna_frames(traj, chosen, every=every, score=score, name=str(data))
     cache_dir = pr.runs_cache_dir(runs)
     if part is not None:
         name, path, n = pa.compute_one(
