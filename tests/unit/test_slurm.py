@@ -263,6 +263,9 @@ def test_killed_command_says_so_and_names_its_log(tmp_path, fake_slurm):
 
 
 def test_sbatch_refusal_does_not_print_sbatch_stderr(tmp_path, fake_slurm, capsys):
+    from qdgap.cli.ui import setup_logging
+
+    setup_logging(quiet=False, debug=False)  # what the CLI shows by default, whatever ran before
     bin_dir = fake_slurm.parent / "fakebin"
     _exe(bin_dir / "sbatch", "echo 'sbatch: error: invalid partition specified: nope' >&2\n"
          "echo 'sbatch: error: Batch job submission failed: Invalid partition name specified' >&2; exit 1\n")  # fmt: skip

@@ -442,7 +442,8 @@ def query(name: str | None) -> Partition | None:
     # --all: hidden partitions are partitions too.
     proc = run_query(["scontrol", "--all", "--oneliner", "show", "partition"])
     if proc is None or proc.returncode != 0:
-        log.info("scontrol show partition: %s", "no answer" if proc is None else proc.stderr.strip())
+        # debug, not info: a cluster whose scontrol is off is normal, and sbatch speaks next anyway.
+        log.debug("scontrol show partition: %s", "no answer" if proc is None else proc.stderr.strip() or "failed")
         return None
     parts = parse_partitions(proc.stdout)
     if not parts:
