@@ -167,10 +167,13 @@ def _print_summary(output: Path, n_members: int, n_frames: int, s: dict) -> None
 def _print_headlines(o) -> None:
     """This demo run against the ranges over independent re-runs (data/demo_headlines.json, the README's)."""
     out = ui.stdout_console()
-    out.print(f"against the README's ranges over {o.runs} independent demo ensembles (seed bases 0, 1000, 2000):")
+    out.print(
+        f"against {o.runs} independent demo ensembles (seed bases 0, 1000, 2000; 95 % prediction interval "
+        "for one more run, as in the README):"
+    )
     for c in o.checks:
         where = "inside" if c.inside else "OUTSIDE"
-        out.print(f"  {c.name}: {c.value:.1f} meV, {where} {c.low:.1f}-{c.high:.1f}")
+        out.print(f"  {c.name}: {c.value:.1f} meV, {where} {max(c.low, 0.0):.1f}-{c.high:.1f}")
     if o.top_atoms:
         known = [a for a in o.top_atoms if a in o.known_leaders]
         out.print(

@@ -47,6 +47,19 @@ def test_shipped_ranges_belong_to_the_demo_data():
     record = json.loads(hl.HEADLINES_JSON.read_text())
     assert record["data_sha256"] == read_trajectory(DEMO_DATA).sha256
     assert len(record["runs"]) >= 3
+    assert set(record["ranges"]) == set(record["intervals"]) and "seed_base" not in record["ranges"]
     for name, (lo, hi) in record["ranges"].items():
         got = [r[name] for r in record["runs"]]
         assert lo == min(got) and hi == max(got) and np.isfinite([lo, hi]).all()
+        plo, phi = record["intervals"][name]
+        assert plo < lo and hi < phi  # the interval for a new run is wider than the observed spread
+
+
+def test_prediction_interval_matches_the_t_formula():
+    runs = [{"seed_base": 0, "x": 1.0}, {"seed_base": 1, "x": 2.0}, {"seed_base": 2, "x": 4.0}]
+    assert list(hl.ranges_from_runs(runs)) == ["x"]
+    lo, hi = hl.intervals_from_runs(runs)["x"]
+    # n = 3: t(0.975, 2) = 4.3027, s = 1.5275, sqrt(1 + 1/3) = 1.1547 -> half width 7.589
+    assert (lo + hi) / 2 == pytest.approx(7 / 3) and (hi - lo) / 2 == pytest.approx(7.589, abs=1e-3)
+    with pytest.raises(ValueError):
+        hl.intervals_from_runs(runs[:1])

@@ -4,8 +4,12 @@ Training is a random draw: another seed base, or the same seeds on another CPU (
 rounding differs), gives another ensemble. The README states the demo's headline numbers as the
 range over independent ensembles (seed bases 0, 1000, 2000), measured and written to
 ``data/demo_headlines.json`` by ``bench/bench_headlines.py``; ``qdgap pipeline`` on the demo data ends
-by saying whether its own numbers fall inside those ranges, so a user on another machine can tell a
-normal re-draw from something wrong.
+by saying whether its own numbers fall inside them, so a user on another machine can tell a normal
+re-draw from something wrong.
+
+Three re-runs' min-max is not where a fourth lands: by exchangeability a new draw falls outside it
+with probability 2/4. The check therefore uses the 95 % prediction interval for one more run,
+mean ± t(0.975, n-1) · s · sqrt(1 + 1/n) (normal draws; wide with n = 3, and honest about it).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from qdgap.core.store.layout import Workdir
 HEADLINES_JSON = Path(__file__).resolve().parents[3] / "data" / "demo_headlines.json"
 TRANSFER_ROWS = ("pretrained", "finetuned", "scratch")
 TOP_ATOMS = 5  # the FNA headline: the first five atoms of average_rmse_results.csv
+NOT_HEADLINES = ("seed_base", "members")  # numbers in a run record that describe it, not measure it
 
 
 def headline_values(workdir: Path) -> dict[str, float | list[str]]:
@@ -113,16 +118,44 @@ def check_headlines(workdir: Path, data_sha256: str, *, path: Path = HEADLINES_J
     if record.get("data_sha256") != data_sha256:
         return None
     values = headline_values(workdir)
+    bounds = record.get("intervals", record["ranges"])
     checks = tuple(
         HeadlineCheck(name, float(values[name]), float(lo), float(hi))
-        for name, (lo, hi) in record["ranges"].items()
+        for name, (lo, hi) in bounds.items()
         if name in values
     )
     leaders = tuple(dict.fromkeys(a for run in record["runs"] for a in run.get("fna_top", [])))
     return HeadlineOutcome(checks, tuple(values.get("fna_top", [])), leaders, len(record["runs"]))
 
 
+def _headline_keys(runs: list[dict]) -> list[str]:
+    return [
+        k
+        for k, v in runs[0].items()
+        if k not in NOT_HEADLINES and isinstance(v, int | float) and all(k in r for r in runs)
+    ]
+
+
 def ranges_from_runs(runs: list[dict]) -> dict[str, tuple[float, float]]:
-    """(min, max) over the re-runs of every numeric headline they all have."""
-    keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and all(k in r for r in runs)]
-    return {k: (float(min(r[k] for r in runs)), float(max(r[k] for r in runs))) for k in keys}
+    """(min, max) over the re-runs of every numeric headline they all have (meV)."""
+    return {k: (float(min(r[k] for r in runs)), float(max(r[k] for r in runs))) for k in _headline_keys(runs)}
+
+
+def intervals_from_runs(runs: list[dict], level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Prediction interval for one more independent run of every numeric headline (meV).
+
+    mean ± t((1 + level) / 2, n - 1) · s · sqrt(1 + 1/n) over the n >= 2 re-runs; s is the sample
+    standard deviation.
+    """
+    from scipy import stats
+
+    n = len(runs)
+    if n < 2:
+        raise ValueError("a prediction interval needs at least two runs")
+    t = float(stats.t.ppf(0.5 + level / 2, n - 1))
+    out = {}
+    for k in _headline_keys(runs):
+        x = np.array([r[k] for r in runs], np.float64)
+        half = t * x.std(ddof=1) * np.sqrt(1 + 1 / n)
+        out[k] = (float(x.mean() - half), float(x.mean() + half))
+    return out
