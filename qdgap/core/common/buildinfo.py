@@ -84,8 +84,11 @@ def torch_info() -> dict[str, object]:
 
 
 def build_provenance() -> dict[str, object]:
-    """The attrs every result file carries about the software: qdgap's commit and torch's build."""
-    return {"qdgap_commit": qdgap_commit(), **torch_info()}
+    """The attrs every result file carries about the software: qdgap's commit, torch's build, and
+    the CPU numerics in force (reproducible mode, ATen kernels, MKL path, threads; ``numerics.py``)."""
+    from qdgap.core.common.numerics import numerics_record
+
+    return {"qdgap_commit": qdgap_commit(), **torch_info(), **numerics_record()}
 
 
 def version_lines() -> list[str]:
