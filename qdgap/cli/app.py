@@ -50,6 +50,15 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _reproducible(value: bool) -> None:
+    """``--reproducible``: the mode, applied before any command imports torch (a fresh process has not yet)."""
+    if value:
+        from qdgap.core.common.numerics import REPRODUCIBLE_ENV
+
+        os.environ[REPRODUCIBLE_ENV] = "1"
+        _apply_numerics(restart_args=_RESTART_ARGS[0])
+
+
 @app.callback()
 def _root(
     version: Annotated[
@@ -58,7 +67,7 @@ def _root(
             "--version",
             callback=_version,
             is_eager=True,
-            help="Print the versions of qdgap (with its git commit) and torch (CPU or CUDA build), whether CUDA is usable, and exit.",
+            help="Print the versions of qdgap (with its git commit) and torch (CPU or CUDA build), whether CUDA is usable, the CPU numerics in force, and exit.",
         ),
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
@@ -67,6 +76,8 @@ def _root(
         bool,
         typer.Option(
             "--reproducible",
+            callback=_reproducible,
+            is_eager=True,  # before --version, which reports the mode
             help="Bitwise-reproducible CPU numerics, as QDGAP_REPRODUCIBLE=1: AVX2 kernels, MKL_CBWR=COMPATIBLE, "
             "QDGAP_THREADS (default 1) torch threads per member; needs an x86-64 CPU with AVX2 (README, Reproducibility).",
         ),
@@ -75,11 +86,6 @@ def _root(
     ui.state.debug = debug
     ui.state.quiet = quiet
     ui.setup_logging(quiet=quiet, debug=debug)
-    if reproducible:  # before any command imports torch (a fresh process has not yet)
-        from qdgap.core.common.numerics import REPRODUCIBLE_ENV
-
-        os.environ[REPRODUCIBLE_ENV] = "1"
-        _apply_numerics(restart_args=_RESTART_ARGS[0])
 
 
 _RESTARTED_ENV = "QDGAP_RESTARTED_FOR_NUMERICS"  # set on the one re-exec, so it cannot loop

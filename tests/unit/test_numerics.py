@@ -177,3 +177,17 @@ def test_reproducible_tiny_member_matches_the_amd_avx2_reference(tmp_path):
     # QDGAP_THREADS=2: the reference machine trained with its 2 cores' threads.
     run = _train(tmp_path / "r", DEMO_DATA, extra_env={numerics.REPRODUCIBLE_ENV: "1", numerics.THREADS_ENV: "2"})
     assert _tensor_sum(run / rf.BEST_PT) == AMD_AVX2_REFERENCE
+
+
+@needs_avx2
+def test_version_reports_the_mode_in_force():
+    env = {k: v for k, v in os.environ.items() if k not in _TOUCHED}
+    env["PYTHONPATH"] = str(REPO)
+    for flag, expected in (
+        ([], "cpu numerics: torch defaults"),
+        (["--reproducible"], "cpu numerics: reproducible (AVX2"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "qdgap", *flag, "--version"], env=env, capture_output=True, text=True, check=True
+        )
+        assert done.stdout.splitlines()[-1].startswith(expected), done.stdout
