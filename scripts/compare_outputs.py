@@ -1,13 +1,17 @@
-"""Compare two folders of qdgap outputs: the host install's and the image's (scripts/image-test.sh).
+"""Compare two folders of qdgap outputs (the host install's and the image's, scripts/image-test.sh), or two files.
 
-    python scripts/compare_outputs.py HOST INSIDE [--bitwise]
+    python scripts/compare_outputs.py HOST INSIDE [--bitwise | --rtol R --atol A]
+    python scripts/compare_outputs.py runs/a/run_0/best.pt runs/b/run_0/best.pt --bitwise
 
 Every file under HOST must exist under INSIDE with the same content: arrays (HDF5 datasets, .npz,
 tensors in .pt checkpoints and TorchScript models, CSV columns) equal bit for bit with --bitwise,
-else to float32 rounding; JSON records and HDF5 attrs equal but for what names a time, a place or
-the command line (VOLATILE), and without --bitwise but for the torch build's name (TORCH_BUILD).
+else within |a - b| <= atol + rtol * |b| (default: float32 rounding); JSON records and HDF5 attrs
+equal but for what names a time, a place or the command line (VOLATILE), and without --bitwise but
+for the torch build's name (TORCH_BUILD). Tensors are compared, not file bytes: two faithful runs
+need not write the same bytes (model.ts's code order varies outside QDGAP_REPRODUCIBLE=1).
 stdout/stderr captures (*.out, *.err) and locks are not compared, except
-``data.out`` (``qdgap data info --json``). Prints one line per difference; exit 1 if there is any.
+``data.out`` (``qdgap data info --json``). Prints one line per difference, naming the largest
+absolute and relative difference of each array; exit 1 if there is any.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 # Keys whose values differ between two faithful runs: when, where, how invoked, and the hash of
-# model.ts, whose zip entries carry the temporary file's name (its tensors are compared instead).
+# model.ts, whose code lists constants in a hash-seed-dependent order outside QDGAP_REPRODUCIBLE=1
+# (its tensors are compared instead).
 VOLATILE = {"created", "command", "path", "input_path", "model_sha256", "seconds"}
 SKIP_SUFFIXES = {".out", ".err", ".lock"}
 SKIP_NAMES = {".lock"}  # a run folder's lock: the pid and host that held it
@@ -31,8 +36,9 @@ TORCH_BUILD = {"torch_version", "torch_variant"}
 
 
 class Diff:
-    def __init__(self, bitwise: bool) -> None:
+    def __init__(self, bitwise: bool, *, rtol: float = RTOL, atol: float = ATOL) -> None:
         self.bitwise = bitwise
+        self.rtol, self.atol = rtol, atol
         self.lines: list[str] = []
 
     def arrays(self, where: str, a: object, b: object) -> None:
@@ -43,9 +49,12 @@ class Diff:
             same = a.tobytes() == b.tobytes() if a.dtype.kind != "O" else bool(np.all(a == b))
             if not same:
                 self.lines.append(f"{where}: arrays differ{' (bitwise)' if a.dtype.kind in 'fc' else ''}")
-        elif not np.allclose(a, b, rtol=RTOL, atol=ATOL, equal_nan=True):
-            worst = float(np.nanmax(np.abs(a.astype(np.float64) - b.astype(np.float64))))
-            self.lines.append(f"{where}: arrays differ by up to {worst:.3g}")
+        elif not np.allclose(a, b, rtol=self.rtol, atol=self.atol, equal_nan=True):
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            gap = np.abs(a64 - b64)
+            worst = float(np.nanmax(gap))
+            relative = float(np.nanmax(gap / np.maximum(np.abs(b64), np.finfo(np.float64).tiny)))
+            self.lines.append(f"{where}: arrays differ by up to {worst:.3g} (relative {relative:.3g})")
 
     def values(self, where: str, a: object, b: object) -> None:
         """Recursive comparison of JSON-like values, tensors and arrays."""
@@ -143,9 +152,16 @@ def _load(path: Path) -> object:
     return path.read_bytes()
 
 
-def compare(host: Path, inside: Path, *, bitwise: bool) -> list[str]:
-    """One line per difference between the files under ``host`` and those under ``inside``."""
-    diff = Diff(bitwise)
+def compare(host: Path, inside: Path, *, bitwise: bool, rtol: float = RTOL, atol: float = ATOL) -> list[str]:
+    """One line per difference between the files under ``host`` and those under ``inside`` (or the two files)."""
+    diff = Diff(bitwise, rtol=rtol, atol=atol)
+    how = "bitwise" if bitwise else f"floats to rtol {rtol:g}, atol {atol:g}"
+    if host.is_file() or inside.is_file():
+        if not (host.is_file() and inside.is_file()):
+            return [f"{host if not host.is_file() else inside}: not a file, while the other is"]
+        diff.values(host.name, _load(host), _load(inside))
+        print(f"compared 2 files ({how})")
+        return diff.lines
     files = sorted(p for p in host.rglob("*") if p.is_file())
     for path in files:
         rel = path.relative_to(host)
@@ -160,7 +176,7 @@ def compare(host: Path, inside: Path, *, bitwise: bool) -> list[str]:
         rel = path.relative_to(inside)
         if path.suffix not in SKIP_SUFFIXES and path.name not in SKIP_NAMES and not (host / rel).exists():
             diff.lines.append(f"{rel}: written only inside the image")
-    print(f"compared {len(files)} files ({'bitwise' if bitwise else f'floats to rtol {RTOL:g}'})")
+    print(f"compared {len(files)} files ({how})")
     return diff.lines
 
 
@@ -169,8 +185,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("host", type=Path)
     parser.add_argument("inside", type=Path)
     parser.add_argument("--bitwise", action="store_true", help="arrays must be equal bit for bit")
+    parser.add_argument(
+        "--rtol", type=float, default=RTOL, help=f"relative tolerance of float arrays (default {RTOL:g})"
+    )
+    parser.add_argument(
+        "--atol", type=float, default=ATOL, help=f"absolute tolerance of float arrays (default {ATOL:g})"
+    )
     args = parser.parse_args(argv)
-    lines = compare(args.host, args.inside, bitwise=args.bitwise)
+    if args.rtol < 0 or args.atol < 0:
+        parser.error("--rtol and --atol must be 0 or more")
+    if args.bitwise and (args.rtol != RTOL or args.atol != ATOL):
+        parser.error("--bitwise compares bits; it takes no --rtol or --atol")
+    for path in (args.host, args.inside):
+        if not path.exists():
+            parser.error(f"{path}: no such file or folder")
+    lines = compare(args.host, args.inside, bitwise=args.bitwise, rtol=args.rtol, atol=args.atol)
     for line in lines:
         print(line)
     return 1 if lines else 0

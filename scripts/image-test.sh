@@ -243,7 +243,8 @@ for step in "${study[@]}"; do
         grep -i 'warning' "$inside/$name.err" "$inside/$name.out" >&2
         fail "inside the image, qdgap ${in_args[*]} printed a warning"
     fi
-    (cd "$host" && "${LOW[@]}" "$HOST_VENV/bin/qdgap" "${host_args[@]}" > "$name.out" 2> "$name.err") \
+    # The host in the reproducible CPU mode, as the image is by default: the same tensors on any AVX2 CPU.
+    (cd "$host" && QDGAP_REPRODUCIBLE=1 "${LOW[@]}" "$HOST_VENV/bin/qdgap" "${host_args[@]}" > "$name.out" 2> "$name.err") \
         || { cat "$host/$name.err" >&2; fail "on the host: qdgap ${host_args[*]}"; }
 done
 run_s=$(($(now) - t0))
@@ -256,4 +257,21 @@ same_torch=0
 grep -qx "torch $host_torch ($([ "$variant" = cpu ] && echo cpu || echo "cuda $torch_cuda"))" "$inside/version.out" && same_torch=1
 "$host_py" "$here/scripts/compare_outputs.py" "$host" "$inside" $([ "$same_torch" = 1 ] && echo --bitwise) \
     || fail "the image's results differ from the host's (see above)"
+
+# ---- drift: the same member inside the image with torch's default numerics (QDGAP_REPRODUCIBLE=0) ----
+# Not a failure: it shows how far the weights move from the reproducible mode's on this CPU.
+drift=$WORK/inside-default
+rm -rf "$drift"
+mkdir -p "$drift"
+[ "$(id -u)" = 0 ] && [ -z "${RUN_USER:-}" ] && chown "$run_user" "$drift"
+abs_drift=$(cd "$drift" && pwd)
+if [ "$runner" = run ]; then
+    "$engine" run --rm --read-only --user "$run_user" -v "$abs_drift:/w" -w /w -e QDGAP_REPRODUCIBLE=0 "$IMAGE" \
+        train --seed 7 --preset tiny -o runs/ > "$drift/train.out" 2> "$drift/train.err"
+else
+    "${LOW[@]}" buildah run --isolation chroot --user "$run_user" -v "$abs_drift:/w" --workingdir /w "$ctr" -- \
+        env QDGAP_REPRODUCIBLE=0 qdgap train --seed 7 --preset tiny -o runs/ > "$drift/train.out" 2> "$drift/train.err"
+fi || { cat "$drift/train.err" >&2; fail "inside the image with QDGAP_REPRODUCIBLE=0: qdgap train"; }
+echo "--- inside $IMAGE: torch's default numerics against the reproducible mode (largest differences)"
+"$host_py" "$here/scripts/compare_outputs.py" "$inside/runs" "$drift/runs" --rtol 0 --atol 0 || true
 echo "image-test: passed: $IMAGE from $base, built in ${build_s} s, $((size / 1000000)) MB, study inside and on the host in ${run_s} s ($runner)"

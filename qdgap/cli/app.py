@@ -7,6 +7,7 @@ usage error), one line on stderr; 1 an unexpected internal error (traceback);
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -49,6 +50,15 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _reproducible(value: bool) -> None:
+    """``--reproducible``: the mode, applied before any command imports torch (a fresh process has not yet)."""
+    if value:
+        from qdgap.core.common.numerics import REPRODUCIBLE_ENV
+
+        os.environ[REPRODUCIBLE_ENV] = "1"
+        _apply_numerics(restart_args=_RESTART_ARGS[0])
+
+
 @app.callback()
 def _root(
     version: Annotated[
@@ -57,15 +67,62 @@ def _root(
             "--version",
             callback=_version,
             is_eager=True,
-            help="Print the versions of qdgap (with its git commit) and torch (CPU or CUDA build), whether CUDA is usable, and exit.",
+            help="Print the versions of qdgap (with its git commit) and torch (CPU or CUDA build), whether CUDA is usable, the CPU numerics in force, and exit.",
         ),
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; warnings and errors only.")] = False,
+    reproducible: Annotated[
+        bool,
+        typer.Option(
+            "--reproducible",
+            callback=_reproducible,
+            is_eager=True,  # before --version, which reports the mode
+            help="Bitwise-reproducible CPU numerics, as QDGAP_REPRODUCIBLE=1: AVX2 kernels, MKL_CBWR=COMPATIBLE, "
+            "QDGAP_THREADS (default 1) torch threads per member; needs an x86-64 CPU with AVX2 (README, Reproducibility).",
+        ),
+    ] = False,
 ) -> None:
     ui.state.debug = debug
     ui.state.quiet = quiet
     ui.setup_logging(quiet=quiet, debug=debug)
+
+
+_RESTARTED_ENV = "QDGAP_RESTARTED_FOR_NUMERICS"  # set on the one re-exec, so it cannot loop
+# The arguments a real process (main() without argv) restarts with, for the --reproducible callback; None in-process.
+_RESTART_ARGS: list[list[str] | None] = [None]
+
+
+def _apply_numerics(*, restart_args: list[str] | None) -> None:
+    """Apply ``QDGAP_REPRODUCIBLE=1``'s settings to the environment before torch is imported.
+
+    Two of them cannot take hold in a running process: Python's hash seed (read at start-up) and,
+    where something imported torch already, ATen's kernels. With ``restart_args`` (a real process,
+    not a test's or the API's call) the command then starts afresh once, the same Python running
+    the same script (or ``-m qdgap``) with ARGS and the new environment. Otherwise a late torch is a
+    one-line error and a random hash seed is let be (it only orders ``model.ts``'s code).
+    """
+    from qdgap.core.common import numerics
+    from qdgap.core.common.errors import QdgapError
+
+    restarted = os.environ.pop(_RESTARTED_ENV, None) is not None  # popped: processes started later may restart
+    if not numerics.apply_reproducible_env():
+        return
+    late_torch = numerics.torch_needs_restart()
+    if not late_torch and not numerics.hash_seed_needs_restart():
+        return
+    if restart_args is not None and not restarted:
+        os.environ[_RESTARTED_ENV] = "1"
+        script = sys.argv[0]
+        start = ["-m", "qdgap"] if not script or script.endswith("__main__.py") else [script]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *start, *restart_args])
+    if late_torch:
+        raise QdgapError(
+            f"{numerics.REPRODUCIBLE_ENV}=1: torch was loaded before its settings could be applied; "
+            f"set {numerics.REPRODUCIBLE_ENV}=1 in the environment before Python starts"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -75,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        # QDGAP_REPRODUCIBLE=1 must reach the environment before torch loads; a real process may restart for it.
+        _RESTART_ARGS[0] = args if argv is None else None
+        _apply_numerics(restart_args=_RESTART_ARGS[0])
         rv = command.main(args=args, prog_name="qdgap", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except QdgapError as exc:

@@ -43,7 +43,8 @@ def test_version_prints_qdgap_commit_torch_build_and_cuda(run_cli):
     assert COMMIT.match(commit) or commit == buildinfo.UNKNOWN, commit
     assert lines[2] == f"torch {torch.__version__} ({TORCH_VARIANT})"
     assert lines[3] == f"cuda available: {'yes' if torch.cuda.is_available() else 'no'}"
-    assert len(lines) == 4
+    assert lines[4].startswith("cpu numerics: ") and torch.backends.cpu.get_cpu_capability() in lines[4]
+    assert len(lines) == 5
 
 
 def test_buildinfo_commit_from_the_checkout(fresh_cache):

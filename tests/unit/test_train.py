@@ -58,6 +58,10 @@ def test_train_is_deterministic_on_cpu(tmp_path, synthetic_traj):
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # Byte for byte too: no temporary file name, time or path inside the tensor files (model.ts's
+    # code order follows the hash seed, one per process; QDGAP_REPRODUCIBLE=1 fixes it across processes).
+    for name in (rf.BEST_PT, rf.CHECKPOINT_PT, rf.MODEL_TS):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     wc = (train_member(synthetic_traj, TINY, seed=4, run_dir=tmp_path / "c", device="cpu"), _weights(tmp_path / "c"))[1]
     assert not torch.equal(wa["fc.weight"], wc["fc.weight"])
 
@@ -115,6 +119,12 @@ def test_train_resume_after_interruption_gives_same_weights(tmp_path, synthetic_
     ma = rf.read_metrics_csv(tmp_path / "straight" / rf.METRICS_CSV)
     mb = rf.read_metrics_csv(tmp_path / "resumed" / rf.METRICS_CSV)
     assert [r["val_mae_mev"] for r in ma] == [r["val_mae_mev"] for r in mb]
+    # checkpoint.pt holds no wall times, so the resumed one is the straight one's bytes; the
+    # epochs before the interruption keep their times in metrics.csv, taken back from the old table.
+    assert (tmp_path / "straight" / rf.CHECKPOINT_PT).read_bytes() == (
+        tmp_path / "resumed" / rf.CHECKPOINT_PT
+    ).read_bytes()
+    assert all(r["seconds"] > 0 for r in mb)
 
 
 def test_tiny_model_beats_the_mean(tmp_path):

@@ -84,8 +84,11 @@ def torch_info() -> dict[str, object]:
 
 
 def build_provenance() -> dict[str, object]:
-    """The attrs every result file carries about the software: qdgap's commit and torch's build."""
-    return {"qdgap_commit": qdgap_commit(), **torch_info()}
+    """The attrs every result file carries about the software: qdgap's commit, torch's build, and
+    the CPU numerics in force (reproducible mode, ATen kernels, MKL path, threads; ``numerics.py``)."""
+    from qdgap.core.common.numerics import numerics_record
+
+    return {"qdgap_commit": qdgap_commit(), **torch_info(), **numerics_record()}
 
 
 def version_lines() -> list[str]:
@@ -98,7 +101,21 @@ def version_lines() -> list[str]:
         f"commit {qdgap_commit()}",
         f"torch {info['torch_version']} ({info['torch_variant']})",
         f"cuda available: {'yes' if info['cuda_available'] else 'no'}",
+        numerics_line(),
     ]
+
+
+def numerics_line() -> str:
+    """One line on the CPU numerics in force: the reproducible mode and its settings, or torch's defaults."""
+    from qdgap.core.common.numerics import numerics_record
+
+    num = numerics_record()
+    if num["reproducible"]:
+        return (
+            f"cpu numerics: reproducible ({num['cpu_capability']} kernels, MKL_CBWR={num['mkl_cbwr']}, "
+            f"{num['torch_threads']} thread(s) per member)"
+        )
+    return f"cpu numerics: torch defaults ({num['cpu_capability']} kernels; QDGAP_REPRODUCIBLE=1 for the reproducible mode)"
 
 
 def write_build_info(source: str | os.PathLike) -> dict[str, str]:

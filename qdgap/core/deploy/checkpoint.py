@@ -8,13 +8,15 @@ this module instead of on each other.
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from qdgap.core.common.errors import QdgapError
-from qdgap.core.common.files import atomic_output
+from qdgap.core.common.files import atomic_output, write_image
 
 
 def model_meta(record: dict[str, Any]) -> dict[str, Any]:
@@ -34,18 +36,51 @@ def model_meta(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def save_checkpoint(path: Path, **state: Any) -> None:
-    """Write ``checkpoint.pt`` (model, optimiser and schedule state) atomically."""
+def write_torch_file(path: Path, obj: Any) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically, the same bytes every time for the same tensors.
+
+    Saved to a file, torch names the zip's inner folder after that file, here the random name of
+    the atomic write's temporary file, so two writes of equal tensors differed in their sha256.
+    Saved to a buffer, the folder is always ``archive``; the buffer is then written atomically.
+    Strings are interned first (``_interned``), so the pickle's layout depends on the contents alone.
+    """
+    image = io.BytesIO()
+    torch.save(_interned(obj), image)
     with atomic_output(path, force=True) as tmp:
-        torch.save(state, tmp)
+        write_image(tmp, image)
+
+
+def _interned(obj: Any) -> Any:
+    """``obj`` with every string in its dicts, lists and tuples replaced by Python's interned copy.
+
+    Pickle writes an object it has seen once and refers back to it after, by identity: equal keys
+    that are one object in a straight run (literals, a state dict's names) but separate objects in a
+    resumed one (unpickled from the old checkpoint) would give different bytes for equal contents.
+    Container types, and a state dict's ``_metadata``, are kept.
+    """
+    if type(obj) is str:
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        out = type(obj)((_interned(k), _interned(v)) for k, v in obj.items())
+        metadata = getattr(obj, "_metadata", None)
+        if metadata is not None:
+            out._metadata = _interned(metadata)
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(_interned(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(path: Path, **state: Any) -> None:
+    """Write ``checkpoint.pt`` (model, optimiser and schedule state) atomically and byte-deterministically."""
+    write_torch_file(path, state)
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     """Write ``best.pt``: the output layer predicts eV by itself, so upstream ALIGNN's forward on it does too."""
     from qdgap.core.model.network import fold_target_stats
 
-    with atomic_output(path, force=True) as tmp:
-        torch.save(fold_target_stats(state), tmp)
+    write_torch_file(path, fold_target_stats(state))
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:

@@ -9,6 +9,7 @@ load and run (no qdgap, no alignn).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from qdgap.core.common.errors import QdgapError
-from qdgap.core.common.files import atomic_output, sha256_file
+from qdgap.core.common.files import atomic_output, sha256_file, write_image
 
 META_NAME = "qdgap.json"  # the extra file inside model.ts; the metadata_props key of model.onnx
 
@@ -35,13 +36,16 @@ class LoadedModel:
 def export_torchscript(model: torch.nn.Module, path: str | Path, *, meta: dict[str, Any]) -> str:
     """Script ``model`` and save it, with ``meta``, to ``path`` atomically; return the file's sha256.
 
-    The saved module needs only torch to load and run (no qdgap, no alignn).
+    The saved module needs only torch to load and run (no qdgap, no alignn). Saved to a buffer first,
+    as ``checkpoint.write_torch_file`` does, so the zip's inner folder is ``archive`` rather than the
+    temporary file's random name: the same model gives the same bytes and sha256.
     """
     scripted = torch.jit.script(model.cpu().eval())
+    image = io.BytesIO()
+    torch.jit.save(scripted, image, _extra_files={META_NAME: json.dumps(meta, sort_keys=True)})
     with atomic_output(path, force=True) as tmp:
-        torch.jit.save(scripted, str(tmp), _extra_files={META_NAME: json.dumps(meta, sort_keys=True)})
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    return digest
+        write_image(tmp, image)
+    return hashlib.sha256(image.getvalue()).hexdigest()
 
 
 def load_torchscript(path: str | Path, *, device: str | torch.device = "cpu", sha256: str | None = None) -> LoadedModel:

@@ -121,7 +121,7 @@ def import_alignn(
             weights that do not fit the configuration, or an existing output.
     """
     from qdgap.core.common.files import provenance, sha256_file
-    from qdgap.core.model.network import GapModel, fold_target_stats
+    from qdgap.core.model.network import GapModel
 
     checkpoint, config_json, run_dir = Path(checkpoint), Path(config_json), Path(run_dir)
     seed = _resolve_seed(run_dir, seed)
@@ -160,14 +160,14 @@ def import_alignn(
     }
 
     def write(folder: Path) -> str:
-        from qdgap.core.common.files import atomic_output
-        from qdgap.core.deploy.checkpoint import model_meta
+        from qdgap.core.deploy.checkpoint import model_meta, save_weights
         from qdgap.core.deploy.torchscript import export_torchscript
 
         rf.write_json(folder / rf.CONFIG_JSON, record)
         rf.write_json(folder / rf.SPLIT_JSON, {"train": [], "val": [], "test": []})  # no split known
-        with atomic_output(folder / rf.BEST_PT, force=True) as tmp:  # the weights, as train writes best.pt
-            torch.save(fold_target_stats({k: v.detach().cpu() for k, v in model.state_dict().items()}), tmp)
+        save_weights(
+            folder / rf.BEST_PT, {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        )  # as train writes it
         digest = export_torchscript(model, folder / rf.MODEL_TS, meta=model_meta(record))
         done = {
             "model_sha256": digest,

@@ -220,7 +220,7 @@ def _train(
                 float(ckpt["best_val_mae_mev"]),
                 int(ckpt["best_epoch"]),
             )
-            best_state, metrics = ckpt["best_state"], list(ckpt["metrics"])
+            best_state, metrics = ckpt["best_state"], _with_seconds(ckpt["metrics"], run_dir / rf.METRICS_CSV)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # tensors only, but not our layout
             raise QdgapError(
                 f"{ckpt_path}: not a checkpoint of this member ({type(exc).__name__}: {str(exc).splitlines()[0][:80]}); "
@@ -275,7 +275,8 @@ def _train(
             best_val_mae_mev=best_val,
             best_epoch=best_epoch,
             best_state=best_state,
-            metrics=metrics,
+            # Without the wall times, which metrics.csv keeps: equal weights give an equal checkpoint.pt.
+            metrics=[{k: v for k, v in row.items() if k != "seconds"} for row in metrics],
         )
         rf.write_metrics_csv(run_dir / rf.METRICS_CSV, metrics)
         if progress is not None:
@@ -362,6 +363,16 @@ def predict_frames(model: torch.nn.Module, graphs: PackedGraphs, frames: torch.T
     out = [model(*gather_frames(graphs, frames[i : i + batch])) for i in range(0, len(frames), batch)]
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, device=frames.device)
+
+
+def _with_seconds(rows: list[dict[str, float]], metrics_csv: Path) -> list[dict[str, float]]:
+    """A checkpoint's per-epoch metrics with each epoch's wall time (s) put back from ``metrics.csv``.
+
+    The checkpoint leaves the times out so that its bytes depend on the weights alone; an epoch
+    the table has no row for (the table lost) gets NaN. Checkpoints that still hold times keep them.
+    """
+    seconds = {int(row["epoch"]): row.get("seconds", math.nan) for row in rf.read_metrics_csv(metrics_csv)}
+    return [{**row, "seconds": row.get("seconds", seconds.get(int(row["epoch"]), math.nan))} for row in rows]
 
 
 def _param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from qdgap.core.common.errors import Interrupted, QdgapError
 from qdgap.core.common.logs import LOG_FORMAT
+from qdgap.core.common.numerics import reproducible_requested, reproducible_threads
 from qdgap.core.config import RunConfig
 from qdgap.core.store import runs as rf
 
@@ -68,7 +69,11 @@ def threads_per_job(jobs: int) -> int:
 
     More threads than free cores do not just waste time: on a loaded machine the threads of
     one small-graph member wait on each other and an epoch can take a hundred times longer.
+    Under ``QDGAP_REPRODUCIBLE=1`` it is the mode's fixed count instead (``QDGAP_THREADS``, default 1):
+    float sums depend on the thread count, and the results must not depend on the machine's cores.
     """
+    if reproducible_requested():
+        return reproducible_threads()
     threads = max(1, usable_cores() // jobs)
     try:
         cap = int(os.environ.get("OMP_NUM_THREADS", ""))
@@ -81,7 +86,9 @@ def default_jobs(n_members: int, device: str) -> int:
     """Parallel members: one per core on the CPU (small graphs scale poorly across threads), one on a GPU."""
     if device.startswith("cuda"):
         return 1
-    return max(1, min(n_members, usable_cores()))
+    # Under the reproducible mode each member runs its fixed thread count; no more members than fit the cores.
+    per_member = reproducible_threads() if reproducible_requested() else 1
+    return max(1, min(n_members, usable_cores() // per_member))
 
 
 # ==========================================================================

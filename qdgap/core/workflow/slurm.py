@@ -307,6 +307,10 @@ def _setup_lines(full: Sequence[Sequence[str]], members: Sequence[Member], cwd: 
     ]
     # Torch and BLAS use the cores Slurm gave the task, not the node's.
     lines.append("export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}")
+    from qdgap.core.common.numerics import REPRODUCIBLE_ENV, THREADS_ENV, reproducible_requested, reproducible_threads
+
+    if reproducible_requested():  # said in the script, not only inherited: some sites submit with --export=NONE
+        lines.append(f"export {REPRODUCIBLE_ENV}=1 {THREADS_ENV}={reproducible_threads()}")
     return lines
 
 
