@@ -76,6 +76,8 @@ def test_bench_fna_redraw_summary_on_fixed_inputs():
             "stated_top": {1: 1.0, 2: 0.9},
             "predicted_top": {1: 0.8, 2: 0.7},
             "predicted_rho": 0.6,
+            "predicted_top_members": {1: 0.9, 2: 0.8},
+            "predicted_rho_members": 0.7,
             "split_half_rho": 0.4,
             "split_half_full_rho": 0.8 / 1.4,
         },
@@ -83,6 +85,8 @@ def test_bench_fna_redraw_summary_on_fixed_inputs():
             "stated_top": {1: 0.6, 2: 0.7},
             "predicted_top": {1: 0.4, 2: 0.5},
             "predicted_rho": 0.4,
+            "predicted_top_members": {1: 0.5, 2: 0.6},
+            "predicted_rho_members": 0.5,
             "split_half_rho": 0.2,
             "split_half_full_rho": 0.4 / 1.2,
         },
@@ -101,7 +105,8 @@ def test_bench_fna_redraw_summary_on_fixed_inputs():
     text = bench.render([{**e, "file": f"e{i}", "members": 4, "frames": 9, "score": "rmse", "stand_out": []}
                          for i, e in enumerate(ensembles)],
                         [{**p, "pair": ["e0", "e1"]} for p in pairs], s, ks, "cmd")  # fmt: skip
-    assert "| top-2 overlap | 80 % | 60 % | | 50 % |" in text and "+30 points (overconfident)" in text
+    assert s["predicted_top_members"] == pytest.approx({1: 0.7, 2: 0.7}) and s["predicted_rho_members"] == 0.6
+    assert "| top-2 overlap | 80 % | 60 %; 70 % | | 50 % |" in text and "+30 points (overconfident)" in text
 
 
 def test_bench_fna_redraw_runs_on_three_ensembles(tmp_path):
