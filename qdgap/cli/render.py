@@ -184,6 +184,10 @@ def _print_fna_summary(output, csv_path, xyz, n_members, n_frames, n_atoms, mask
     median = float(np.median(r.mean_mev))
     against = "> 0" if stats.ranked_by == "rmse" else f"> the ensemble spread {r.null_mev:.1f} meV"
     out.print(
+        f"  a re-trained ensemble is expected to share {100 * r.redraw_overlap:.0f} % of this top {r.top_k} "
+        "(bootstrap replicate pairs; each atom's top-k % above compares a replicate with this ensemble only)"
+    )
+    out.print(
         f"  {n_out} of {n_atoms} atoms stand out (above the median atom, {median:+.1f} meV); "
         f"{int(np.count_nonzero(r.significant))} of {n_atoms} {against}"
     )

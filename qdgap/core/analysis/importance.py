@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qdgap.core.analysis.ranking import rank_interval, ranks_of
+from qdgap.core.analysis.ranking import rank_interval, ranks_of, replicate_agreement
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.common.metrics import MEV_PER_EV, weighted_mae_mev, weighted_rmse_mev
 
@@ -77,6 +77,9 @@ class ImportanceStats:
         stands_out: (N,) bool, ``excess_p_adjusted`` <= ``alpha``.
         rank: (N,) int64, 1 = most important by ``mean_mev``.
         rank_ci: (N, 2) int64, the central ``confidence`` range of the atom's rank over the replicates.
+        redraw_overlap: what to expect of a re-trained ensemble: the mean fraction of the top ``top_k`` that two
+            random replicates share (``ranking.replicate_agreement``). ``rank_stability`` compares each replicate
+            with this ensemble's own estimate, which carries the noise once; two ensembles each carry it.
         replicates_mev: (B, N) float64, meV, bootstrap replicates of ``mean_mev``, members and frames resampled.
         frame_replicates_mev: (B, N) float64, meV, the same with frames resampled only.
         unit_mev: (U, N) float64, meV, each distinct member's score (copies of a seed averaged).
@@ -105,6 +108,7 @@ class ImportanceStats:
     stands_out: np.ndarray
     rank: np.ndarray
     rank_ci: np.ndarray
+    redraw_overlap: float
     replicates_mev: np.ndarray
     frame_replicates_mev: np.ndarray
     unit_mev: np.ndarray
@@ -133,6 +137,7 @@ class ImportanceStats:
             f"{prefix}_block_source": self.block_source,
             f"{prefix}_bootstrap": self.n_boot,
             f"{prefix}_top_k": self.top_k,
+            f"{prefix}_redraw_top_k_overlap": self.redraw_overlap,
             f"{prefix}_alpha": self.alpha,
             f"{prefix}_confidence": self.confidence,
             f"{prefix}_correction": self.correction,
@@ -325,6 +330,7 @@ def importance_stats(
         stands_out=np.nan_to_num(p_out_adj, nan=1.0) <= alpha,
         rank=ranks_of(mean[None])[0],
         rank_ci=rank_interval(reps, confidence),
+        redraw_overlap=replicate_agreement(reps, ks=(k,), pairs=n_boot, seed=seed).overlap[k],
         replicates_mev=reps,
         frame_replicates_mev=frame_reps,
         unit_mev=unit_score,
