@@ -66,6 +66,8 @@ def test_make_reproduce_tiny_on_real_frames(tmp_path, seed_data):
     assert len(list((work / "runs").glob("run_*/DONE"))) == 2
     text = (work / "comparison.md").read_text()
     assert "Spearman's rho over the published 23" in text and "--mask seed" in text and "--mask full" in text
+    assert "## The study's FNA protocol" in text and "assumed: angles were never zeroed" in text
+    assert "Split-half reliability" in text and "stand out: above the median atom" in text and "rank interval" in text
     from qdgap.core.common import schema
     from qdgap.core.store.results import read_results
 
