@@ -306,10 +306,11 @@ def importance_stats(
     excess = _over_median(mean)
     excess_se = _std_err(_over_median(reps), _over_median(frame_reps), _over_median(unit_score))
     excess_ci = _normal_interval(excess, excess_se, confidence, floor=None)
-    # Student's t on U - 1 degrees of freedom: with 10-20 members the standard error is itself uncertain, and
-    # the normal tail let 4 of 20 synthetic ensembles without any planted atom (10 members) show one standing out
-    # after Holm (the test against 0 is left as it was).
-    df = units - 1 if units >= 2 else None
+    # Student's t: with few members the standard error is itself uncertain, and the normal tail let 4 of 20
+    # synthetic ensembles without any planted atom (10 members) show one standing out after Holm (the test
+    # against 0 is left as it was). Its degrees of freedom (Welch-Satterthwaite) weigh the members' share of the
+    # variance (U - 1) against the frames' (blocks - 1), so 3 members on 200 frames are not held to t(2).
+    df = _welch_df(_over_median(reps), _over_median(frame_reps), _over_median(unit_score), max(1, nf // block))
     p_out = _one_sided_p(excess, excess_se, df=df) if nf >= 2 or units >= 2 else np.full(n, np.nan)
     p_out_adj = adjust_p(p_out, correction)
     return ImportanceStats(
@@ -534,6 +535,32 @@ def _std_err(both: np.ndarray, frames: np.ndarray, units: np.ndarray) -> np.ndar
     return np.sqrt(np.maximum(2.0 * (v_members + v_frames) - v_both, floor))
 
 
+def _welch_df(both: np.ndarray, frames: np.ndarray, units: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Welch-Satterthwaite degrees of freedom of ``_std_err``'s variance, from its members' and frames' parts.
+
+    With the pigeonhole parts (``_std_err``): V_members = A + C, V_frames = F + C, V_both = A + F + 3 C, where A
+    is the members' own variance, F the frames' shared one and C the member x frame noise. The members' part
+    (A + C, all that the U member values carry) gets U - 1 degrees of freedom, the frames' shared part F gets
+    blocks - 1.
+
+    Args:
+        both, frames, units: as ``_std_err``.
+        n_blocks: independent blocks of frames.
+
+    Returns:
+        (K,) float64, at least 1; inf where the variance is 0.
+    """
+    u = units.shape[0]
+    v_members = units.var(axis=0) / u if u >= 2 else np.zeros(units.shape[1])
+    v_frames = frames.var(axis=0, ddof=1)
+    cross = np.maximum(both.var(axis=0, ddof=1) - v_members - v_frames, 0.0)
+    shared = np.maximum(v_frames - cross, 0.0)
+    denom = (v_members**2 / (u - 1) if u >= 2 else 0.0) + shared**2 / max(n_blocks - 1, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = (v_members + shared) ** 2 / denom
+    return np.where(denom > 0, np.maximum(df, 1.0), np.inf)
+
+
 def _over_median(x: np.ndarray) -> np.ndarray:
     """(..., N) -> (..., N): each value minus the median of its row over the N atoms."""
     return x - np.median(x, axis=-1, keepdims=True)
@@ -549,7 +576,7 @@ def _normal_interval(mean: np.ndarray, std_err: np.ndarray, confidence: float, *
     return ci if floor is None else np.maximum(ci, floor)
 
 
-def _one_sided_p(estimate: np.ndarray, std_err: np.ndarray, *, df: int | None = None) -> np.ndarray:
+def _one_sided_p(estimate: np.ndarray, std_err: np.ndarray, *, df: np.ndarray | float | None = None) -> np.ndarray:
     """P(score <= null) under a normal with the bootstrap's std (Student's t with ``df`` degrees of
     freedom when given); a zero std gives 0 or 1."""
     from scipy.stats import norm, t
