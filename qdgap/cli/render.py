@@ -216,18 +216,18 @@ def _print_fna_summary(output, csv_path, xyz, n_members, n_frames, n_atoms, mask
     if stats.ranked_by == "rmse":
         out.print(
             f"  unmasked ensemble RMSE {table['baseline_rmse_mev'][0]:.1f} meV; ranked by importance = masked minus "
-            f"unmasked RMSE per member (meV, {ci} interval); * = significant (importance > 0, {r.correction}, "
-            f"alpha {r.alpha:g})"
+            f"unmasked RMSE per member (meV, {ci} interval); * = stands out (importance above the median atom's, "
+            f"{r.correction}, alpha {r.alpha:g})"
         )
         value, lo, hi = "importance_mev", "importance_ci_lo_mev", "importance_ci_hi_mev"
-        sig, stab = "significant", "rank_stability"
+        out_col, p_col, stab, pre = "stands_out", "p_adjusted_vs_median", "rank_stability", ""
     else:
         out.print(
-            f"  no true gaps: ranked by shift = mean |masked - unmasked| (meV, {ci} interval); * = significant "
-            f"(shift > ensemble spread {r.null_mev:.1f} meV, {r.correction}, alpha {r.alpha:g})"
+            f"  no true gaps: ranked by shift = mean |masked - unmasked| (meV, {ci} interval); * = stands out "
+            f"(shift above the median atom's, {r.correction}, alpha {r.alpha:g})"
         )
         value, lo, hi = "mean_abs_shift_mev", "shift_ci_lo_mev", "shift_ci_hi_mev"
-        sig, stab = "shift_significant", "shift_rank_stability"
+        out_col, p_col, stab, pre = "shift_stands_out", "shift_p_adjusted_vs_median", "shift_rank_stability", "shift_"
     out.print(
         f"  bootstrap: {r.n_boot} replicates, blocks of {r.block_frames} frames (from the {r.block_source}'s "
         f"autocorrelation), {r.n_members} members, seed {r.seed}; most important atoms:"
@@ -236,11 +236,20 @@ def _print_fna_summary(output, csv_path, xyz, n_members, n_frames, n_atoms, mask
         extra = ""
         if stats.ranked_by == "rmse":
             extra = f"  RMSE {table['rmse_mev_mean'][i]:6.1f} ± {table['rmse_mev_std'][i]:.1f} meV"
+        rank_range = f"rank {table[pre + 'rank_lo'][i]:.0f}-{table[pre + 'rank_hi'][i]:.0f}"
         out.print(
-            f"  {table['rank'][i]:>3}. {table['atom_label'][i]:<6}{'*' if table[sig][i] else ' '} "
+            f"  {table['rank'][i]:>3}. {table['atom_label'][i]:<6}{'*' if table[out_col][i] else ' '} "
             f"{table[value][i]:+7.1f} [{table[lo][i]:+.1f}, {table[hi][i]:+.1f}] meV  "
-            f"p {table['p_adjusted' if stats.ranked_by == 'rmse' else 'shift_p_adjusted'][i]:.2g}  "
-            f"top-{r.top_k} in {100 * table[stab][i]:.0f} %{extra}"
+            f"p {table[p_col][i]:.2g}  {rank_range:<11} top-{r.top_k} in {100 * table[stab][i]:.0f} %{extra}"
         )
-    n_sig = int(np.count_nonzero(r.significant))
-    out.print(f"  {n_sig} of {n_atoms} atoms significant")
+    n_out = int(np.count_nonzero(r.stands_out))
+    median = float(np.median(r.mean_mev))
+    against = "> 0" if stats.ranked_by == "rmse" else f"> the ensemble spread {r.null_mev:.1f} meV"
+    out.print(
+        f"  a re-trained ensemble is expected to share {100 * r.redraw_overlap:.0f} % of this top {r.top_k} "
+        "(bootstrap replicate pairs; each atom's top-k % above compares a replicate with this ensemble only)"
+    )
+    out.print(
+        f"  {n_out} of {n_atoms} atoms stand out (above the median atom, {median:+.1f} meV); "
+        f"{int(np.count_nonzero(r.significant))} of {n_atoms} {against}"
+    )

@@ -97,9 +97,18 @@ def test_fna_writes_importance_statistics_groups_and_xyz(run_cli, tiny_runs, syn
     data, attrs = read_results(out, fmt=schema.FNA_FORMAT)
     n_frames = len(data[schema.FRAME_INDEX])
     assert data[schema.IMPORTANCE_MEV].shape == (2, 17) and data[schema.IMPORTANCE_CI_MEV].shape == (17, 2)
-    for name in (schema.P_VALUE, schema.P_ADJUSTED, schema.SIGNIFICANT, schema.RANK_STABILITY, schema.SHIFT_MEAN_MEV):
+    for name in (
+        schema.P_VALUE_VS_ZERO, schema.P_ADJUSTED_VS_ZERO, schema.NONZERO, schema.RANK_STABILITY, schema.SHIFT_MEAN_MEV,
+        schema.STANDOUT_MEV, schema.P_VALUE_VS_MEDIAN, schema.P_ADJUSTED_VS_MEDIAN, schema.STANDS_OUT,
+        schema.SHIFT_STANDS_OUT,
+    ):  # fmt: skip
         assert data[name].shape == (17,), name
-    assert data[schema.SIGNIFICANT].dtype == bool and len(data[schema.SITE_CLASS]) == 17
+    assert data[schema.NONZERO].dtype == bool and data[schema.STANDS_OUT].dtype == bool
+    assert len(data[schema.SITE_CLASS]) == 17
+    assert data[schema.RANK_CI].shape == data[schema.STANDOUT_CI_MEV].shape == (17, 2)
+    imp = data[schema.IMPORTANCE_MEAN_MEV]
+    np.testing.assert_allclose(data[schema.STANDOUT_MEV], imp - np.median(imp), atol=1e-9)
+    assert schema.LEGACY_SIGNIFICANT not in data and schema.LEGACY_P_VALUE not in data  # renamed, not duplicated
     # paired importance = the member's masked RMSE minus its own unmasked RMSE
     np.testing.assert_allclose(
         data[schema.IMPORTANCE_MEV], data[schema.RMSE_MEV] - data[schema.BASELINE_RMSE_MEV][:, None], atol=1e-9
@@ -116,7 +125,9 @@ def test_fna_writes_importance_statistics_groups_and_xyz(run_cli, tiny_runs, syn
         "mean_abs_shift_mev",
         "rank",
     ]
-    assert {"ranked_by", "importance_ci_lo_mev", "p_value", "significant", "rank_stability"} <= set(rows[0])
+    assert {"ranked_by", "importance_ci_lo_mev", "p_value_vs_zero", "nonzero", "rank_stability"} <= set(rows[0])
+    assert {"standout_mev", "p_adjusted_vs_median", "stands_out", "rank_lo", "rank_hi"} <= set(rows[0])
+    assert all(int(float(row["rank_lo"])) <= int(row["rank"]) <= int(float(row["rank_hi"])) for row in rows)
     values = [float(row["importance_mev"]) for row in rows]
     assert values == sorted(values, reverse=True) and rows[0]["ranked_by"] == "rmse"
     groups = list(csv.DictReader(open(tmp_path / "importance_groups.csv")))
@@ -127,7 +138,7 @@ def test_fna_writes_importance_statistics_groups_and_xyz(run_cli, tiny_runs, syn
     shift = np.abs(data[schema.MASKED_EV].astype(np.float64) - data[schema.BASELINE_EV][:, :, None]).mean(0) * 1000
     np.testing.assert_allclose(frames[1].arrays["importance"], shift[1], rtol=1e-5)
     assert frames[1].info["frame_index"] == data[schema.FRAME_INDEX][1]
-    assert "significant" in r.stdout and "[" in r.stdout and "ranked by importance" in r.stdout
+    assert "of 17 atoms stand out" in r.stdout and "[" in r.stdout and "ranked by importance" in r.stdout
     # the same seed gives the same numbers
     r2 = run_cli(*args[:-1], tmp_path / "again.h5", "--bootstrap", 300, "--top-k", 3, "--seed", 4)
     assert r2.exit_code == 0, r2.stderr

@@ -71,6 +71,8 @@ def test_make_reproduce_tiny_on_real_frames(tmp_path, seed_data):
     assert "Spearman's rho over the published 23" in text and "--mask seed" in text and "--mask full" in text
     assert "## Better than what?" in text and "linear interpolation in time" in text and "Verdict:" in text
     assert "distance to the nearest training label" in text and "| interpolation |" in text
+    assert "## The study's FNA protocol" in text and "assumed: angles were never zeroed" in text
+    assert "Split-half reliability" in text and "stand out: above the median atom" in text and "rank interval" in text
     from qdgap.core.common import schema
     from qdgap.core.store.results import read_results
 

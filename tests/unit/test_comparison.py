@@ -70,3 +70,52 @@ def test_accuracy_against_float64_reference():
     mean_err = pred[:, ok].astype(np.float32).astype(np.float64).mean(axis=0) - true[ok]
     assert acc.ensemble_rmse_mev == pytest.approx(np.sqrt((mean_err**2).mean()) * 1000, rel=1e-9)
     assert acc.ensemble_rmse_mev < acc.member_rmse_mev.min()  # averaging independent errors helps
+
+
+def _accuracy() -> cmp.Accuracy:
+    rng = np.random.default_rng(0)
+    true = 1.7 + rng.normal(0, 0.1, 50)
+    return cmp.accuracy(true, true[None] + rng.normal(0, 0.01, (4, 50)))
+
+
+def test_render_states_the_study_protocol_known_and_assumed():
+    text = cmp.render(
+        unseen=_accuracy(), own_test=(np.ones(4), np.ones(4)), rankings={}, finetune_rows=[], finetune_test=None,
+        setup={"FNA frames": "every 10th unseen frame", "graph": "the 12 nearest neighbours"},
+    )  # fmt: skip
+    assert "## The study's FNA protocol" in text
+    assert "bond vectors `r` to zero" in text and "assumed: angles were never zeroed" in text
+    assert "unknown: which frames the folder held is not published" in text
+    assert "| frames |" in text and "every 10th unseen frame |" in text and "the 12 nearest neighbours |" in text
+    assert "no unmasked baseline subtracted" in text
+
+
+def test_render_ranks_by_masked_rmse_and_marks_atoms_that_stand_out():
+    rng = np.random.default_rng(1)
+    n = len(LABELS)
+    masked_mean = _score_for(list(cmp.PUBLISHED_TOP23))  # the study's statistic orders the table
+    members = masked_mean + rng.normal(0, 0.5, size=(6, n))
+    importance = rng.uniform(1.0, 2.0, n)
+    importance[LABELS.index("Se5")] = 9.0  # ranks lower by masked RMSE, but is the one that stands out
+    stands_out = np.zeros(n, bool)
+    stands_out[LABELS.index("Se5")] = True
+    stats = {
+        "importance_mean_mev": importance,
+        "importance_ci_mev": np.stack([importance - 0.5, importance + 0.5], 1),
+        "nonzero": np.ones(n, bool),
+        "stands_out": stands_out,
+        "rank_ci": np.tile([1, 3], (n, 1)),
+    }
+    comparison = cmp.compare_ranking(LABELS, masked_mean, member_scores=members)
+    text = cmp.render(
+        unseen=_accuracy(), own_test=(np.ones(4), np.ones(4)),
+        rankings={"seed": (comparison, masked_mean, LABELS, stats)}, finetune_rows=[], finetune_test=None, setup={},
+    )  # fmt: skip
+    rows = [line for line in text.splitlines() if line.startswith("| 3 | Se5 |")]
+    assert len(rows) == 1 and rows[0].split(" | ")[3] == "Se5"  # qdgap's third atom by masked RMSE is Se5
+    assert "+9.0 (+8.5 to +9.5) * | 1-3 |" in rows[0]
+    assert sum(" * |" in line for line in text.splitlines()) == 1
+    assert "(1 do: Se5)" in text and f"({n} of {n})" in text
+    h = comparison.split_half
+    assert h is not None and h.members == 3 and 0.5 < h.rho < h.full_rho < 1.0  # 44 tied atoms ranked by noise
+    assert f"Spearman's rho {comparison.split_half.rho:.2f} between the masked-RMSE rankings" in text

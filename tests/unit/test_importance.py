@@ -11,14 +11,13 @@ import pytest
 
 from qdgap.core.analysis.importance import (
     adjust_p,
-    atom_groups,
     block_length,
     block_weights,
     frame_shift_mev,
     group_stats,
     importance_stats,
-    site_classes,
 )
+from qdgap.core.analysis.sites import atom_groups, site_classes
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.common.metrics import rmse_mev, weighted_mae_mev, weighted_rmse_mev
 
@@ -113,6 +112,74 @@ def test_importance_shift_planted_atoms_beat_the_ensemble_spread():
     # no atom moved beyond the spread: none significant
     quiet = baseline[:, :, None] + 0.2 * spread / 1000 * rng.choice([-1.0, 1.0], size=(m, f, n))
     assert not importance_stats(quiet, baseline, None, score="shift", n_boot=N_BOOT).significant.any()
+
+
+def positive_fna(
+    *, members: int = 20, frames: int = 90, atoms: int = 67, planted: dict[int, float] | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(masked (M, F, N), baseline (M, F), true (F,)) in eV, where nullifying any atom makes every member worse.
+
+    A masked prediction is the member's unmasked one plus further noise: half the member's own error for an
+    ordinary atom (importance about 0.12 x the member's RMSE, all positive), ``planted[atom]`` times it for a
+    planted one. Every atom passes the test against 0; only the planted ones matter more than the rest.
+    """
+    rng = np.random.default_rng(seed)
+    true = 1.7 + 0.05 * _ar1(rng, (frames,), 0.9)
+    quality = rng.uniform(0.01, 0.05, members)
+    baseline = true + quality[:, None] * _ar1(rng, (members, frames), 0.7)
+    scale = np.full(atoms, 0.5)
+    for atom, factor in (planted or {}).items():
+        scale[atom] = factor
+    extra = _ar1(rng, (members, atoms, frames), 0.7).transpose(0, 2, 1)
+    masked = baseline[:, :, None] + quality[:, None, None] * scale * extra
+    return masked.astype(np.float32), baseline.astype(np.float32), true.astype(np.float32)
+
+
+STANDOUT_PLANTED = {3: 1.5, 40: 1.3}  # ranks 1 and 2
+STANDOUT_SETS = 20  # seeded replicate data sets
+STANDOUT_BOOT = 200
+
+
+def test_importance_planted_atoms_stand_out_from_all_positive_importances():
+    planted = sorted(STANDOUT_PLANTED)
+    others = np.setdiff1d(np.arange(67), planted)
+    both_out, others_out, nonzero, rank_hit = [], [], [], []
+    for seed in range(STANDOUT_SETS):
+        masked, baseline, true = positive_fna(planted=STANDOUT_PLANTED, seed=seed)
+        s = importance_stats(masked, baseline, true, n_boot=STANDOUT_BOOT, seed=seed)
+        both_out.append(s.stands_out[planted].all())
+        others_out.append(s.stands_out[others].mean())
+        nonzero.append(s.significant.mean())
+        # rank intervals contain the planted ranks (3 first, 40 second by construction)
+        rank_hit.append(s.rank_ci[3, 0] <= 1 <= s.rank_ci[3, 1] and s.rank_ci[40, 0] <= 2 <= s.rank_ci[40, 1])
+        np.testing.assert_allclose(s.excess_mev, s.mean_mev - np.median(s.mean_mev), rtol=1e-12)
+        assert np.all(s.excess_p_adjusted >= s.excess_p_value)
+        assert np.all(s.rank_ci[:, 0] <= s.rank) and np.all(s.rank <= s.rank_ci[:, 1])
+    assert np.mean(both_out) >= 0.95, both_out
+    assert np.mean(others_out) <= 0.05, others_out
+    assert np.all(rank_hit), rank_hit
+    # the test against 0 cannot tell them apart: most atoms pass it
+    assert np.mean(nonzero) > 0.5, nonzero
+
+
+def test_importance_no_atom_stands_out_without_a_planted_one():
+    """All importances positive and equal in expectation: the family-wise error stays at alpha (5 %)."""
+    any_out = []
+    for seed in range(STANDOUT_SETS):
+        masked, baseline, true = positive_fna(seed=100 + seed)
+        s = importance_stats(masked, baseline, true, n_boot=STANDOUT_BOOT, seed=seed)
+        any_out.append(bool(s.stands_out.any()))
+        assert s.mean_mev.min() > -5.0 and np.median(s.mean_mev) > 0  # importances positive, as on real data
+    assert np.mean(any_out) <= 0.05, any_out
+
+
+def test_rank_interval_of_fixed_replicates():
+    from qdgap.core.analysis.ranking import rank_interval, ranks_of
+
+    reps = np.array([[3.0, 2.0, 1.0], [2.0, 3.0, 1.0], [3.0, 1.0, 2.0], [3.0, 2.0, 1.0]])
+    np.testing.assert_array_equal(ranks_of(reps), [[1, 2, 3], [2, 1, 3], [1, 3, 2], [1, 2, 3]])
+    np.testing.assert_array_equal(rank_interval(reps, 0.95), [[1, 2], [1, 3], [2, 3]])
+    np.testing.assert_array_equal(rank_interval(reps, 0.0), [[1, 1], [2, 2], [3, 3]])
 
 
 def test_importance_two_identical_ensembles_give_the_interval_of_one():
@@ -242,3 +309,21 @@ def test_frame_shift_is_the_ensemble_mean_absolute_shift():
     out = frame_shift_mev(masked, baseline)
     assert out.shape == (7, 4)
     np.testing.assert_allclose(out, np.abs(masked - baseline[:, :, None]).mean(0) * 1000, rtol=1e-6)
+
+
+def test_split_half_reliability_on_fixed_members():
+    from qdgap.core.analysis.ranking import split_half_reliability
+
+    a = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    b = np.array([4.0, 5.0, 3.0, 1.0, 2.0])  # rho(a, b) = 1 - 6 * 4 / (5 * 24) = 0.8
+    two = split_half_reliability(np.stack([a, b]), splits=10)
+    assert two.members == 1 and two.rho == pytest.approx(0.8) and two.full_rho == pytest.approx(1.6 / 1.8)
+    np.testing.assert_allclose(two.rho_splits, 0.8)
+    # odd M: each split leaves one member out; identical members agree perfectly
+    same = split_half_reliability(np.stack([a, a, a]), splits=5)
+    assert same.members == 1 and same.rho == pytest.approx(1.0) and same.full_rho == pytest.approx(1.0)
+    # four members, two copies each of a and b: a split pairs (a, a | b, b) or mixes them (a, b | a, b)
+    four = split_half_reliability(np.stack([a, a, b, b]), splits=300, seed=2)
+    assert set(np.round(four.rho_splits, 6)) == {0.8, 1.0}
+    with pytest.raises(QdgapError, match="at least 2 members"):
+        split_half_reliability(a[None])

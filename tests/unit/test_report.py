@@ -386,7 +386,8 @@ def test_report_shows_importance_intervals_over_time_and_groups(full_workdir):
     text = full_workdir.report_html.read_text()
     for name in ("importance_over_time.png", "importance_groups.png", "atom_importance.png"):
         assert (full_workdir.figures / name).is_file(), name
-    assert "Significant atoms (FNA)" in text and "95 % interval" in text and "Holm" in text
+    assert "Atoms that stand out (FNA)" in text and "95 % interval" in text and "Holm" in text
+    assert "rank interval" in text and "stands out" in text
     for group in fna[schema.GROUP_LABEL]:
         assert f"<td>{group}</td>" in text
 
@@ -410,6 +411,33 @@ def test_report_computes_statistics_for_an_fna_file_that_predates_them(tmp_path)
     assert (wd.figures / "importance_groups.png").is_file() and (wd.figures / "importance_over_time.png").is_file()
     top = np.asarray(data[schema.ATOM_LABEL])[np.argsort(-data[schema.IMPORTANCE_MEAN_MEV], kind="stable")[:5]]
     assert ", ".join(top) in text
+
+
+def test_report_reads_an_fna_file_from_before_the_stand_out_test(tmp_path):
+    """Datasets under their old names (p_value, significant) and no stand-out test: computed for the report."""
+    from qdgap.core.store.results import read_results, write_results
+
+    wd = make_workdir(tmp_path / "w", finetune=False)
+    data, attrs = read_results(wd.fna, fmt=schema.FNA_FORMAT)
+    renamed = {
+        schema.P_VALUE_VS_ZERO: schema.LEGACY_P_VALUE,
+        schema.P_ADJUSTED_VS_ZERO: schema.LEGACY_P_ADJUSTED,
+        schema.NONZERO: schema.LEGACY_SIGNIFICANT,
+    }
+    new = {
+        schema.STANDOUT_MEV, schema.STANDOUT_CI_MEV, schema.P_VALUE_VS_MEDIAN, schema.P_ADJUSTED_VS_MEDIAN,
+        schema.STANDS_OUT, schema.RANK_CI, schema.SHIFT_STANDOUT_MEV, schema.SHIFT_STANDOUT_CI_MEV,
+        schema.SHIFT_P_VALUE_VS_MEDIAN, schema.SHIFT_P_ADJUSTED_VS_MEDIAN, schema.SHIFT_STANDS_OUT, schema.SHIFT_RANK_CI,
+    }  # fmt: skip
+    old = {
+        renamed.get(k, k): (list(v) if k in (schema.ATOM_LABEL, schema.GROUP_LABEL, schema.SITE_CLASS) else v)
+        for k, v in data.items()
+        if k not in new
+    }
+    write_results(wd.fna, old, fmt=schema.FNA_FORMAT, version=schema.FNA_VERSION, attrs=attrs)
+    text = write_report(wd.root, dpi=TEST_DPI).read_text()
+    assert "predates the stand-out test" in text and "Atoms that stand out (FNA)" in text
+    assert (wd.figures / "atom_importance.png").is_file()
 
 
 # ==========================================================================

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qdgap.core.analysis.ranking import SplitHalf, split_half_reliability
 from qdgap.core.common import metrics, schema
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.store import runs as rf
@@ -40,6 +41,41 @@ PUBLISHED_BINS_MEV: dict[str, tuple[float, float]] = {
     **dict.fromkeys(("Se3", "Cl13", "Se7", "Se11", "Se8", "Se6", "Cl5"), (15.0, 20.0)),
 }
 TOP_KS = (4, 8, 15)
+# How the study ran its FNA, as read from its repository's history (issue 28): what it did, whether that is
+# known from its code or assumed, and what qdgap does for the comparison on this page.
+STUDY_PROTOCOL: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "what is nullified",
+        "`predict_atom_imp.py` zeroes the atom's node features and sets its bond vectors `r` to zero, so its "
+        "bonds carry the basis expansion of 0 Å",
+        "known (its code)",
+        "`--mask seed` does the same",
+    ),
+    (
+        "bond angles",
+        "its angle zeroing needs `edge_ids` on the line graph, which upstream's graph builder does not set",
+        "assumed: angles were never zeroed",
+        "`--mask seed` leaves them; `--mask full` zeroes every angle on the atom's bonds",
+    ),
+    (
+        "frames",
+        "every POSCAR of one common folder, the same folder for all 20 models",
+        "unknown: which frames the folder held is not published",
+        "{frames}",
+    ),
+    (
+        "statistic ranked",
+        "the mean over models of each model's masked RMSE (meV); no unmasked baseline subtracted",
+        "known (its code)",
+        "the same (`rmse_mev_mean`) orders the tables below; the paired importance is shown beside it",
+    ),
+    (
+        "graphs",
+        "`Graph.atom_dgl_multigraph(atoms, cutoff=5.0, max_neighbors=12)` with upstream's defaults",
+        "known (its code)",
+        "{graph}",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +87,7 @@ class RankingComparison:
     rho: float  # Spearman's rho over the published 23: published rank vs qdgap's score
     rho_ci: tuple[float, float]  # 95 % bootstrap interval of rho over members (NaN without members)
     rank_of_published: list[int]  # qdgap's rank (1-based) of each published top-23 atom
+    split_half: SplitHalf | None = None  # reliability of qdgap's ranking over member halves (with members)
 
 
 def compare_ranking(
@@ -77,14 +114,16 @@ def compare_ranking(
     published_score = -np.arange(1, len(PUBLISHED_TOP23) + 1, dtype=np.float64)  # rank 1 scores highest
     rho = metrics.spearman_rho(published_score, score[idx])
     ci = (math.nan, math.nan)
+    halves = None
     if member_scores is not None and len(member_scores) > 1:
+        halves = split_half_reliability(member_scores, seed=seed)
         rng = np.random.default_rng(seed)
         ms = np.asarray(member_scores, dtype=np.float64)
         draws = rng.integers(0, len(ms), size=(1000, len(ms)))
         rhos = [metrics.spearman_rho(published_score, ms[d].mean(axis=0)[idx]) for d in draws]
         lo, hi = np.nanpercentile(rhos, [2.5, 97.5])
         ci = (float(lo), float(hi))
-    return RankingComparison(order, overlap, rho, ci, [rank[a] for a in PUBLISHED_TOP23])
+    return RankingComparison(order, overlap, rho, ci, [rank[a] for a in PUBLISHED_TOP23], halves)
 
 
 @dataclass(frozen=True)
@@ -142,7 +181,8 @@ def render(
         own_test: (M,) RMSE and (M,) MAE of each member on its own test split, meV.
         rankings: mode -> (comparison, (N,) masked RMSE averaged over members in meV, (N,) labels, and the
             paired importance statistics when the file has them: ``importance_mean_mev`` (N,),
-            ``importance_ci_mev`` (N, 2), ``significant`` (N,)).
+            ``importance_ci_mev`` (N, 2), ``nonzero`` (N,) bool, and from files written since issue 28
+            ``stands_out`` (N,) bool and ``rank_ci`` (N, 2)).
         finetune_rows: rows of ``finetune_report.csv``.
         finetune_test: the fine-tuned members' own test-split RMSE and MAE, meV, if any.
         setup: preset, members, graph and what else describes the run.
@@ -173,9 +213,17 @@ def render(
     ]
     if baselines is not None:
         out += _baselines_section(baselines)
+    out += ["", "## The study's FNA protocol", ""]
+    out += ["| | the study | known or assumed | qdgap on this page |", "|---|---|---|---|"]
+    fill = {
+        "frames": str(setup.get("FNA frames", "see above")),
+        "graph": str(setup.get("graph", "the preset's graph (see above)")),
+    }
+    out += [f"| {a} | {b} | {c} | {d.format(**fill)} |" for a, b, c, d in STUDY_PROTOCOL]
     for mode, (cmp_, masked_mean, labels, stats) in rankings.items():
         lab = list(labels)
         has_stats = bool(stats)
+        has_out = has_stats and "stands_out" in stats
         out += ["", f"## Atom ranking, FNA `--mask {mode}`", ""]
         out += [
             "| | " + " | ".join(f"top {k}" for k in TOP_KS) + " | Spearman's rho over the published 23 |",
@@ -191,9 +239,19 @@ def render(
             + " |",
             "",
             "| rank | published | its bin, meV | qdgap | qdgap masked RMSE, meV | qdgap rank of the published atom |"
-            + (" its paired importance, meV (95 % CI) |" if has_stats else ""),
-            "|---|---|---|---|---|---|" + ("---|" if has_stats else ""),
+            + (" its paired importance, meV (95 % CI) |" if has_stats else "")
+            + (" its rank interval |" if has_out else ""),
+            "|---|---|---|---|---|---|" + ("---|" if has_stats else "") + ("---|" if has_out else ""),
         ]
+        if cmp_.split_half is not None:
+            h = cmp_.split_half
+            out[-2:-2] = [
+                f"Split-half reliability of qdgap's ranking (the ceiling for any agreement with the published one): "
+                f"Spearman's rho {h.rho:.2f} between the masked-RMSE rankings of two random halves of the members "
+                f"({h.members} each, mean over {len(h.rho_splits)} splits); {h.full_rho:.2f} predicted for two whole "
+                "ensembles of this size (Spearman-Brown).",
+                "",
+            ]
         for r, atom in enumerate(PUBLISHED_TOP23):
             ours = cmp_.order[r]
             lo_hi = PUBLISHED_BINS_MEV.get(atom)
@@ -205,17 +263,29 @@ def render(
             if has_stats:
                 i = lab.index(atom)
                 lo, hi = stats["importance_ci_mev"][i]
-                star = " *" if stats["significant"][i] else ""
+                flag = stats["stands_out"][i] if has_out else stats["nonzero"][i]
+                star = " *" if flag else ""
                 row += f" {stats['importance_mean_mev'][i]:+.1f} ({lo:+.1f} to {hi:+.1f}){star} |"
+            if has_out:
+                row += f" {int(stats['rank_ci'][i][0])}-{int(stats['rank_ci'][i][1])} |"
             out.append(row)
         if has_stats:
-            n_sig = int(np.sum(stats["significant"]))
-            out += [
-                "",
-                f"Paired importance: each member's masked RMSE minus its own unmasked RMSE on the same frames, "
-                f"averaged over members; 95 % intervals from a block bootstrap over frames and members; `*` marks "
-                f"atoms significant after correcting for testing all {len(lab)} ({n_sig} are).",
-            ]
+            n_nonzero = int(np.sum(stats["nonzero"]))
+            text = (
+                "Paired importance: each member's masked RMSE minus its own unmasked RMSE on the same frames, "
+                "averaged over members; 95 % intervals from a block bootstrap over frames and members; "
+            )
+            if has_out:
+                n_out = int(np.sum(stats["stands_out"]))
+                text += (
+                    f"`*` marks atoms that stand out: above the median atom after correcting for testing all "
+                    f"{len(lab)} ({n_out} do: {', '.join(_standing_out(lab, stats))}). Every atom's importance "
+                    f"above 0 is a weaker claim ({n_nonzero} of {len(lab)}). Rank interval: 2.5-97.5 % of the "
+                    "atom's rank by paired importance over the bootstrap replicates."
+                )
+            else:
+                text += f"`*` marks atoms whose importance is above 0 after correcting for testing all {len(lab)} ({n_nonzero} are)."
+            out += ["", text]
     out += ["", "## Transfer learning to 10-15 ps", ""]
     out += ["Published: 500 labelled frames, about 50 epochs with early stopping; no accuracy published.", ""]
     if finetune_rows:
@@ -268,6 +338,28 @@ def _baselines_section(report) -> list[str]:
     return out
 
 
+def _standing_out(labels: Sequence[str], stats: dict[str, np.ndarray]) -> list[str]:
+    """The atoms that stand out, most important (paired importance) first."""
+    idx = np.flatnonzero(np.asarray(stats["stands_out"], bool))
+    return [labels[i] for i in idx[np.argsort(-np.asarray(stats["importance_mean_mev"])[idx], kind="stable")]]
+
+
+def _fna_stats(fna: dict) -> dict[str, np.ndarray]:
+    """``render``'s statistics from an fna.h5's datasets; the test against 0 under its old name too; {} without."""
+    nonzero = fna.get(schema.NONZERO, fna.get(schema.LEGACY_SIGNIFICANT))
+    if schema.IMPORTANCE_MEAN_MEV not in fna or schema.IMPORTANCE_CI_MEV not in fna or nonzero is None:
+        return {}
+    stats = {
+        "importance_mean_mev": np.asarray(fna[schema.IMPORTANCE_MEAN_MEV], np.float64),
+        "importance_ci_mev": np.asarray(fna[schema.IMPORTANCE_CI_MEV], np.float64),
+        "nonzero": np.asarray(nonzero, bool),
+    }
+    if schema.STANDS_OUT in fna and schema.RANK_CI in fna:
+        stats["stands_out"] = np.asarray(fna[schema.STANDS_OUT], bool)
+        stats["rank_ci"] = np.asarray(fna[schema.RANK_CI], np.int64)
+    return stats
+
+
 def write_comparison(workdir: Path, *, output: Path, setup: dict[str, object], data: Path | None = None) -> str:
     """Read a reproduce work folder's results and write ``comparison.md`` atomically; returns the markdown."""
     from qdgap.core.common.files import write_text_atomic
@@ -277,6 +369,8 @@ def write_comparison(workdir: Path, *, output: Path, setup: dict[str, object], d
     wd = Workdir(Path(workdir))
     pred, _ = read_results(wd.predictions, fmt=schema.PREDICTIONS_FORMAT)
     members = rf.load_members(wd.runs)
+    if members:
+        setup = {**setup, "graph": setup.get("graph", members[0].config.graph.describe())}
     pooled = np.concatenate([np.asarray(m.split[k], dtype=np.int64) for m in members for k in ("train", "val", "test")])
     frame_index = np.asarray(pred[schema.FRAME_INDEX])
     unseen_cols = ~np.isin(frame_index, pooled)
@@ -291,13 +385,7 @@ def write_comparison(workdir: Path, *, output: Path, setup: dict[str, object], d
         labels = [a.decode() if isinstance(a, bytes) else str(a) for a in fna[schema.ATOM_LABEL]]
         per_member = np.asarray(fna[schema.RMSE_MEV], dtype=np.float64)  # (M, N)
         mean = np.asarray(fna[schema.RMSE_MEV_MEAN], dtype=np.float64)
-        stats = {
-            k: np.asarray(fna[k])
-            for k in (schema.IMPORTANCE_MEAN_MEV, schema.IMPORTANCE_CI_MEV, schema.SIGNIFICANT)
-            if k in fna
-        }
-        stats = stats if len(stats) == 3 else {}
-        rankings[mode] = (compare_ranking(labels, mean, member_scores=per_member), mean, labels, stats)
+        rankings[mode] = (compare_ranking(labels, mean, member_scores=per_member), mean, labels, _fna_stats(fna))
     rows: list[dict[str, str]] = []
     if wd.finetune_csv.exists():
         import csv

@@ -23,12 +23,11 @@ from qdgap.core.analysis.importance import (
     SCORES,
     GroupStats,
     ImportanceStats,
-    atom_groups,
     frame_shift_mev,
     group_stats,
     importance_stats,
-    site_classes,
 )
+from qdgap.core.analysis.sites import atom_groups, site_classes
 from qdgap.core.common import schema
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.common.files import atomic_output
@@ -294,7 +293,7 @@ class FnaStatistics:
         ranked_by: ``rmse`` or ``shift``, the score that orders the table, the groups and the report.
         rmse: the paired RMSE importance; None when no chosen frame has a true gap.
         shift: the mean absolute shift, which needs no labels.
-        site_class: N site names (``importance.site_classes``); None without positions.
+        site_class: N site names (``sites.site_classes``); None without positions.
         groups: species and site-class groups of the ranking score.
     """
 
@@ -355,8 +354,11 @@ def importance_table(result: FnaResult, stats: FnaStatistics | None = None) -> d
     how far the prediction moves at all (empty RMSE cells without labels). Then
     the statistics: ``ranked_by`` (the score that orders the rows),
     ``importance_mev`` (paired per member, then averaged) with its interval,
-    ``p_value``, ``p_adjusted``, ``significant``, ``rank_stability``, the same
-    for the shift, and the atom's ``site_class``.
+    the test against 0 (``p_value_vs_zero``, ``p_adjusted_vs_zero``, ``nonzero``),
+    the excess over the median atom (``standout_mev`` with its interval,
+    ``p_value_vs_median``, ``p_adjusted_vs_median``, ``stands_out``), the rank
+    interval (``rank_lo``, ``rank_hi``) and ``rank_stability``, the same for the
+    shift, and the atom's ``site_class``.
     """
     stats = stats or fna_statistics(result)
     n = len(result.atom_label)
@@ -385,15 +387,28 @@ def importance_table(result: FnaResult, stats: FnaStatistics | None = None) -> d
         "importance_mev": col(r.mean_mev if r else nan),
         "importance_ci_lo_mev": col(r.ci_mev[:, 0] if r else nan),
         "importance_ci_hi_mev": col(r.ci_mev[:, 1] if r else nan),
-        "p_value": col(r.p_value if r else nan),
-        "p_adjusted": col(r.p_adjusted if r else nan),
-        "significant": col(r.significant if r else np.zeros(n, bool)),
+        "p_value_vs_zero": col(r.p_value if r else nan),
+        "p_adjusted_vs_zero": col(r.p_adjusted if r else nan),
+        "nonzero": col(r.significant if r else np.zeros(n, bool)),
+        "standout_mev": col(r.excess_mev if r else nan),
+        "standout_ci_lo_mev": col(r.excess_ci_mev[:, 0] if r else nan),
+        "standout_ci_hi_mev": col(r.excess_ci_mev[:, 1] if r else nan),
+        "p_value_vs_median": col(r.excess_p_value if r else nan),
+        "p_adjusted_vs_median": col(r.excess_p_adjusted if r else nan),
+        "stands_out": col(r.stands_out if r else np.zeros(n, bool)),
+        "rank_lo": col(r.rank_ci[:, 0] if r else nan),
+        "rank_hi": col(r.rank_ci[:, 1] if r else nan),
         "rank_stability": col(r.rank_stability if r else nan),
         "shift_ci_lo_mev": col(sh.ci_mev[:, 0]),
         "shift_ci_hi_mev": col(sh.ci_mev[:, 1]),
         "shift_p_value": col(sh.p_value),
         "shift_p_adjusted": col(sh.p_adjusted),
         "shift_significant": col(sh.significant),
+        "shift_standout_mev": col(sh.excess_mev),
+        "shift_p_adjusted_vs_median": col(sh.excess_p_adjusted),
+        "shift_stands_out": col(sh.stands_out),
+        "shift_rank_lo": col(sh.rank_ci[:, 0]),
+        "shift_rank_hi": col(sh.rank_ci[:, 1]),
         "shift_rank_stability": col(sh.rank_stability),
         "site_class": col(stats.site_class if stats.site_class is not None else [""] * n),
     }
@@ -433,10 +448,16 @@ def statistics_datasets(result: FnaResult, stats: FnaStatistics) -> tuple[dict[s
         schema.IMPORTANCE_MEV: r.per_member_mev if r else nan(m, n),
         schema.IMPORTANCE_MEAN_MEV: r.mean_mev if r else nan(n),
         schema.IMPORTANCE_CI_MEV: r.ci_mev if r else nan(n, 2),
-        schema.P_VALUE: r.p_value if r else nan(n),
-        schema.P_ADJUSTED: r.p_adjusted if r else nan(n),
-        schema.SIGNIFICANT: r.significant if r else np.zeros(n, bool),
+        schema.P_VALUE_VS_ZERO: r.p_value if r else nan(n),
+        schema.P_ADJUSTED_VS_ZERO: r.p_adjusted if r else nan(n),
+        schema.NONZERO: r.significant if r else np.zeros(n, bool),
         schema.RANK_STABILITY: r.rank_stability if r else nan(n),
+        schema.STANDOUT_MEV: r.excess_mev if r else nan(n),
+        schema.STANDOUT_CI_MEV: r.excess_ci_mev if r else nan(n, 2),
+        schema.P_VALUE_VS_MEDIAN: r.excess_p_value if r else nan(n),
+        schema.P_ADJUSTED_VS_MEDIAN: r.excess_p_adjusted if r else nan(n),
+        schema.STANDS_OUT: r.stands_out if r else np.zeros(n, bool),
+        schema.RANK_CI: r.rank_ci if r else np.zeros((n, 2), np.int64),
         schema.SHIFT_MEV: sh.per_member_mev,
         schema.SHIFT_MEAN_MEV: sh.mean_mev,
         schema.SHIFT_CI_MEV: sh.ci_mev,
@@ -444,6 +465,12 @@ def statistics_datasets(result: FnaResult, stats: FnaStatistics) -> tuple[dict[s
         schema.SHIFT_P_ADJUSTED: sh.p_adjusted,
         schema.SHIFT_SIGNIFICANT: sh.significant,
         schema.SHIFT_RANK_STABILITY: sh.rank_stability,
+        schema.SHIFT_STANDOUT_MEV: sh.excess_mev,
+        schema.SHIFT_STANDOUT_CI_MEV: sh.excess_ci_mev,
+        schema.SHIFT_P_VALUE_VS_MEDIAN: sh.excess_p_value,
+        schema.SHIFT_P_ADJUSTED_VS_MEDIAN: sh.excess_p_adjusted,
+        schema.SHIFT_STANDS_OUT: sh.stands_out,
+        schema.SHIFT_RANK_CI: sh.rank_ci,
         schema.GROUP_LABEL: list(g.label),
         schema.GROUP_NUM_ATOMS: g.n_atoms,
         schema.GROUP_MEAN_MEV: g.mean_mev,

@@ -86,10 +86,23 @@ IMPORTANCE_MEV: Final[str] = (
 )
 IMPORTANCE_MEAN_MEV: Final[str] = "importance_mean_mev"  # (N,) float64, meV | mean over members
 IMPORTANCE_CI_MEV: Final[str] = "importance_ci_mev"  # (N, 2) float64, meV | bootstrap percentile interval (lo, hi)
-P_VALUE: Final[str] = "p_value"  # (N,) float64 | one-sided, importance > 0, before correction
-P_ADJUSTED: Final[str] = "p_adjusted"  # (N,) float64 | after the correction (attr importance_correction)
-SIGNIFICANT: Final[str] = "significant"  # (N,) bool | p_adjusted <= importance_alpha
+P_VALUE_VS_ZERO: Final[str] = "p_value_vs_zero"  # (N,) float64 | one-sided, importance > 0, before correction
+P_ADJUSTED_VS_ZERO: Final[str] = (
+    "p_adjusted_vs_zero"  # (N,) float64 | after the correction (attr importance_correction)
+)
+NONZERO: Final[str] = "nonzero"  # (N,) bool | p_adjusted_vs_zero <= importance_alpha: nullifying it hurts at all
 RANK_STABILITY: Final[str] = "rank_stability"  # (N,) float64 | fraction of replicates in the top importance_top_k
+# Standing out: importance minus the median importance over the N atoms, within each bootstrap replicate.
+STANDOUT_MEV: Final[str] = "standout_mev"  # (N,) float64, meV | importance_mean_mev - its median over atoms
+STANDOUT_CI_MEV: Final[str] = "standout_ci_mev"  # (N, 2) float64, meV | its interval (lo, hi)
+P_VALUE_VS_MEDIAN: Final[str] = "p_value_vs_median"  # (N,) float64 | one-sided, standout > 0 (Student's t)
+P_ADJUSTED_VS_MEDIAN: Final[str] = "p_adjusted_vs_median"  # (N,) float64 | after the correction
+STANDS_OUT: Final[str] = "stands_out"  # (N,) bool | p_adjusted_vs_median <= importance_alpha
+RANK_CI: Final[str] = "rank_ci"  # (N, 2) int64 | 2.5-97.5 % of the atom's rank over replicates (1 = first)
+# Written before issue 28 under these names (the test against 0); read from older files only.
+LEGACY_P_VALUE: Final[str] = "p_value"
+LEGACY_P_ADJUSTED: Final[str] = "p_adjusted"
+LEGACY_SIGNIFICANT: Final[str] = "significant"
 SHIFT_MEV: Final[str] = "shift_mev"  # (M, N) float64, meV | mean |masked - unmasked| over frames, per member
 SHIFT_MEAN_MEV: Final[str] = "shift_mean_mev"  # (N,) float64, meV | mean over members
 SHIFT_CI_MEV: Final[str] = "shift_ci_mev"  # (N, 2) float64, meV | bootstrap percentile interval (lo, hi)
@@ -99,7 +112,13 @@ SHIFT_SIGNIFICANT: Final[str] = "shift_significant"  # (N,) bool | shift_p_adjus
 SHIFT_RANK_STABILITY: Final[str] = (
     "shift_rank_stability"  # (N,) float64 | fraction of replicates in the top shift_top_k
 )
-SITE_CLASS: Final[str] = "site_class"  # (N,) str | Cd core, Se surface, Cl bridging, ... (importance.site_classes)
+SHIFT_STANDOUT_MEV: Final[str] = "shift_standout_mev"  # (N,) float64, meV | shift_mean_mev - its median over atoms
+SHIFT_STANDOUT_CI_MEV: Final[str] = "shift_standout_ci_mev"  # (N, 2) float64, meV
+SHIFT_P_VALUE_VS_MEDIAN: Final[str] = "shift_p_value_vs_median"  # (N,) float64 | one-sided, shift_standout > 0
+SHIFT_P_ADJUSTED_VS_MEDIAN: Final[str] = "shift_p_adjusted_vs_median"  # (N,) float64 | after the correction
+SHIFT_STANDS_OUT: Final[str] = "shift_stands_out"  # (N,) bool | shift_p_adjusted_vs_median <= shift_alpha
+SHIFT_RANK_CI: Final[str] = "shift_rank_ci"  # (N, 2) int64 | rank interval by shift
+SITE_CLASS: Final[str] = "site_class"  # (N,) str | Cd core, Se surface, Cl bridging, ... (analysis.sites.site_classes)
 # Groups of atoms (species, then site classes), for the score that ranks (attr importance_ranked_by).
 GROUP_LABEL: Final[str] = "group_label"  # (G,) str | Cd, Se, Cl, Cd core, Cl terminal, ...
 GROUP_NUM_ATOMS: Final[str] = "group_num_atoms"  # (G,) int64
@@ -113,6 +132,8 @@ GROUP_SIGNIFICANT: Final[str] = "group_significant"  # (G,) bool
 ATTR_RANKED_BY: Final[str] = "importance_ranked_by"  # str | rmse or shift: the score that orders the CSV and report
 # Further attrs, written by ImportanceStats.attrs with prefix "importance" (rmse score) or "shift":
 # <prefix>_block_frames (int, FNA frames), _block_source, _bootstrap (replicates), _seed, _top_k, _alpha,
+# _redraw_top_k_overlap (float: the top-k share two bootstrap replicates have in common, what a re-trained
+# ensemble is expected to share),
 # _confidence, _correction (holm or bh), _null_mev, _n_frames, _n_members.
 
 # importance.extxyz (qdgap fna --xyz): per-atom array of every FNA frame

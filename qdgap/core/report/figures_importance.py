@@ -289,17 +289,19 @@ def importance_intervals(
     score: str = "rmse",
     null_mev: float = 0.0,
     correction: str = "holm",
+    rank_ci: np.ndarray | None = None,
 ) -> Figure:
-    """Per-atom importance with its bootstrap interval, sorted, coloured by species, significant atoms starred.
+    """Per-atom importance with its bootstrap interval, sorted, coloured by species, atoms that stand out starred.
 
     Args:
         atom_label: N labels.
         mean_mev: (N,) meV, the ensemble score (``rmse``: masked minus unmasked RMSE; ``shift``: mean |shift|).
         ci_mev: (N, 2) meV, interval (lo, hi).
-        significant: (N,) bool, after the correction.
+        significant: (N,) bool, after the correction: the atoms that stand out (above the median atom).
         score: which score, for the axis label.
-        null_mev: meV, what significance is tested against (0, or the ensemble spread for ``shift``): a dashed line.
+        null_mev: meV, the score's null (0, or the ensemble spread for ``shift``): a dashed line.
         correction: named in the legend.
+        rank_ci: (N, 2) int, each atom's rank interval (1 = first); drawn in a panel below when given.
     """
     labels = [str(x) for x in atom_label]
     mean = np.asarray(mean_mev, np.float64)
@@ -308,11 +310,17 @@ def importance_intervals(
     n = len(labels)
     if n == 0 or mean.shape != (n,) or ci.shape != (n, 2) or sig.shape != (n,):
         raise ValueError("need one value, interval and significance per atom label")
+    if rank_ci is not None and np.shape(rank_ci) != (n, 2):
+        raise ValueError("need one rank interval per atom label")
     order = np.argsort(-mean, kind="stable")
     species = [species_of(labels[i]) for i in order]
     colours = species_colours(species)
-    fig = new_figure(max(7.0, 0.165 * n + 2.0), 5.2)
-    ax = fig.subplots()
+    if rank_ci is None:
+        fig = new_figure(max(7.0, 0.165 * n + 2.0), 5.2)
+        ax = fig.subplots()
+    else:
+        fig = new_figure(max(7.0, 0.165 * n + 2.0), 7.6)
+        ax, ax_rank = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1.0])
     x = np.arange(n)
     yerr = np.abs(np.stack([mean[order] - ci[order, 0], ci[order, 1] - mean[order]]))
     ax.bar(
@@ -335,17 +343,32 @@ def importance_intervals(
 
     handles = [mpatches.Patch(color=c, label=s) for s, c in colours.items()]
     handles.append(Line2D([], [], color="0.25", marker="|", ls="none", ms=8, label="95 % interval"))
-    handles.append(Line2D([], [], color="black", marker="*", ls="none", ms=6, label=f"significant ({correction})"))
+    handles.append(
+        Line2D([], [], color="black", marker="*", ls="none", ms=6, label=f"stands out from the median ({correction})")
+    )
+    median = float(np.nanmedian(mean))
+    ax.axhline(median, color="0.35", ls=":", lw=1.0, zorder=3)
+    handles.append(Line2D([], [], color="0.35", ls=":", lw=1.0, label=f"median atom {median:.1f} meV"))
     null_text = "0" if score == "rmse" else f"ensemble spread {null_mev:.1f} meV"
-    handles.append(Line2D([], [], color="black", ls="--", lw=1.0, label=f"tested against {null_text}"))
-    ax.set_xticks(x, [labels[i] for i in order], rotation=90, fontsize=8)
-    for tick, s in zip(ax.get_xticklabels(), species, strict=True):
+    handles.append(Line2D([], [], color="black", ls="--", lw=1.0, label=null_text))
+    ax_x = ax if rank_ci is None else ax_rank
+    ax_x.set_xticks(x, [labels[i] for i in order], rotation=90, fontsize=8)
+    for tick, s in zip(ax_x.get_xticklabels(), species, strict=True):
         tick.set_color(colours[s])
     ax.set_xlim(-0.7, n - 0.3)
     ax.set_ylim(bottom - pad, top + 3 * pad)
-    ax.set_xlabel("atom (most important first)")
+    ax_x.set_xlabel("atom (most important first)")
     ax.set_ylabel(_SCORE_AXIS.get(score, score))
     ax.grid(axis="y", alpha=0.3, lw=0.5, zorder=0)
+    if rank_ci is not None:
+        rc = np.asarray(rank_ci, np.float64)[order]  # (N, 2) best, worst
+        point = np.arange(1, n + 1)
+        ax_rank.vlines(x, rc[:, 0], rc[:, 1], colors=[colours[s] for s in species], lw=2.2)
+        ax_rank.plot(x, point, ls="none", marker="_", color="black", ms=5)
+        ax_rank.plot(hits, rc[hits, 0] - 0.03 * n, ls="none", marker="*", color="black", ms=6)
+        ax_rank.set_ylim(n + 1, 1 - 0.08 * n)  # rank 1 at the top
+        ax_rank.set_ylabel("rank (95 % interval)")
+        ax_rank.grid(axis="y", alpha=0.3, lw=0.5)
     fig.suptitle("Atom importance by Feature Nullification Analysis, with bootstrap intervals")
     legend_above(ax, handles)
     return fig

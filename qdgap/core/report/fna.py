@@ -1,7 +1,8 @@
 """The report's atom-importance section: what ``qdgap fna`` found, with its statistics.
 
-An ``fna.h5`` written before the importance statistics existed gets them
-computed here from its masked predictions (``core/analysis/fna.py``), with a note.
+An ``fna.h5`` written before the importance statistics existed, or before the
+stand-out test and rank intervals (issue 28), gets them computed here from its
+masked predictions (``core/analysis/fna.py``), with a note.
 """
 
 from __future__ import annotations
@@ -48,12 +49,11 @@ def section_fna(page: Page, figs, wd: Workdir, traj) -> None:
     fna, fna_attrs = read_results(wd.fna, fmt=schema.FNA_FORMAT, version=schema.FNA_VERSION)
     check_datasets(wd.fna, fna, (schema.ATOM_LABEL, schema.RMSE_MEV_MEAN, schema.RMSE_MEV_STD))
     labels = [str(x) for x in fna[schema.ATOM_LABEL]]
-    if schema.SHIFT_MEAN_MEV not in fna:  # written before the statistics existed: make them now
+    if schema.SHIFT_MEAN_MEV not in fna or schema.SHIFT_STANDS_OUT not in fna:  # written before: make them now
         if schema.MASKED_EV not in fna or schema.BASELINE_EV not in fna:
             raise QdgapError(f"{wd.fna}: lacks dataset(s) masked_ev, baseline_ev; remake it with the current qdgap")
-        page.note(
-            "fna.h5 predates the importance statistics; they were computed for this report (rerun `qdgap fna` to keep them)"
-        )
+        what = "the importance statistics" if schema.SHIFT_MEAN_MEV not in fna else "the stand-out test"
+        page.note(f"fna.h5 predates {what}; computed for this report (rerun `qdgap fna` to keep them)")
         fna, fna_attrs = _add_statistics(fna, fna_attrs, labels, traj)
     ranked_by = str(fna_attrs.get(schema.ATTR_RANKED_BY, "rmse"))
     pre = "importance" if ranked_by == "rmse" else "shift"
@@ -61,21 +61,25 @@ def section_fna(page: Page, figs, wd: Workdir, traj) -> None:
         "rmse": (
             schema.IMPORTANCE_MEAN_MEV,
             schema.IMPORTANCE_CI_MEV,
-            schema.SIGNIFICANT,
-            schema.P_ADJUSTED,
+            schema.STANDS_OUT,
+            schema.P_ADJUSTED_VS_MEDIAN,
             schema.RANK_STABILITY,
+            schema.RANK_CI,
+            schema.NONZERO,
         ),
         "shift": (
             schema.SHIFT_MEAN_MEV,
             schema.SHIFT_CI_MEV,
-            schema.SHIFT_SIGNIFICANT,
-            schema.SHIFT_P_ADJUSTED,
+            schema.SHIFT_STANDS_OUT,
+            schema.SHIFT_P_ADJUSTED_VS_MEDIAN,
             schema.SHIFT_RANK_STABILITY,
+            schema.SHIFT_RANK_CI,
+            schema.SHIFT_SIGNIFICANT,
         ),
     }[ranked_by]
-    score, ci, sig, p_adj, stab = (np.asarray(fna[k]) for k in key)
+    score, ci, sig, p_adj, stab, rank_ci, nonzero = (np.asarray(fna[k]) for k in key)
     score, ci, p_adj, stab = (np.asarray(x, np.float64) for x in (score, ci, p_adj, stab))
-    sig = sig.astype(bool)
+    sig, nonzero, rank_ci = sig.astype(bool), nonzero.astype(bool), rank_ci.astype(np.int64)
     null = float(fna_attrs.get(f"{pre}_null_mev", 0.0))
     correction = str(fna_attrs.get(f"{pre}_correction", "holm"))
     top_k = int(fna_attrs.get(f"{pre}_top_k", 10))
@@ -90,12 +94,16 @@ def section_fna(page: Page, figs, wd: Workdir, traj) -> None:
         what = "no true gaps, so ranked by shift: mean |masked − unmasked| prediction (meV), mean" + over
     body.append(
         page.figure(
-            figs.importance_intervals(labels, score, ci, sig, score=ranked_by, null_mev=null, correction=correction),
+            figs.importance_intervals(
+                labels, score, ci, sig, score=ranked_by, null_mev=null, correction=correction, rank_ci=rank_ci
+            ),
             FIG_IMPORTANCE,
             f"Atom {what}, most important first. Error bars: 95 % intervals from a bootstrap over blocks of "
-            f"{fna_attrs.get(f'{pre}_block_frames', '?')} consecutive frames and over members; * significant "
-            f"after {_CORRECTIONS.get(correction, correction)} correction for testing every atom "
-            f"({int(sig.sum())} of {len(labels)}).",
+            f"{fna_attrs.get(f'{pre}_block_frames', '?')} consecutive frames and over members; * stands out: "
+            f"above the median atom after {_CORRECTIONS.get(correction, correction)} correction for testing every "
+            f"atom ({int(sig.sum())} of {len(labels)}; {int(nonzero.sum())} of {len(labels)} are above "
+            f"{'0' if ranked_by == 'rmse' else 'the ensemble spread'}). Lower panel: each atom's rank interval "
+            "(2.5-97.5 % of its rank over the bootstrap replicates).",
         )
     )
     order = np.argsort(-score, kind="stable")
@@ -108,6 +116,7 @@ def section_fna(page: Page, figs, wd: Workdir, traj) -> None:
             f"{score[i]:+.1f} [{ci[i, 0]:+.1f}, {ci[i, 1]:+.1f}]",
             f"{p_adj[i]:.2g}",
             "yes" if sig[i] else "no",
+            f"{rank_ci[i, 0]}-{rank_ci[i, 1]}",
             f"{100 * stab[i]:.0f} %",
         ]
         if ranked_by == "rmse":
@@ -117,15 +126,16 @@ def section_fna(page: Page, figs, wd: Workdir, traj) -> None:
         "rank",
         "atom",
         f"{'importance' if ranked_by == 'rmse' else 'shift'} (meV, 95 % interval)",
-        f"p ({correction})",
-        "significant",
+        f"p vs median ({correction})",
+        "stands out",
+        "rank interval",
         f"in top {top_k}",
     ]
     if ranked_by == "rmse":
         header.append("RMSE nullified (meV, mean ± std)")
     body.append(html_table(header, rows))
     page.summary.append(("Top five atoms (FNA)", ", ".join(labels[i] for i in order[:5])))
-    page.summary.append(("Significant atoms (FNA)", ", ".join(labels[i] for i in order if sig[i]) or "none"))
+    page.summary.append(("Atoms that stand out (FNA)", ", ".join(labels[i] for i in order if sig[i]) or "none"))
     body.extend(_importance_time_and_groups(page, figs, fna, labels, order, ranked_by, null))
     if traj is None:
         pass  # noted by _find_trajectory
