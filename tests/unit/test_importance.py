@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qdgap.core.analysis.bootstrap import block_length, block_weights
 from qdgap.core.analysis.importance import (
     adjust_p,
-    block_length,
-    block_weights,
     frame_shift_mev,
     group_stats,
     importance_stats,
