@@ -38,9 +38,9 @@ import common as C  # noqa: E402
 import torch  # noqa: E402
 
 from qdgap.core.analysis.fna import chunk_for  # noqa: E402
+from qdgap.core.common.numerics import fast_cpu_math  # noqa: E402
 from qdgap.core.deploy.stacked import stack_models  # noqa: E402
 from qdgap.core.graphs.build import build_graphs  # noqa: E402
-from qdgap.core.model.network import fast_cpu_math  # noqa: E402
 from qdgap.kernels.batch import PackedGraphs, gather_frames, graphs_per_forward  # noqa: E402
 from qdgap.kernels.ensemble import ensemble_fna_masked_gaps  # noqa: E402
 from qdgap.kernels.fna import fna_masked_gaps  # noqa: E402

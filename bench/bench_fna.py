@@ -46,9 +46,9 @@ import torch  # noqa: E402
 from bench_ceiling import fractions  # noqa: E402
 
 from qdgap.core.analysis.fna import chunk_for  # noqa: E402
+from qdgap.core.common.numerics import fast_cpu_math  # noqa: E402
 from qdgap.core.config import GraphConfig  # noqa: E402
 from qdgap.core.graphs.build import build_graphs  # noqa: E402
-from qdgap.core.model.network import fast_cpu_math  # noqa: E402
 from qdgap.kernels.batch import PackedGraphs, gather_frames  # noqa: E402
 from qdgap.kernels.fna import fna_loop, fna_masked_gaps  # noqa: E402
 

@@ -47,9 +47,9 @@ import torch  # noqa: E402
 from alignn.torch_graph_builder import batch_torch_graph_pairs  # noqa: E402
 from bench_ceiling import LARGE_BATCH, fractions  # noqa: E402
 
+from qdgap.core.common.numerics import fast_cpu_math  # noqa: E402
 from qdgap.core.config import GraphConfig  # noqa: E402
 from qdgap.core.graphs.build import build_graphs  # noqa: E402
-from qdgap.core.model.network import fast_cpu_math  # noqa: E402
 from qdgap.kernels.batch import PackedGraphs, gather_frames  # noqa: E402
 
 SINGLE_CALLS = {"demo": 32, "paper": 8}  # single-frame calls per timed repeat

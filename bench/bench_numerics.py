@@ -46,8 +46,8 @@ def _child(preset: str, steps: int) -> dict[str, float | str]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import common as C
 
+    from qdgap.core.common.numerics import fast_cpu_math
     from qdgap.core.graphs.build import load_or_build_graphs
-    from qdgap.core.model.network import fast_cpu_math
     from qdgap.core.train.loop import accumulate_gradient, predict_frames
     from qdgap.kernels.batch import graphs_per_forward
 

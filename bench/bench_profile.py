@@ -32,9 +32,9 @@ import common as C  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from qdgap.core.common.numerics import fast_cpu_math  # noqa: E402
 from qdgap.core.config import GraphConfig  # noqa: E402
 from qdgap.core.graphs.build import build_graphs  # noqa: E402
-from qdgap.core.model.network import fast_cpu_math  # noqa: E402
 from qdgap.kernels.batch import gather_frames, graphs_per_forward  # noqa: E402
 from qdgap.kernels.fna import fna_masked_gaps  # noqa: E402
 

@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import common as C
 
-    from qdgap.core.model.network import fast_cpu_math
+    from qdgap.core.common.numerics import fast_cpu_math
 
     t_start = time.perf_counter()
     device = C.setup_torch(args.threads or C.usable_cores(), args.device)

@@ -141,7 +141,7 @@ def run_fna(
         raise QdgapError(f"--mask must be one of {', '.join(MODES)}, got {mode!r}")
     if chunk is not None and chunk < 1:
         raise QdgapError(f"--chunk must be at least 1, got {chunk}")
-    from qdgap.core.model.network import fast_cpu_math
+    from qdgap.core.common.numerics import fast_cpu_math
 
     fast_cpu_math()
     frames = np.asarray(frames, dtype=np.int64)

@@ -161,10 +161,10 @@ def predict_ensemble(
     Returns:
         Per-member predictions (M, F) in eV, with true gaps and times.
     """
+    from qdgap.core.common.numerics import fast_cpu_math
     from qdgap.core.deploy.export import check_backend, load_model
     from qdgap.core.deploy.stacked import use_stacked
     from qdgap.core.graphs.build import load_or_build_graphs
-    from qdgap.core.model.network import fast_cpu_math
 
     if stacked is None:
         stacked = backend is None and models is None and use_stacked(device, members)

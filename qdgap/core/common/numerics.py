@@ -157,3 +157,15 @@ def numerics_record() -> dict[str, object]:
         "mkl_cbwr": os.environ.get("MKL_CBWR", ""),
         "torch_threads": int(torch.get_num_threads()),
     }
+
+
+def fast_cpu_math() -> None:
+    """Flush subnormal floats to zero on this thread.
+
+    Gates and basis functions of far-away centres produce subnormals, and every
+    operation that touches one runs an order of magnitude slower on x86. The
+    values involved are below 1e-38, far under any tolerance qdgap states.
+    """
+    import torch  # here, not at the top: this module is read before torch may load (see above)
+
+    torch.set_flush_denormal(True)

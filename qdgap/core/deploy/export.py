@@ -35,7 +35,6 @@ from qdgap.core.config import RunConfig
 from qdgap.core.deploy.checkpoint import load_weights, model_meta
 from qdgap.core.deploy.onnx import MODEL_ONNX, ONNX_OPSET, OnnxModel, export_onnx, load_onnx, resolve_exporter
 from qdgap.core.deploy.torchscript import TorchScriptModel, export_torchscript, load_torchscript
-from qdgap.core.model.network import GapModel
 from qdgap.core.store import runs as rf
 
 log = logging.getLogger(__name__)
@@ -205,6 +204,9 @@ def _model_from_run(run: Path, record: dict[str, Any]) -> tuple[nn.Module, dict[
         meta = model_meta(record)
     except (KeyError, TypeError, ValueError) as exc:
         raise QdgapError(f"{run / rf.CONFIG_JSON}: not a qdgap run configuration ({exc})") from exc
+    # Imported here: only export needs the eager model (and upstream alignn's layers); loading model.ts does not.
+    from qdgap.core.model.network import GapModel
+
     model = GapModel(config.model)
     state = load_weights(run / rf.BEST_PT)
     try:

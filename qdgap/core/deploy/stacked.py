@@ -13,14 +13,17 @@ Whether members-at-once is faster depends on the device and the model size
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.deploy.checkpoint import load_weights
-from qdgap.core.model.network import GapModel
 from qdgap.core.store.runs import BEST_PT, Member
 from qdgap.kernels.ensemble import StackedGapModel
+
+if TYPE_CHECKING:  # the eager model needs upstream alignn's layers; prediction from model.ts must not
+    from qdgap.core.model.network import GapModel
 
 
 def stack_models(models: Sequence[GapModel], *, device: torch.device | str = "cpu") -> StackedGapModel:
@@ -65,6 +68,8 @@ def load_stacked(members: Sequence[Member], *, device: torch.device | str = "cpu
     reason = stack_reason(members)
     if reason is not None:
         raise QdgapError(f"cannot evaluate the members together: {reason}")
+    from qdgap.core.model.network import GapModel
+
     models = []
     for member in members:
         path = member.path / BEST_PT

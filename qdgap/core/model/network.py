@@ -143,16 +143,6 @@ class ALIGNNConv(nn.Module):
 # =====================================================================
 
 
-def fast_cpu_math() -> None:
-    """Flush subnormal floats to zero on this thread.
-
-    Gates and basis functions of far-away centres produce subnormals, and every
-    operation that touches one runs an order of magnitude slower on x86. The
-    values involved are below 1e-38, far under any tolerance qdgap states.
-    """
-    torch.set_flush_denormal(True)
-
-
 @functools.lru_cache(maxsize=4)
 def species_table(atom_features: str, num_features: int) -> np.ndarray:
     """(MAX_Z + 1, num_features) float32 atom features by atomic number, as upstream builds them.

@@ -26,13 +26,14 @@ import torch
 from qdgap.core.common.errors import Interrupted, QdgapError
 from qdgap.core.common.files import check_writable_dir, exclusive_lock, provenance
 from qdgap.core.common.metrics import MEV_PER_EV, mae_mev, rmse_mev
+from qdgap.core.common.numerics import fast_cpu_math
 from qdgap.core.common.runtime import resolve_device
 from qdgap.core.config import RunConfig, TrainConfig
 from qdgap.core.data.splits import Split, split_frames
 from qdgap.core.data.trajectory import Trajectory
 from qdgap.core.deploy.checkpoint import load_checkpoint, model_meta, save_checkpoint, save_weights
 from qdgap.core.graphs.build import load_or_build_graphs
-from qdgap.core.model.network import GapModel, fast_cpu_math
+from qdgap.core.model.network import GapModel
 from qdgap.core.store import runs as rf
 from qdgap.kernels.batch import PackedGraphs, gather_frames, graphs_per_forward
 from qdgap.testing.faults import fault_point
