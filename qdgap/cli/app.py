@@ -106,10 +106,12 @@ def _apply_numerics(*, restart_args: list[str] | None) -> None:
     from qdgap.core.common.errors import QdgapError
 
     restarted = os.environ.pop(_RESTARTED_ENV, None) is not None  # popped: processes started later may restart
+    coretype_before = os.environ.get("OPENBLAS_CORETYPE")
     if not numerics.apply_reproducible_env():
         return
     late_torch = numerics.torch_needs_restart()
-    if not late_torch and not numerics.hash_seed_needs_restart():
+    late_numpy = numerics.numpy_needs_restart(coretype_before)
+    if not late_torch and not late_numpy and not numerics.hash_seed_needs_restart():
         return
     if restart_args is not None and not restarted:
         os.environ[_RESTARTED_ENV] = "1"
@@ -118,9 +120,10 @@ def _apply_numerics(*, restart_args: list[str] | None) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, [sys.executable, *start, *restart_args])
-    if late_torch:
+    if late_torch or late_numpy:
         raise QdgapError(
-            f"{numerics.REPRODUCIBLE_ENV}=1: torch was loaded before its settings could be applied; "
+            f"{numerics.REPRODUCIBLE_ENV}=1: {'torch' if late_torch else 'numpy'} was loaded before its settings "
+            "could be applied; "
             f"set {numerics.REPRODUCIBLE_ENV}=1 in the environment before Python starts"
         )
 

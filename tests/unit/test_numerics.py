@@ -32,6 +32,7 @@ _TOUCHED = (
     "PYTHONHASHSEED",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
     *numerics.REPRODUCIBLE_SETTINGS,
 )
 
@@ -80,7 +81,8 @@ def test_numerics_apply_sets_the_environment(clean_env):
     env = {numerics.REPRODUCIBLE_ENV: "1", numerics.THREADS_ENV: "2"}
     assert numerics.apply_reproducible_env(env) is True
     assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["MKL_CBWR"] == "COMPATIBLE" and env["MKL_DYNAMIC"] == "FALSE"
-    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2" and env["PYTHONHASHSEED"] == "0"
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "2"
+    assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["PYTHONHASHSEED"] == "0"
     untouched = {"OMP_NUM_THREADS": "8"}
     assert numerics.apply_reproducible_env(untouched) is False and untouched == {"OMP_NUM_THREADS": "8"}
 
@@ -150,6 +152,7 @@ def test_reproducible_train_records_the_mode_and_repeats_byte_for_byte(tmp_path,
         for record in (json.loads((run / rf.CONFIG_JSON).read_text()), json.loads((run / rf.DONE).read_text())):
             assert record["reproducible"] is True and record["cpu_capability"] == "AVX2"
             assert record["mkl_cbwr"] == "COMPATIBLE" and record["torch_threads"] == 1
+            assert record["openblas_coretype"] == "Haswell"
 
 
 def _tensor_sum(path: Path) -> str:

@@ -37,13 +37,17 @@ REPRODUCIBLE_SETTINGS: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_CBWR": "COMPATIBLE",
     "MKL_DYNAMIC": "FALSE",
+    # numpy's and scipy's OpenBLAS picks its kernels by the CPU too (SkylakeX on an AVX-512 CPU, Haswell on
+    # an AVX2 one), and the FNA and calibration statistics are float64 numpy: measured, the image (SkylakeX)
+    # and a host with OPENBLAS_CORETYPE=Haswell disagreed in the last bits of every FNA interval.
+    "OPENBLAS_CORETYPE": "Haswell",
 }
 # torch.backends.cpu.get_cpu_capability() once ATEN_CPU_CAPABILITY=avx2 took effect.
 REPRODUCIBLE_CAPABILITY = "AVX2"
 # CPU flags the AVX2 kernels execute; torch does not check them and dies of SIGILL without.
 _NEEDED_FLAGS = ("avx2", "fma")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def reproducible_requested(environ: MutableMapping[str, str] | None = None) -> bool:
@@ -136,6 +140,17 @@ def torch_needs_restart() -> bool:
     return torch.backends.cpu.get_cpu_capability() != REPRODUCIBLE_CAPABILITY
 
 
+def numpy_needs_restart(coretype_before: str | None) -> bool:
+    """True when numpy was imported before the mode set ``OPENBLAS_CORETYPE`` (OpenBLAS reads it at load).
+
+    Args:
+        coretype_before: ``OPENBLAS_CORETYPE`` as it was before ``apply_reproducible_env``.
+    """
+    import sys
+
+    return "numpy" in sys.modules and coretype_before != REPRODUCIBLE_SETTINGS["OPENBLAS_CORETYPE"]
+
+
 def hash_seed_needs_restart() -> bool:
     """True when this Python hashes strings with a random seed (it did not start with ``PYTHONHASHSEED=0``)."""
     import sys
@@ -147,7 +162,8 @@ def numerics_record() -> dict[str, object]:
     """What decides this process's float results on the CPU, for every result file's attrs.
 
     ``reproducible`` (bool), ``cpu_capability`` (the ATen kernels in use: DEFAULT, AVX2, AVX512),
-    ``mkl_cbwr`` (MKL's code path; "" for MKL's default) and ``torch_threads`` (intra-op threads now).
+    ``mkl_cbwr`` (MKL's code path; "" for MKL's default), ``openblas_coretype`` (numpy's BLAS kernels when
+    pinned; "" for OpenBLAS's own choice) and ``torch_threads`` (intra-op threads now).
     """
     import torch
 
@@ -155,6 +171,7 @@ def numerics_record() -> dict[str, object]:
         "reproducible": reproducible_requested(),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
         "mkl_cbwr": os.environ.get("MKL_CBWR", ""),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", ""),
         "torch_threads": int(torch.get_num_threads()),
     }
 
