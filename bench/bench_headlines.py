@@ -30,7 +30,7 @@ def main() -> None:
     args = p.parse_args()
     from qdgap.core.common.buildinfo import build_provenance
     from qdgap.core.data.trajectory import read_trajectory
-    from qdgap.core.pipeline.headlines import headline_values, intervals_from_runs, ranges_from_runs
+    from qdgap.core.pipeline.headlines import TITLES, headline_values, intervals_from_runs, ranges_from_runs
     from qdgap.core.store import runs as rf
 
     runs = []
@@ -51,12 +51,6 @@ def main() -> None:
     }
     args.json.write_text(json.dumps(record, indent=1) + "\n")
     names = list(ranges)
-    titles = {
-        "ensemble_rmse_mev": "ensemble, unseen frames",
-        "transfer_pretrained_rmse_mev": "continuation, pretrained",
-        "transfer_finetuned_rmse_mev": "continuation, fine-tuned",
-        "transfer_scratch_rmse_mev": "continuation, from scratch",
-    }
     lines = [
         "# make demo's headline numbers over independent ensembles",
         "",
@@ -65,7 +59,7 @@ def main() -> None:
         + "; RMSE in meV. The last row is the 95 % prediction interval for one more run "
         "(mean ± t · s · sqrt(1 + 1/n)); `qdgap pipeline` on the demo data checks its numbers against it.",
         "",
-        "| seed base | " + " | ".join(titles.get(n, n) for n in names) + " | FNA top 5 |",
+        "| seed base | " + " | ".join(TITLES.get(n, n) for n in names) + " | FNA top 5 |",
         "|---|" + "---|" * (len(names) + 1),
     ]
     for r in runs:

@@ -166,6 +166,8 @@ def _print_summary(output: Path, n_members: int, n_frames: int, s: dict) -> None
 
 def _print_headlines(o) -> None:
     """This demo run against the ranges over independent re-runs (data/demo_headlines.json, the README's)."""
+    from qdgap.core.pipeline.headlines import TITLES
+
     out = ui.stdout_console()
     out.print(
         f"against {o.runs} independent demo ensembles (seed bases 0, 1000, 2000; 95 % prediction interval "
@@ -173,7 +175,7 @@ def _print_headlines(o) -> None:
     )
     for c in o.checks:
         where = "inside" if c.inside else "OUTSIDE"
-        out.print(f"  {c.name}: {c.value:.1f} meV, {where} {max(c.low, 0.0):.1f}-{c.high:.1f}")
+        out.print(f"  {TITLES.get(c.name, c.name)}: {c.value:.1f} meV, {where} {max(c.low, 0.0):.1f}-{c.high:.1f}")
     if o.top_atoms:
         known = [a for a in o.top_atoms if a in o.known_leaders]
         out.print(

@@ -26,7 +26,13 @@ from qdgap.core.store.layout import Workdir
 HEADLINES_JSON = Path(__file__).resolve().parents[3] / "data" / "demo_headlines.json"
 TRANSFER_ROWS = ("pretrained", "finetuned", "scratch")
 TOP_ATOMS = 5  # the FNA headline: the first five atoms of average_rmse_results.csv
-NOT_HEADLINES = ("seed_base", "members")  # numbers in a run record that describe it, not measure it
+NOT_HEADLINES = ("seed_base", "members")
+TITLES = {  # what each headline is, in the words of the README's table
+    "ensemble_rmse_mev": "ensemble, unseen frames",
+    "transfer_pretrained_rmse_mev": "continuation, pretrained",
+    "transfer_finetuned_rmse_mev": "continuation, fine-tuned",
+    "transfer_scratch_rmse_mev": "continuation, from scratch",
+}  # numbers in a run record that describe it, not measure it
 
 
 def headline_values(workdir: Path) -> dict[str, float | list[str]]:
