@@ -63,3 +63,13 @@ def test_prediction_interval_matches_the_t_formula():
     assert (lo + hi) / 2 == pytest.approx(7 / 3) and (hi - lo) / 2 == pytest.approx(7.589, abs=1e-3)
     with pytest.raises(ValueError):
         hl.intervals_from_runs(runs[:1])
+
+
+def test_headline_check_is_printed_in_the_readme_words(capsys):
+    from qdgap.cli.render import _print_headlines
+
+    checks = (hl.HeadlineCheck("ensemble_rmse_mev", 15.0, 11.0, 20.1), hl.HeadlineCheck("x_mev", 9.0, 1.0, 2.0))
+    _print_headlines(hl.HeadlineOutcome(checks, ("Cl7",), ("Cl7", "Cd23"), 3))
+    out = capsys.readouterr().out
+    assert "ensemble, unseen frames: 15.0 meV, inside 11.0-20.1" in out and "x_mev: 9.0 meV, OUTSIDE 1.0-2.0" in out
+    assert "1 of them led in some re-run" in out and "more than a re-draw" in out
