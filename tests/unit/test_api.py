@@ -172,7 +172,8 @@ def test_api_importance_matches_cli(run_cli, tmp_path, tiny_runs, synthetic_h5):
     by_label = table.set_index("atom_label").loc[labels]
     np.testing.assert_array_equal(by_label["rmse_mev_mean"], cli[schema.RMSE_MEV_MEAN])
     np.testing.assert_array_equal(by_label["importance_mev"], cli[schema.IMPORTANCE_MEAN_MEV])
-    np.testing.assert_array_equal(by_label["p_value"], cli[schema.P_VALUE])
+    np.testing.assert_array_equal(by_label["p_value_vs_zero"], cli[schema.P_VALUE_VS_ZERO])
+    np.testing.assert_array_equal(by_label["stands_out"], cli[schema.STANDS_OUT])
     numeric = cli_csv.select_dtypes("number").columns
     np.testing.assert_allclose(table[numeric].to_numpy(float), cli_csv[numeric].to_numpy(float), atol=1e-6)
 

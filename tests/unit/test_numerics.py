@@ -41,7 +41,10 @@ _TOUCHED = (
 def clean_env(monkeypatch):
     """The process environment without the mode's variables; the originals come back after the test."""
     for name in _TOUCHED:
-        monkeypatch.delenv(name, raising=False)
+        # set, then delete: monkeypatch records the original (possibly absent) value only when it touches a
+        # variable, and the mode writes these into os.environ; a bare delenv of an absent one would let them leak.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return os.environ
 
 
