@@ -18,6 +18,7 @@ from qdgap.cli.options import (
     Device,
     Epochs,
     FramesFrom,
+    GraphChoice,
     Jobs,
     LearningRate,
     Members,
@@ -60,6 +61,7 @@ def train(
     stride: Stride = None,
     split: SplitScheme = "random",
     block_fs: BlockFs = None,
+    graph: GraphChoice = None,
     frames_from: FramesFrom = None,
     device: Device = "auto",
     partition: SlurmPartition = None,
@@ -89,7 +91,7 @@ def train(
         "split": split,
         "block_fs": block_fs,
     }
-    config = resolve_config(preset, **overrides)
+    config = resolve_config(preset, graph=graph, **overrides)
     if backend not in ("local", "slurm"):
         raise ui.usage_error(f"--backend must be local or slurm, got {backend!r}")
     if not data.is_file():
@@ -102,7 +104,7 @@ def train(
         config = with_pool_from(config, frames_from, data)
     # What each array task repeats, under the command-line names qdgap train takes.
     task_options = {"epochs": epochs, "patience": patience, "batch_size": batch_size, "lr": lr, "stride": stride}
-    task_options.update(split=split, block_fs=block_fs)
+    task_options.update(split=split, block_fs=block_fs, graph=graph)
     if frames_from is not None:
         task_options["frames_from"] = str(frames_from.absolute())
     resources = slurm_resources(

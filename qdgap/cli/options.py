@@ -42,6 +42,16 @@ SplitScheme = Annotated[
         "so test frames lie far from every training frame).",
     ),
 ]
+GraphChoice = Annotated[
+    str | None,
+    typer.Option(
+        "--graph",
+        help="Bonds and angles to train on instead of the preset's: pure-torch (each atom's 12 nearest within 5 Å, "
+        "angles within 3.5 Å; every preset but paper), knn12 (the original study's 12-nearest graph, canonised, "
+        "angles between all bonds; about 5x the cost per step) or knn12-multigraph (the same, not canonised).",
+        show_default=False,
+    ),
+]
 BlockFs = Annotated[
     float | None,
     typer.Option(

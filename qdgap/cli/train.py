@@ -12,6 +12,7 @@ from qdgap.cli.options import (
     Device,
     Epochs,
     FramesFrom,
+    GraphChoice,
     LearningRate,
     OutDir,
     Patience,
@@ -35,6 +36,7 @@ def train(
     stride: Stride = None,
     split: SplitScheme = "random",
     block_fs: BlockFs = None,
+    graph: GraphChoice = None,
     frames_from: FramesFrom = None,
     device: Device = "auto",
 ) -> None:
@@ -43,7 +45,7 @@ def train(
 
     config = resolve_config(
         preset, epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=lr, stride=stride,
-        split=split, block_fs=block_fs,
+        split=split, block_fs=block_fs, graph=graph,
     )  # fmt: skip
     if seed < 0:
         raise ui.usage_error(f"--seed must be a non-negative integer, got {seed}")

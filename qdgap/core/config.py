@@ -263,11 +263,30 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
-def resolve_config(preset: str, **train_overrides: Any) -> RunConfig:
-    """The preset with the given ``TrainConfig`` fields replaced (``None`` values are ignored)."""
+# ``--graph``: the bond and angle graphs a member trains on, whatever the preset's model. ``knn12`` is the
+# original study's (upstream's k-nearest builder as train_alignn.py ran it, canonised); ``knn12-multigraph``
+# the same without canonising, as a direct call of nearest_neighbor_edges gives (GraphConfig explains both).
+GRAPHS: dict[str, GraphConfig] = {
+    "pure-torch": GraphConfig(),
+    "knn12": GraphConfig(cutoff_ang=5.0, max_neighbors=12, neighbor_strategy=K_NEAREST, use_canonize=True),
+    "knn12-multigraph": GraphConfig(cutoff_ang=5.0, max_neighbors=12, neighbor_strategy=K_NEAREST),
+}
+
+
+def resolve_config(preset: str, *, graph: str | None = None, **train_overrides: Any) -> RunConfig:
+    """The preset with the given ``TrainConfig`` fields replaced (``None`` values are ignored).
+
+    Args:
+        preset: a name in ``PRESETS``.
+        graph: a name in ``GRAPHS`` to train on instead of the preset's graphs; None keeps the preset's.
+    """
     if preset not in PRESETS:
         raise QdgapError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     config = PRESETS[preset]
+    if graph is not None:
+        if graph not in GRAPHS:
+            raise QdgapError(f"--graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
+        config = replace(config, graph=GRAPHS[graph])
     overrides = {k: v for k, v in train_overrides.items() if v is not None}
     for key in ("epochs", "batch_size", "patience", "stride"):
         if key in overrides and int(overrides[key]) < (0 if key == "epochs" else 1):

@@ -46,6 +46,7 @@ def test_train_rejects_bad_input(run_cli, tmp_path, synthetic_h5):
         (("--split", "blocked", "--block-fs", "0"), "--block-fs must be a positive number of fs"),
         (("--block-fs", "50"), "--block-fs applies to --split blocked only"),
         (("--split", "blocked", "--block-fs", "1e6"), "into 1 block(s)"),
+        (("--graph", "knn8"), "--graph must be one of pure-torch, knn12, knn12-multigraph"),
     ]
     for extra, message in cases:
         r = run_cli("train", "--data", synthetic_h5, "--preset", "tiny", "-o", out, *extra)
@@ -86,3 +87,22 @@ def test_train_blocked_split_is_recorded_and_predict_prints_baselines(run_cli, t
     for name in ("mean", "nearest", "linear", "pchip"):
         assert np.isfinite(attrs[f"baseline_{name}_rmse_mev"]) and f"baseline_{name}_skill" in attrs
     assert attrs["baseline_model_rmse_mev"] > 0 and "union of the 1 member" in attrs["baseline_label_source"]
+
+
+def test_train_on_the_study_graph_is_recorded_predicted_and_kept(run_cli, tmp_path, synthetic_h5):
+    import json
+
+    from qdgap.core.config import GRAPHS, GraphConfig
+
+    out = tmp_path / "runs"
+    r = run_cli("train", "--data", synthetic_h5, "--preset", "tiny", "-o", out, "--epochs", "1", "--graph", "knn12")
+    assert r.exit_code == 0, r.stderr
+    graph = json.loads((out / "run_0" / "config.json").read_text())["graph"]
+    assert GraphConfig(**graph) == GRAPHS["knn12"] and graph["neighbor_strategy"] == "k-nearest"
+    assert graph["use_canonize"] is True
+    r = run_cli("predict", "--runs", out, "--data", synthetic_h5, "--frames", "all", "-o", tmp_path / "p.h5")
+    assert r.exit_code == 0, r.stderr
+    # an interrupted member may not resume on other graphs: the record says which it started on
+    (out / "run_0" / "DONE").unlink()
+    again = run_cli("train", "--data", synthetic_h5, "--preset", "tiny", "-o", out, "--epochs", "1")
+    assert_one_line_error(again, "holds a member trained with another graph setting")
