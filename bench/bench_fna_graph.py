@@ -1,0 +1,102 @@
+"""What moves the FNA ranking toward the study's? The same FNA on ensembles trained on different graphs (issue 28).
+
+Each ``--arm NAME=fna.h5`` is one ensemble's FNA (same members count, epochs, frames and mask in every arm;
+the arms differ in what they were trained on, e.g. ``qdgap ensemble train --graph knn12``). Per arm, the
+ranking by the study's own statistic (the mean over members of each member's masked RMSE, meV) against the
+published top 23: how many of the published top 4/8/15 are in the arm's top 4/8/15, Spearman's rho over the
+23 with its 95 % interval over members, and the arm's split-half reliability (the ceiling for any agreement
+with another ranking). The arithmetic is ``core/analysis/comparison.compare_ranking``, tested there.
+
+    python bench/bench_fna_graph.py --arm default=work/fna_redraw/base0/fna.h5 \\
+        --arm knn12=work/fna_graph/knn12/fna_seed_every10.h5 \\
+        --arm knn12-multigraph=work/fna_graph/knn12-multigraph/fna_seed_every10.h5 --out bench/results_fna_graph
+
+Writes OUT.md and OUT.json. A benchmark: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from qdgap.core.analysis.comparison import TOP_KS, compare_ranking  # noqa: E402
+from qdgap.core.common import schema  # noqa: E402
+
+
+def arm_row(name: str, path: Path) -> dict:
+    """One arm's agreement with the published ranking, from its fna.h5."""
+    from qdgap.core.store.results import read_results
+
+    data, attrs = read_results(path, fmt=schema.FNA_FORMAT)
+    labels = [a.decode() if isinstance(a, bytes) else str(a) for a in data[schema.ATOM_LABEL]]
+    per_member = np.asarray(data[schema.RMSE_MEV], np.float64)  # (M, N)
+    cmp = compare_ranking(labels, per_member.mean(axis=0), member_scores=per_member)
+    return {
+        "arm": name,
+        "file": str(path),
+        "members": int(per_member.shape[0]),
+        "frames": int(len(data[schema.FRAME_INDEX])),
+        "mask": str(attrs.get("mask", "")),
+        "overlap": {str(k): cmp.overlap[k] for k in TOP_KS},
+        "rho": cmp.rho,
+        "rho_ci": list(cmp.rho_ci),
+        "split_half_rho": cmp.split_half.rho if cmp.split_half else float("nan"),
+        "split_half_full_rho": cmp.split_half.full_rho if cmp.split_half else float("nan"),
+        "top5": cmp.order[:5],
+    }
+
+
+def render(rows: list[dict], command: str) -> str:
+    lines = [
+        "# What moves the FNA ranking toward the study's",
+        "",
+        f"`{command}`",
+        "",
+        "| arm | members | frames | mask | published top 4 / 8 / 15 in ours | Spearman's rho over the published 23 "
+        "[95 % over members] | split-half rho (Spearman-Brown) | our top 5 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ov = " / ".join(f"{r['overlap'][str(k)]}/{k}" for k in TOP_KS)
+        lo, hi = r["rho_ci"]
+        lines.append(
+            f"| {r['arm']} | {r['members']} | {r['frames']} | {r['mask']} | {ov} | {r['rho']:+.2f} [{lo:+.2f}, "
+            f"{hi:+.2f}] | {r['split_half_rho']:.2f} ({r['split_half_full_rho']:.2f}) | {', '.join(r['top5'])} |"
+        )
+    lines += [
+        "",
+        "Ranked by the study's statistic (mean over members of the masked RMSE). The published ranking: "
+        "Se2, Se1, Se5, Cl7, ... (`core/analysis/comparison.PUBLISHED_TOP23`).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arm", action="append", required=True, help="NAME=path/to/fna.h5 (repeat)")
+    p.add_argument("--out", type=Path, required=True, help="OUT.md and OUT.json are written")
+    args = p.parse_args()
+    arms = []
+    for spec in args.arm:
+        name, sep, path = spec.partition("=")
+        if not sep or not Path(path).is_file():
+            p.error(f"--arm {spec!r}: expected NAME=path to an existing fna.h5")
+        arms.append((name, Path(path)))
+    rows = [arm_row(name, path) for name, path in arms]
+    command = "python bench/bench_fna_graph.py " + " ".join(f"--arm {s}" for s in args.arm) + f" --out {args.out}"
+    md = render(rows, command)
+    args.out.with_suffix(".md").write_text(md)
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "arms": rows}, indent=1) + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
