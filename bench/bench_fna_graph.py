@@ -5,7 +5,7 @@ the arms differ in what they were trained on, e.g. ``qdgap ensemble train --grap
 ranking by the study's own statistic (the mean over members of each member's masked RMSE, meV) against the
 published top 23: how many of the published top 4/8/15 are in the arm's top 4/8/15, Spearman's rho over the
 23 with its 95 % interval over members, and the arm's split-half reliability (the ceiling for any agreement
-with another ranking). The arithmetic is ``core/analysis/comparison.compare_ranking``, tested there.
+with another ranking). The arithmetic is ``core/analysis/comparison.fna_ranking``, what comparison.md uses.
 
     python bench/bench_fna_graph.py --arm default=work/fna_redraw/base0/fna.h5 \\
         --arm knn12=work/fna_graph/knn12/fna_seed_every10.h5 \\
@@ -21,13 +21,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from qdgap.core.analysis.comparison import TOP_KS, compare_ranking  # noqa: E402
+from qdgap.core.analysis.comparison import TOP_KS, fna_ranking  # noqa: E402
 from qdgap.core.common import schema  # noqa: E402
 
 
@@ -36,13 +34,11 @@ def arm_row(name: str, path: Path) -> dict:
     from qdgap.core.store.results import read_results
 
     data, attrs = read_results(path, fmt=schema.FNA_FORMAT)
-    labels = [a.decode() if isinstance(a, bytes) else str(a) for a in data[schema.ATOM_LABEL]]
-    per_member = np.asarray(data[schema.RMSE_MEV], np.float64)  # (M, N)
-    cmp = compare_ranking(labels, per_member.mean(axis=0), member_scores=per_member)
+    cmp, _, _ = fna_ranking(data)
     return {
         "arm": name,
         "file": str(path),
-        "members": int(per_member.shape[0]),
+        "members": int(len(data[schema.RMSE_MEV])),
         "frames": int(len(data[schema.FRAME_INDEX])),
         "mask": str(attrs.get("mask", "")),
         "overlap": {str(k): cmp.overlap[k] for k in TOP_KS},

@@ -70,7 +70,7 @@ def load_ensemble(path: Path, *, n_boot: int, seed: int) -> Ensemble:
 
     data, attrs = read_results(path, fmt=schema.FNA_FORMAT)
     score = str(attrs.get(schema.ATTR_RANKED_BY, "rmse"))
-    labels = [a.decode() if isinstance(a, bytes) else str(a) for a in data[schema.ATOM_LABEL]]
+    labels = [str(a) for a in data[schema.ATOM_LABEL]]
     baseline = np.atleast_2d(data[schema.BASELINE_EV])
     stats = importance_stats(
         np.asarray(data[schema.MASKED_EV]),

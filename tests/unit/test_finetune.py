@@ -335,6 +335,14 @@ def test_scratch_overrides_rebuild_scratch_config(tiny_runs):
     custom = replace(member, config=replace(member.config, model=replace(member.config.model, hidden_features=12)))
     with pytest.raises(QdgapError, match="not those of a preset.*--no-baselines"):
         ft.scratch_train_overrides(custom, s)
+    # a member trained with --graph knn12: the task trains the baseline on the same graphs
+    from qdgap.core.config import GRAPHS
+
+    knn = replace(member, config=replace(member.config, graph=GRAPHS["knn12"]))
+    preset, overrides = ft.scratch_train_overrides(knn, s)
+    assert overrides["graph"] == "knn12"
+    renamed = {("learning_rate" if k == "lr" else k): v for k, v in overrides.items()}
+    assert resolve_config(preset, **renamed) == ft.scratch_config(knn.config, s)
 
 
 # --------------------------------------------------------------------------

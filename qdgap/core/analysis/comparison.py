@@ -126,6 +126,21 @@ def compare_ranking(
     return RankingComparison(order, overlap, rho, ci, [rank[a] for a in PUBLISHED_TOP23], halves)
 
 
+def fna_ranking(fna: dict) -> tuple[RankingComparison, np.ndarray, list[str]]:
+    """An fna.h5's ranking by the study's statistic against the published one.
+
+    Args:
+        fna: the datasets of an fna.h5 (``read_results``).
+
+    Returns:
+        (the comparison, the (N,) ensemble-mean masked RMSE in meV it ranks by, the (N,) atom labels).
+    """
+    labels = [str(a) for a in fna[schema.ATOM_LABEL]]
+    per_member = np.asarray(fna[schema.RMSE_MEV], dtype=np.float64)  # (M, N)
+    mean = np.asarray(fna[schema.RMSE_MEV_MEAN], dtype=np.float64)
+    return compare_ranking(labels, mean, member_scores=per_member), mean, labels
+
+
 @dataclass(frozen=True)
 class Accuracy:
     """Errors of the members and of the ensemble mean on one frame set (meV)."""
@@ -382,10 +397,8 @@ def write_comparison(workdir: Path, *, output: Path, setup: dict[str, object], d
         if not path.exists():
             continue
         fna, _ = read_results(path, fmt=schema.FNA_FORMAT)
-        labels = [a.decode() if isinstance(a, bytes) else str(a) for a in fna[schema.ATOM_LABEL]]
-        per_member = np.asarray(fna[schema.RMSE_MEV], dtype=np.float64)  # (M, N)
-        mean = np.asarray(fna[schema.RMSE_MEV_MEAN], dtype=np.float64)
-        rankings[mode] = (compare_ranking(labels, mean, member_scores=per_member), mean, labels, _fna_stats(fna))
+        cmp, mean, labels = fna_ranking(fna)
+        rankings[mode] = (cmp, mean, labels, _fna_stats(fna))
     rows: list[dict[str, str]] = []
     if wd.finetune_csv.exists():
         import csv

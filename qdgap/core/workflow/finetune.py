@@ -563,38 +563,30 @@ def scratch_train_overrides(member: Member, settings: FinetuneSettings) -> tuple
     Raises:
         QdgapError: the member's model or graph is not its preset's, so ``qdgap train`` cannot rebuild it.
     """
-    from qdgap.core.config import PRESETS, resolve_config
+    from qdgap.core.config import GRAPHS, PRESETS, resolve_config
 
     want = scratch_config(member.config, settings)
     t = want.train
-    overrides = {
+    preset = member.config.preset
+    # A member trained with --graph: the task repeats it (None where the graph is the preset's own).
+    graph = None
+    if preset in PRESETS and want.graph != PRESETS[preset].graph:
+        graph = next((name for name, g in GRAPHS.items() if g == want.graph), None)
+    train = {
         "epochs": t.epochs,
         "patience": t.patience,
         "batch_size": t.batch_size,
-        "lr": t.learning_rate,
+        "learning_rate": t.learning_rate,
         "stride": t.stride,
         "split": t.split,
         "block_fs": t.block_fs,
-        "frames_from": None if settings.frames_from is None else str(Path(settings.frames_from).absolute()),
     }
-    preset = member.config.preset
-    if (
-        preset not in PRESETS
-        or resolve_config(
-            preset,
-            epochs=t.epochs,
-            patience=t.patience,
-            batch_size=t.batch_size,
-            learning_rate=t.learning_rate,
-            stride=t.stride,
-            pool_frames=t.pool_frames,
-            split=t.split,
-            block_fs=t.block_fs,
-        )
-        != want
-    ):
+    # pool_frames (from --frames-from) is checked here and handed to the task as the file it came from.
+    if preset not in PRESETS or resolve_config(preset, graph=graph, pool_frames=t.pool_frames, **train) != want:
         raise QdgapError(
             f"{member.path}: its settings are not those of a preset, so `qdgap train` cannot rebuild the scratch "
             "baseline on Slurm; pass --no-baselines or use --backend local"
         )
-    return preset, overrides
+    overrides = {("lr" if k == "learning_rate" else k): v for k, v in train.items()}
+    overrides["frames_from"] = None if settings.frames_from is None else str(Path(settings.frames_from).absolute())
+    return preset, {**overrides, "graph": graph}
