@@ -5,15 +5,23 @@ frames (e.g. seed bases 0, 1000 and 2000), this compares what each ensemble's
 bootstrap *states* about its own ranking with how well the ensembles actually
 agree:
 
-* stated: the mean ``rank_stability`` of its top k (the fraction of bootstrap
-  replicates that keep each top-k atom in the top k), and its rank intervals;
-* predicted from the bootstrap for two independent re-draws: Spearman's rho and
-  top-k overlap between random pairs of its replicates (each pair differs by the
-  noise twice, as two ensembles do);
+* stated: the mean ``rank_stability`` of its top k (the fraction of simulated
+  re-trained ensembles, ``ranking.simulate_redraws``, that keep each top-k atom in
+  the top k), and its rank intervals; beside it what the bootstrap stated before
+  (the fraction of bootstrap replicates that keep the atom);
+* predicted for two independent re-draws: Spearman's rho and top-k overlap between
+  pairs of simulated re-drawn ensembles, and between random pairs of bootstrap
+  replicates;
 * split-half reliability: rho between the rankings of two random halves of its
   members, and the Spearman-Brown prediction for two whole ensembles;
 * observed: rho, top-k overlap and rank-interval coverage between every pair of
-  ensembles.
+  ensembles;
+* pseudo-ensembles: three ensembles give three pairs, too few to tell a statistic
+  off by 10 points from one that is right (the top-10 overlap of one pair has a
+  spread of about 15 points). Members of ensembles on the same frames are
+  exchangeable draws of training noise, so all members are pooled and dealt again,
+  ``--partitions`` times, into disjoint ensembles of each size; observed is the
+  mean over all their pairs, stated and predicted the mean over all of them.
 
 Where the stated top-10 frequency exceeds the observed top-10 overlap by more
 than 10 points, one ensemble's statistics are more confident than re-draws justify.
@@ -44,7 +52,9 @@ if str(REPO) not in sys.path:  # run as `python bench/bench_fna_redraw.py` from 
 from qdgap.core.analysis.importance import ImportanceStats, importance_stats  # noqa: E402
 from qdgap.core.analysis.ranking import (  # noqa: E402
     rank_coverage,
+    redraw_agreement,
     replicate_agreement,
+    simulate_redraws,
     split_half_reliability,
     stated_top_k,
     top_k_overlap,
@@ -94,13 +104,18 @@ def per_ensemble(e: Ensemble, ks: tuple[int, ...], *, seed: int) -> dict:
     weights = rng.multinomial(u, np.full(u, 1.0 / u), size=s.n_boot) / u  # (B, U)
     members_only = replicate_agreement(weights @ s.unit_mev, ks=ks, seed=seed)
     halves = split_half_reliability(s.unit_mev, seed=seed) if s.n_members >= 2 else None
+    sims = simulate_redraws(s.unit_mev, draws=s.n_boot, seed=seed)
+    redrawn = redraw_agreement(sims, ks=ks)
     order = np.argsort(-s.mean_mev, kind="stable")
     return {
         "file": e.name,
         "score": s.score,
         "members": s.n_members,
         "frames": s.n_frames,
-        "stated_top": {k: stated_top_k(s.mean_mev, s.replicates_mev, k) for k in ks},
+        "stated_top": {k: stated_top_k(s.mean_mev, sims, k) for k in ks},
+        "bootstrap_stated_top": {k: stated_top_k(s.mean_mev, s.replicates_mev, k) for k in ks},
+        "redraw_rho": redrawn.rho,
+        "redraw_top": redrawn.overlap,
         "predicted_rho": agree.rho,
         "predicted_top": agree.overlap,
         "predicted_rho_members": members_only.rho,
@@ -126,6 +141,65 @@ def between(a: Ensemble, b: Ensemble, ks: tuple[int, ...]) -> dict:
     }
 
 
+def pseudo_ensembles(
+    loaded: list[Ensemble], ks: tuple[int, ...], *, sizes: tuple[int, ...], partitions: int, draws: int, seed: int
+) -> list[dict]:
+    """All members pooled and dealt again into disjoint ensembles of each size, ``partitions`` times: the mean
+    observed top-k overlap over every pair of them beside the mean of what each of them stated and predicted.
+    Frames are the files' (the same in every file), so the bootstrap here resamples members only."""
+    first = loaded[0]
+    for e in loaded[1:]:
+        if e.labels != first.labels or e.stats.n_frames != first.stats.n_frames or e.stats.score != first.stats.score:
+            raise SystemExit(f"{e.name} and {first.name} are not scored on the same atoms and frames")
+    pool = np.concatenate([e.stats.unit_mev for e in loaded])  # (M, N) meV
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size in sizes:
+        groups = len(pool) // size
+        if size < 2 or groups < 2:
+            continue
+        observed = {k: [] for k in ks}
+        stated = {k: [] for k in ks}
+        predicted = {k: [] for k in ks}
+        boot = {k: [] for k in ks}
+        boot_pairs = {k: [] for k in ks}
+        for _ in range(partitions):
+            perm = rng.permutation(len(pool))
+            members = [pool[perm[g * size : (g + 1) * size]] for g in range(groups)]
+            means = [x.mean(axis=0) for x in members]
+            for k in ks:
+                observed[k] += [
+                    top_k_overlap(means[a], means[b], k) for a, b in itertools.combinations(range(groups), 2)
+                ]
+            for x, mu in zip(members, means, strict=True):
+                sims = simulate_redraws(x, draws=draws, seed=int(rng.integers(2**31)))
+                weights = rng.multinomial(size, np.full(size, 1.0 / size), size=draws) / size
+                reps = weights @ x
+                pairs = redraw_agreement(sims, ks=ks).overlap
+                rep_pairs = replicate_agreement(reps, ks=ks, pairs=draws, seed=int(rng.integers(2**31))).overlap
+                for k in ks:
+                    stated[k].append(stated_top_k(mu, sims, k))
+                    predicted[k].append(pairs[k])
+                    boot[k].append(stated_top_k(mu, reps, k))
+                    boot_pairs[k].append(rep_pairs[k])
+        for k in ks:
+            obs = np.asarray(observed[k])
+            rows.append(
+                {
+                    "size": size,
+                    "k": k,
+                    "pairs": len(obs),
+                    "observed": float(obs.mean()),
+                    "observed_pair_sd": float(obs.std(ddof=1)) if len(obs) > 1 else float("nan"),
+                    "stated": float(np.mean(stated[k])),
+                    "predicted": float(np.mean(predicted[k])),
+                    "bootstrap_stated": float(np.mean(boot[k])),
+                    "bootstrap_pairs": float(np.mean(boot_pairs[k])),
+                }
+            )
+    return rows
+
+
 def summarise(ensembles: list[dict], pairs: list[dict], ks: tuple[int, ...]) -> dict:
     """Means over ensembles (stated, predicted) and over pairs (observed); the overconfidence in points."""
 
@@ -135,6 +209,9 @@ def summarise(ensembles: list[dict], pairs: list[dict], ks: tuple[int, ...]) -> 
 
     out = {
         "stated_top": {k: mean(e["stated_top"][k] for e in ensembles) for k in ks},
+        "bootstrap_stated_top": {k: mean(e["bootstrap_stated_top"][k] for e in ensembles) for k in ks},
+        "redraw_top": {k: mean(e["redraw_top"][k] for e in ensembles) for k in ks},
+        "redraw_rho": mean(e["redraw_rho"] for e in ensembles),
         "predicted_top": {k: mean(e["predicted_top"][k] for e in ensembles) for k in ks},
         "predicted_rho": mean(e["predicted_rho"] for e in ensembles),
         "predicted_top_members": {k: mean(e["predicted_top_members"][k] for e in ensembles) for k in ks},
@@ -149,7 +226,9 @@ def summarise(ensembles: list[dict], pairs: list[dict], ks: tuple[int, ...]) -> 
     return out
 
 
-def render(ensembles: list[dict], pairs: list[dict], summary: dict, ks: tuple[int, ...], command: str) -> str:
+def render(
+    ensembles: list[dict], pairs: list[dict], summary: dict, ks: tuple[int, ...], command: str, pseudo: list[dict]
+) -> str:
     """The markdown table."""
 
     def pct(x: float) -> str:
@@ -181,31 +260,61 @@ def render(ensembles: list[dict], pairs: list[dict], summary: dict, ks: tuple[in
     s = summary
     lines += ["", "## Stated against observed", ""]
     lines += [
-        "| | stated by one ensemble | predicted: replicate pairs (members and frames; members only) "
-        "| split-half (Spearman-Brown) | observed |"
+        "| | stated by one ensemble (simulated re-draws) | bootstrap: stated (before); replicate pairs (members and "
+        "frames; members only) | simulated re-draw pairs | split-half (Spearman-Brown) | observed |"
     ]
-    lines += ["|---|---|---|---|---|"]
+    lines += ["|---|---|---|---|---|---|"]
     lines.append(
-        f"| Spearman's rho | | {num(s['predicted_rho'])}; {num(s['predicted_rho_members'])} "
+        f"| Spearman's rho | | {num(s['predicted_rho'])}; {num(s['predicted_rho_members'])} | {num(s['redraw_rho'])} "
         f"| {num(s['split_half_full_rho'])} | {num(s['observed_rho'])} |"
     )
     for k in ks:
         lines.append(
-            f"| top-{k} overlap | {pct(s['stated_top'][k])} | {pct(s['predicted_top'][k])}; "
-            f"{pct(s['predicted_top_members'][k])} | | {pct(s['observed_top'][k])} |"
+            f"| top-{k} overlap | {pct(s['stated_top'][k])} | {pct(s['bootstrap_stated_top'][k])}; "
+            f"{pct(s['predicted_top'][k])}; {pct(s['predicted_top_members'][k])} | {pct(s['redraw_top'][k])} | "
+            f"| {pct(s['observed_top'][k])} |"
         )
-    lines.append(f"| rank-interval coverage | 95 % (nominal) | | | {pct(s['observed_coverage'])} |")
+    lines.append(f"| rank-interval coverage | 95 % (nominal) | | | | {pct(s['observed_coverage'])} |")
     lines.append("")
+
+    def verdict(points: float) -> str:
+        if abs(points) <= OVERCONFIDENT_POINTS:
+            return "within 10 points"
+        return "overconfident" if points > 0 else "underconfident"
+
     for k in ks:
         over = s["overconfidence_points"][k]
-        verdict = "overconfident" if over > OVERCONFIDENT_POINTS else "within 10 points"
-        lines.append(f"- top-{k}: stated minus observed {over:+.0f} points ({verdict}).")
+        pair = 100.0 * (s["redraw_top"][k] - s["observed_top"][k])
+        lines.append(
+            f"- top-{k}: the expected share printed (simulated re-draw pairs) minus observed {pair:+.0f} points "
+            f"({verdict(pair)}); each atom's top-{k} % averaged over the top {k} minus observed {over:+.0f} points "
+            f"({verdict(over)})."
+        )
+    if pseudo:
+        lines += ["", "## Pseudo-ensembles: all members pooled and dealt again", ""]
+        lines += [
+            "| members per ensemble | top k | pairs | observed (sd over pairs) | stated (simulated re-draws) "
+            "| simulated re-draw pairs | bootstrap stated (before) | bootstrap replicate pairs | stated minus observed "
+            "| re-draw pairs minus observed |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|---|---|---|"]
+        for r in pseudo:
+            lines.append(
+                f"| {r['size']} | {r['k']} | {r['pairs']} | {pct(r['observed'])} ({100 * r['observed_pair_sd']:.0f}) "
+                f"| {pct(r['stated'])} | {pct(r['predicted'])} | {pct(r['bootstrap_stated'])} "
+                f"| {pct(r['bootstrap_pairs'])} | {100 * (r['stated'] - r['observed']):+.0f} points "
+                f"| {100 * (r['predicted'] - r['observed']):+.0f} points |"
+            )
+        lines.append("")
     lines += [
         "",
-        "Stated top-k: mean over an ensemble's top k atoms of the fraction of its bootstrap replicates (members and "
-        "blocks of frames resampled) that keep the atom in the top k. Predicted: the same agreement between random "
-        "pairs of replicates, with members and frames resampled, and with members only (a re-trained ensemble "
-        "is scored on the same frames). Split-half: Spearman's rho between the rankings of two random halves of the members "
+        "Stated top-k: mean over an ensemble's top k atoms of the fraction of simulated re-trained ensembles "
+        "(`ranking.simulate_redraws`: true scores drawn from their empirical-Bayes posterior, then the members' "
+        "noise resampled around them) that keep the atom in the top k; this is what `qdgap fna` prints as each "
+        "atom's top-k %. Bootstrap stated (before): the same with bootstrap replicates (members and blocks of frames "
+        "resampled), what it printed before. Replicate pairs: agreement between random pairs of replicates, with "
+        "members and frames resampled, and with members only (a re-trained ensemble is scored on the same frames). "
+        "Simulated re-draw pairs: between two simulated ensembles around the same true scores. Split-half: Spearman's rho between the rankings of two random halves of the members "
         "(mean over 200 splits), then 2 rho / (1 + rho) for two whole ensembles. Observed: between the ensembles' "
         "ensemble-mean scores. Rank-interval coverage: the fraction of atoms whose rank in the other ensemble lies "
         "inside this ensemble's 95 % rank interval.",
@@ -213,14 +322,29 @@ def render(ensembles: list[dict], pairs: list[dict], summary: dict, ks: tuple[in
     return "\n".join(lines) + "\n"
 
 
-def run(files: list[Path], *, ks: tuple[int, ...], n_boot: int, seed: int, command: str) -> tuple[str, dict]:
+def run(
+    files: list[Path], *, ks: tuple[int, ...], n_boot: int, seed: int, command: str, partitions: int = 40
+) -> tuple[str, dict]:
     """The markdown and the JSON of the comparison of ``files``."""
     loaded = [load_ensemble(f, n_boot=n_boot, seed=seed) for f in files]
     ensembles = [per_ensemble(e, ks, seed=seed) for e in loaded]
     pairs = [between(a, b, ks) for a, b in itertools.combinations(loaded, 2)]
     summary = summarise(ensembles, pairs, ks)
-    report = {"command": command, "ks": list(ks), "ensembles": ensembles, "pairs": pairs, "summary": summary}
-    return render(ensembles, pairs, summary, ks, command), report
+    size = min(e.stats.n_members for e in loaded)
+    pseudo = (
+        pseudo_ensembles(loaded, ks, sizes=(size, size // 2), partitions=partitions, draws=n_boot, seed=seed)
+        if partitions > 0
+        else []
+    )
+    report = {
+        "command": command,
+        "ks": list(ks),
+        "ensembles": ensembles,
+        "pairs": pairs,
+        "summary": summary,
+        "pseudo_ensembles": pseudo,
+    }
+    return render(ensembles, pairs, summary, ks, command, pseudo), report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", default="5,10", help="top-k sizes, comma-separated")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates per ensemble")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the splits")
+    p.add_argument("--partitions", type=int, default=40, help="pooled members dealt again this many times (0: off)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results_fna_redraw", help="writes OUT.md and OUT.json")
     args = p.parse_args(argv)
     if len(args.fna) < 2:
@@ -238,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"not found: {', '.join(missing)}")
     ks = tuple(int(k) for k in args.top.split(","))
     command = "python bench/bench_fna_redraw.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text, report = run(args.fna, ks=ks, n_boot=args.bootstrap, seed=args.seed, command=command)
+    text, report = run(
+        args.fna, ks=ks, n_boot=args.bootstrap, seed=args.seed, command=command, partitions=args.partitions
+    )
     from qdgap.core.common.files import write_text_atomic
 
     write_text_atomic(args.out.with_suffix(".md"), text)

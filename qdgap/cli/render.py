@@ -248,8 +248,8 @@ def _print_fna_summary(output, csv_path, xyz, n_members, n_frames, n_atoms, mask
     median = float(np.median(r.mean_mev))
     against = "> 0" if stats.ranked_by == "rmse" else f"> the ensemble spread {r.null_mev:.1f} meV"
     out.print(
-        f"  a re-trained ensemble is expected to share {100 * r.redraw_overlap:.0f} % of this top {r.top_k} "
-        "(bootstrap replicate pairs; each atom's top-k % above compares a replicate with this ensemble only)"
+        f"  two re-trained ensembles are expected to share {100 * r.redraw_overlap:.0f} % of their top {r.top_k}; "
+        f"each atom's top-{r.top_k} % above: how often a re-trained ensemble puts it there (simulated re-draws)"
     )
     out.print(
         f"  {n_out} of {n_atoms} atoms stand out (above the median atom, {median:+.1f} meV); "

@@ -160,8 +160,6 @@ def replicate_agreement(
         pairs: random pairs averaged.
         seed: of the pairs.
     """
-    from scipy.stats import rankdata
-
     reps = np.asarray(replicates, np.float64)
     b = len(reps)
     if b < 2:
@@ -169,15 +167,82 @@ def replicate_agreement(
     rng = np.random.default_rng(seed)
     first = rng.integers(0, b, size=pairs)
     second = (first + rng.integers(1, b, size=pairs)) % b  # never the same replicate
+    return _pair_agreement(reps, first, second, ks)
+
+
+REDRAWS = 2000  # simulated re-trained ensembles (simulate_redraws)
+
+
+def simulate_redraws(member_scores: np.ndarray, *, draws: int = REDRAWS, seed: int = 0) -> np.ndarray:
+    """Mean scores of simulated re-trained ensembles of the same size, scored on the same frames.
+
+    A bootstrap replicate is centred on this ensemble's own estimate, whose spread over atoms is the atoms' real
+    spread plus the members' noise; two replicates (or a replicate and the estimate) therefore agree more than
+    two re-trained ensembles do (on the demo, 20 members: top-10 overlap 59-70 % stated, 49 % observed). Here a
+    re-trained ensemble is drawn in two stages (empirical Bayes): the atoms' true scores from their posterior
+    (a normal prior over atoms whose variance is the spread of the ensemble means less the noise of a mean,
+    and each atom's noise from its members), then M members' worth of noise around them, drawn by resampling
+    this ensemble's member residuals so that atoms keep their correlations.
+
+    Args:
+        member_scores: (M, N), each member's score per atom (meV), larger = more important; M >= 2.
+        draws: simulated ensembles.
+        seed: of the draws; the same seed gives the same draws.
+
+    Returns:
+        (draws, N) float64, each simulated ensemble's mean score per atom (meV); rows 2i and 2i + 1 share
+        their true scores (``redraw_agreement`` compares them).
+
+    Raises:
+        QdgapError: fewer than two members (no member noise to draw from).
+    """
+    x = np.asarray(member_scores, np.float64)
+    m = x.shape[0]
+    if x.ndim != 2 or m < 2:
+        raise QdgapError(f"simulated re-draws need at least 2 members, got {m}")
+    mean = x.mean(axis=0)
+    resid = (x - mean) * np.sqrt(m / (m - 1))  # so a resampled mean has the members' unbiased variance
+    noise = x.var(axis=0, ddof=1) / m  # (N,) variance of an atom's ensemble mean
+    centred = mean - mean.mean()
+    signal = max(float(centred.var()) - float(noise.mean()), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shrink = np.where(signal + noise > 0, signal / (signal + noise), 0.0)
+    rng = np.random.default_rng(seed)
+    # One truth per pair of rows: rows 2i and 2i + 1 are two ensembles re-trained around the same true scores.
+    z = np.repeat(rng.standard_normal(((draws + 1) // 2, len(mean))), 2, axis=0)[:draws]
+    truth = mean.mean() + shrink * centred + np.sqrt(shrink * noise) * z
+    counts = rng.multinomial(m, np.full(m, 1.0 / m), size=draws)  # (D, M) members drawn with replacement
+    return truth + counts @ resid / m
+
+
+def redraw_agreement(simulated: np.ndarray, *, ks: tuple[int, ...] = (5, 10)) -> ReplicateAgreement:
+    """Spearman's rho and top-k overlaps between disjoint pairs of simulated re-drawn ensembles (rows 0 and 1,
+    2 and 3, ...; ``simulate_redraws``): what two independently re-trained ensembles are expected to share.
+
+    Args:
+        simulated: (D, N), D >= 2.
+        ks: top sizes.
+    """
+    sims = np.asarray(simulated, np.float64)
+    pairs = len(sims) // 2
+    if pairs < 1:
+        raise QdgapError(f"re-draw agreement needs at least 2 simulated ensembles, got {len(sims)}")
+    return _pair_agreement(sims, np.arange(0, 2 * pairs, 2), np.arange(1, 2 * pairs, 2), ks)
+
+
+def _pair_agreement(rows: np.ndarray, first: np.ndarray, second: np.ndarray, ks: tuple[int, ...]) -> ReplicateAgreement:
+    from scipy.stats import rankdata
+
     # Spearman's rho of every pair at once: Pearson's r of the average ranks (as metrics.spearman_rho ranks).
-    r = rankdata(reps, axis=1)
+    r = rankdata(rows, axis=1)
     r -= r.mean(axis=1, keepdims=True)
     norm = np.sqrt((r * r).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        rhos = (r[first] * r[second]).sum(axis=1) / (norm[first] * norm[second])  # NaN for a constant replicate
-    top = ranks_of(reps)  # (B, N) 1 = first
+        rhos = (r[first] * r[second]).sum(axis=1) / (norm[first] * norm[second])  # NaN for a constant row
+    top = ranks_of(rows)  # (B, N) 1 = first
     overlap = {k: float(((top[first] <= k) & (top[second] <= k)).sum(axis=1).mean() / k) for k in ks}
-    return ReplicateAgreement(rho=float(np.nanmean(rhos)), overlap=overlap, pairs=pairs)
+    rho = float(np.nanmean(rhos)) if np.isfinite(rhos).any() else float("nan")
+    return ReplicateAgreement(rho=rho, overlap=overlap, pairs=len(first))
 
 
 def rank_coverage(rank_ci: np.ndarray, other: np.ndarray) -> float:
