@@ -132,8 +132,8 @@ GROUP_SIGNIFICANT: Final[str] = "group_significant"  # (G,) bool
 ATTR_RANKED_BY: Final[str] = "importance_ranked_by"  # str | rmse or shift: the score that orders the CSV and report
 # Further attrs, written by ImportanceStats.attrs with prefix "importance" (rmse score) or "shift":
 # <prefix>_block_frames (int, FNA frames), _block_source, _bootstrap (replicates), _seed, _top_k, _alpha,
-# _redraw_top_k_overlap (float: the top-k share two bootstrap replicates have in common, what a re-trained
-# ensemble is expected to share),
+# _redraw_top_k_overlap (float: the top-k share two simulated re-trained ensembles have in common,
+# ranking.simulate_redraws; files before 0b8520c: two bootstrap replicates),
 # _confidence, _correction (holm or bh), _null_mev, _n_frames, _n_members.
 
 # importance.extxyz (qdgap fna --xyz): per-atom array of every FNA frame
