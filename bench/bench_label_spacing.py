@@ -74,14 +74,7 @@ def _train(args, runs: Path, stride: int, split: str = "random", members: int | 
 
 
 def _spacing_row(args, k: int) -> dict:
-    from qdgap.core.analysis import baselines as bl
-    from qdgap.core.common import schema
-    from qdgap.core.common.metrics import coverage, rmse_mev
-    from qdgap.core.data.splits import labelled_pool
-    from qdgap.core.data.timeseries import correlation_time_fs
-    from qdgap.core.data.trajectory import read_trajectory
     from qdgap.core.store import runs as rf
-    from qdgap.core.store.results import read_results
     from qdgap.core.workflow.inference import predict_to_file
 
     runs = args.work / f"s{k}" / "runs"
@@ -91,8 +84,27 @@ def _spacing_row(args, k: int) -> dict:
     pred_path = args.work / f"s{k}" / "predictions.h5"
     if not pred_path.exists():
         predict_to_file(runs, args.data, pred_path, frames="all", device="cpu")
+    row = {"spacing_fs": k, **score_outside_pool(pred_path, args.data, runs, k)}
+    row["train_s_summed"] = train_s
+    row["wall_s"] = time.perf_counter() - t0
+    return row
+
+
+def score_outside_pool(pred_path: Path, data: Path, runs: Path, k: int) -> dict:
+    """An ensemble's ``predictions.h5`` (every frame) scored on the labelled frames outside the pool of every
+    k-th labelled frame, beside the pool's baselines on the same frames; RMSE in meV (bench/bench_sparse.py
+    uses it too)."""
+    from qdgap.core.analysis import baselines as bl
+    from qdgap.core.common import schema
+    from qdgap.core.common.metrics import coverage, rmse_mev
+    from qdgap.core.data.splits import labelled_pool
+    from qdgap.core.data.timeseries import correlation_time_fs
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.core.store import runs as rf
+    from qdgap.core.store.results import read_results
+
     pred, attrs = read_results(pred_path, fmt=schema.PREDICTIONS_FORMAT)
-    traj = read_trajectory(args.data)
+    traj = read_trajectory(data)
     pool = labelled_pool(traj.gap_ev, stride=k)
     members = rf.load_members(runs)
     frame = np.asarray(pred[schema.FRAME_INDEX])
@@ -113,7 +125,6 @@ def _spacing_row(args, k: int) -> dict:
     residual = g_pool - mean_all[at_pool]
     hybrid = mean + np.interp(traj.time_fs[frame[scored]], t_pool, residual)
     row = {
-        "spacing_fs": k,
         "pool": int(len(pool)),
         "scored_frames": int(scored.sum()),
         "corr_time_pool_fs": tau,
@@ -122,8 +133,6 @@ def _spacing_row(args, k: int) -> dict:
         **{f"{name}_rmse_mev": rmse_mev(p - y) for name, p in base.items() if name != "persistence"},
         "linear_union_rmse_mev": rmse_mev(lin_union - y),
         "hybrid_rmse_mev": rmse_mev(hybrid - y),
-        "train_s_summed": train_s,
-        "wall_s": time.perf_counter() - t0,
     }
     if schema.GAP_LO_EV in pred:
         lo, hi = (np.asarray(pred[key], np.float64)[scored] for key in (schema.GAP_LO_EV, schema.GAP_HI_EV))
