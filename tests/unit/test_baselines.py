@@ -107,3 +107,44 @@ def test_correlation_time_of_an_ar1_series():
     assert correlation_time_fs(t[::2], x[::2]) == pytest.approx(tau, rel=0.1)
     np.testing.assert_allclose(autocorrelation_at(t, x, [0.0, tau]), [1.0, math.exp(-1)], atol=0.05)
     assert math.isnan(correlation_time_fs(t[:3], x[:3]))
+
+
+def _smooth_process(seed: int, n: int = 3000, length_fs: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
+    """A stationary smooth gap series (1 fs frames): a sum of random sines with periods about 2 pi length."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(float(n))
+    w = rng.normal(0.0, 1.0 / length_fs, 40)
+    phase = rng.uniform(0, 2 * np.pi, 40)
+    gap = 1.7 + 0.1 / np.sqrt(40) * np.cos(np.outer(t, w) + phase).sum(axis=1)
+    return t, gap
+
+
+def test_kriging_beats_linear_interpolation_on_a_smooth_series_and_reverts_to_the_mean_far_away():
+    t, gap = _smooth_process(0)
+    labels = np.arange(0, 2000, 20)
+    between = np.setdiff1d(np.arange(2000), labels)
+    pred = bl.baseline_predictions(t[between], t[labels], gap[labels], corr_time_fs=50.0)
+    krig, lin = (np.sqrt(np.mean((pred[k] - gap[between]) ** 2)) for k in ("kriging", "linear"))
+    assert krig < 0.5 * lin, (krig, lin)  # a smooth series: kriging's cubic-like curve beats straight lines
+    far = bl.kriging_in_time(np.array([1e6]), t[labels], gap[labels])
+    assert far[0] == pytest.approx(gap[labels].mean(), abs=1e-9)
+
+
+def test_kriging_degenerate_labels_give_their_mean():
+    t = np.array([0.0, 10.0])
+    np.testing.assert_allclose(bl.kriging_in_time(np.array([5.0]), t, np.array([1.0, 2.0])), [1.5])
+    t = np.arange(0.0, 50.0, 10.0)
+    np.testing.assert_allclose(bl.kriging_in_time(np.array([5.0, 100.0]), t, np.full(5, 1.8)), [1.8, 1.8])
+
+
+def test_kriging_in_blocks_matches_one_solve(monkeypatch):
+    """With more labels than a block, overlapping blocks give what one solve over all labels gives
+    (the neighbours beyond the overlap are many correlation lengths away)."""
+    t, gap = _smooth_process(1, n=1200, length_fs=15.0)
+    labels = np.arange(0, 1200, 4)  # 300 labels
+    query = np.setdiff1d(np.arange(1200), labels)
+    one = bl.kriging_in_time(t[query], t[labels], gap[labels])
+    monkeypatch.setattr(bl, "KRIGING_BLOCK", 60)
+    monkeypatch.setattr(bl, "KRIGING_OVERLAP", 40)
+    blocks = bl.kriging_in_time(t[query], t[labels], gap[labels])
+    np.testing.assert_allclose(blocks, one, atol=1e-6)  # eV
