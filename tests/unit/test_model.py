@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -195,6 +196,67 @@ def test_unit_masks_change_nothing(synthetic_traj):
     ones = (torch.ones(batch.z.numel()), torch.ones(batch.edge_src.numel()), torch.ones(batch.lg_src.numel()))
     with torch.no_grad():
         torch.testing.assert_close(model(*batch, *ones), model(*batch), rtol=0, atol=0)
+
+
+def _wide(width: int):
+    return replace(PRESETS["tiny"].model, output_features=width)
+
+
+def test_model_width_one_keeps_scalar_stats(synthetic_traj):
+    """The default readout (one output) keeps 0-d target statistics, as every checkpoint holds them,
+    and gives (B,); setting them from numpy scalars or arrays of one is setting them from floats."""
+    model = _randomise(GapModel(PRESETS["tiny"].model)).eval()
+    assert model.target_mean.shape == () and model.target_std.shape == ()
+    batch = gather_frames(build_graphs(synthetic_traj, GraphConfig()), torch.arange(5))
+    model.set_target_stats(1.73, 0.11)
+    with torch.no_grad():
+        want = model(*batch)
+        model.set_target_stats(np.float64(1.73), np.array([0.11]))
+        assert want.shape == (5,)
+        assert torch.equal(model(*batch), want)
+    model.set_target_stats(1.0, 0.0)
+    assert float(model.target_std) == pytest.approx(1e-6)  # a constant target is not divided by zero
+
+
+def test_model_wide_readout_scales_each_output(synthetic_traj):
+    """K = 3 outputs: (B, 3), column k scaled by target k's own mean and std; column 0 is what a
+    one-output model with the same trunk, the same first readout row and target 0's statistics gives."""
+    batch = gather_frames(build_graphs(synthetic_traj, GraphConfig()), torch.arange(6))
+    wide = _randomise(GapModel(_wide(3))).eval()
+    assert wide.target_mean.shape == (3,)
+    mean, std = np.array([1.7, -5.1, -3.4]), np.array([0.11, 0.07, 0.05])
+    with torch.no_grad():
+        raw = wide(*batch)  # statistics 0 and 1: the standardised output
+        wide.set_target_stats(mean, std)
+        out = wide(*batch)
+        assert out.shape == (6, 3)
+        want = raw * torch.tensor(std, dtype=torch.float32) + torch.tensor(mean, dtype=torch.float32)
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-6)
+        narrow = GapModel(PRESETS["tiny"].model).eval()
+        state = {k: (v[:1] if k.startswith("fc.") else v) for k, v in wide.state_dict().items()}
+        state["target_mean"], state["target_std"] = state["target_mean"][0], state["target_std"][0]
+        narrow.load_state_dict(state)
+        torch.testing.assert_close(narrow(*batch), out[:, 0], rtol=0, atol=1e-6)
+
+
+def test_model_wide_readout_scripts_and_folds(synthetic_traj):
+    """A 3-output model scripts to the same outputs, and folding its statistics into the readout (each row
+    by its own target's) predicts eV by itself; unfolding gives the standardised layer back."""
+    from qdgap.core.model.network import fold_target_stats, unfold_target_stats
+
+    batch = gather_frames(build_graphs(synthetic_traj, GraphConfig()), torch.arange(6))
+    model = _randomise(GapModel(_wide(3))).eval()
+    model.set_target_stats([1.7, -5.1, -3.4], [0.11, 0.07, 0.05])
+    with torch.no_grad():
+        want = model(*batch)
+        torch.testing.assert_close(torch.jit.script(model)(*batch), want, rtol=0, atol=1e-6)
+        folded = fold_target_stats(model.state_dict())
+        as_is = GapModel(_wide(3)).eval()
+        as_is.load_state_dict({k: v for k, v in folded.items() if k not in FOLDED_STATS})
+        torch.testing.assert_close(as_is(*batch), want, rtol=0, atol=1e-5)
+        again = GapModel(_wide(3)).eval()
+        again.load_state_dict(unfold_target_stats(folded))
+        torch.testing.assert_close(again(*batch), want, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("blocks", [0, 1, 2, 3, 4])

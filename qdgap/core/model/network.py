@@ -3,7 +3,9 @@
 Layout follows ``alignn.models.alignn_atomwise_pure``: embeddings (atom MLP,
 bond and angle radial-basis expansions with MLPs), ALIGNN blocks (an
 edge-gated convolution on the bond graph, then one on the line graph),
-edge-gated graph convolutions, mean readout over atoms, one linear output.
+edge-gated graph convolutions, mean readout over atoms, one linear output
+(``output_features`` wide: 1, the gap, for every qdgap run; more for multi-task
+experiments such as ``bench/bench_multitask.py``).
 Parameter and buffer names are upstream's, so a state dict moves between the
 two; qdgap adds only the target statistics (``target_mean``, ``target_std``)
 that put the output in eV. A ``best.pt`` holds them folded into the output
@@ -14,6 +16,7 @@ scripts with ``torch.jit.script``; training, export and FNA all call it.
 """
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -175,7 +178,12 @@ def species_table(atom_features: str, num_features: int) -> np.ndarray:
 
 
 class GapModel(nn.Module):
-    """ALIGNN predicting one band gap (eV) per graph."""
+    """ALIGNN predicting one band gap (eV) per graph.
+
+    With ``output_features`` K > 1 the readout gives K targets per graph, each with its own
+    ``target_mean``/``target_std`` (shape (K,)); with K = 1 (every qdgap run) they are scalars and
+    the forward is the single-target one, unchanged.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -201,14 +209,19 @@ class GapModel(nn.Module):
         # The feature table is a buffer, so an exported model takes atomic numbers alone.
         table = species_table(c.atom_features, c.atom_input_features)
         self.register_buffer("_species_table", torch.from_numpy(table.copy()))
-        # Training runs on standardised targets; these map the output back to eV.
-        self.register_buffer("target_mean", torch.zeros((), dtype=torch.float32))
-        self.register_buffer("target_std", torch.ones((), dtype=torch.float32))
+        # Training runs on standardised targets; these map the output back to eV. () for one target
+        # (the layout of every checkpoint), (K,) for K targets.
+        stats_shape = () if c.output_features == 1 else (c.output_features,)
+        self.register_buffer("target_mean", torch.zeros(stats_shape, dtype=torch.float32))
+        self.register_buffer("target_std", torch.ones(stats_shape, dtype=torch.float32))
 
-    def set_target_stats(self, mean_ev: float, std_ev: float) -> None:
-        """Set the training targets' mean and std (eV) that the output is scaled by."""
-        self.target_mean.fill_(float(mean_ev))
-        self.target_std.fill_(max(float(std_ev), 1e-6))
+    def set_target_stats(self, mean_ev: float | Sequence[float], std_ev: float | Sequence[float]) -> None:
+        """Set the training targets' mean and std (eV) that the output is scaled by: one number per target."""
+        shape = self.target_mean.shape
+        mean = torch.as_tensor(np.asarray(mean_ev, dtype=np.float64)).reshape(shape)
+        std = torch.as_tensor(np.asarray(std_ev, dtype=np.float64)).reshape(shape).clamp_min(1e-6)
+        self.target_mean.copy_(mean)  # rounded to float32 as fill_(float) rounds
+        self.target_std.copy_(std)
 
     def forward(
         self,
@@ -225,7 +238,7 @@ class GapModel(nn.Module):
         edge_mask: Tensor | None = None,  # (e,) float, 0 nullifies the bond's basis features
         angle_mask: Tensor | None = None,  # (t,) float, 0 nullifies the angle's basis features
     ) -> Tensor:
-        """Band gap of each graph, eV, shape (num_graphs,)."""
+        """Band gap of each graph, eV, shape (num_graphs,); (num_graphs, K) for K output features."""
         x, y, a = self.embed(z, bond_len, angle_cos, node_mask, edge_mask, angle_mask)
         return self.propagate(x, y, a, edge_src, edge_dst, lg_src, lg_dst, node_graph, num_graphs)
 
@@ -270,7 +283,7 @@ class GapModel(nn.Module):
         node_graph: Tensor,
         num_graphs: int,
     ) -> Tensor:
-        """Message passing and readout from embedded features (``embed``); (num_graphs,) eV."""
+        """Message passing and readout from embedded features (``embed``); (num_graphs,) or (num_graphs, K) eV."""
         num_nodes = x.shape[0]
         num_edges = y.shape[0]
         for layer in self.alignn_layers:
@@ -280,7 +293,7 @@ class GapModel(nn.Module):
             # The readout sees atoms only: the last layer's bond update (E x H of norm and SiLU) is skipped.
             x, y = layer.forward_tensors(edge_src, edge_dst, num_nodes, x, y, i < last)
         h = scatter_mean(x, node_graph, num_graphs)  # (B, H)
-        out = self.fc(h).squeeze(1)  # (B,)
+        out = self.fc(h).squeeze(1)  # (B,); (B, K) for K > 1 outputs, scaled per column by the (K,) stats
         return out * self.target_std + self.target_mean
 
     @torch.jit.ignore
@@ -312,9 +325,9 @@ def fold_target_stats(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
     Upstream ``ALIGNNAtomWisePure`` knows nothing of ``target_mean`` and
     ``target_std``, so the standardisation is folded into ``fc`` (w' = w std,
-    b' = b std + mean, in float64, then rounded back): upstream's forward on
-    these weights gives the gap in eV, and so does qdgap's, with ``target_mean``
-    0 and ``target_std`` 1. The statistics stay under ``FOLDED_STATS``, for
+    b' = b std + mean, in float64, then rounded back; with K outputs, row k by
+    target k's statistics): upstream's forward on these weights gives the gap in
+    eV, and so does qdgap's, with ``target_mean`` 0 and ``target_std`` 1. The statistics stay under ``FOLDED_STATS``, for
     ``unfold_target_stats`` to restore the standardised parameters that training
     and fine-tuning continue from.
 
@@ -328,7 +341,7 @@ def fold_target_stats(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out = {k: v.detach().clone() for k, v in state.items()}
     mean, std = state["target_mean"].double(), state["target_std"].double()
     w, b = state["fc.weight"], state["fc.bias"]
-    out["fc.weight"] = (w.double() * std).to(w.dtype)
+    out["fc.weight"] = (w.double() * std.reshape(-1, 1)).to(w.dtype)  # (K, H) rows by (K,) or () stats
     out["fc.bias"] = (b.double() * std + mean).to(b.dtype)
     out["target_mean"] = torch.zeros_like(state["target_mean"])
     out["target_std"] = torch.ones_like(state["target_std"])
@@ -348,7 +361,7 @@ def unfold_target_stats(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out = {k: v for k, v in state.items() if k not in FOLDED_STATS}
     mean, std = state[FOLDED_STATS[0]], state[FOLDED_STATS[1]]
     w, b = state["fc.weight"], state["fc.bias"]
-    out["fc.weight"] = (w.double() / std.double()).to(w.dtype)
+    out["fc.weight"] = (w.double() / std.double().reshape(-1, 1)).to(w.dtype)
     out["fc.bias"] = ((b.double() - mean.double()) / std.double()).to(b.dtype)
     out["target_mean"], out["target_std"] = mean.clone(), std.clone()
     return out
