@@ -7,8 +7,8 @@ On the real Cl trajectory, for each label spacing k (the pool: every k-th labell
 ``--stride k``), scored on every other labelled frame:
 
 * linear and PCHIP interpolation in time (``core.analysis.baselines``);
-* kriging in time: a Gaussian process in time alone (Matern 3/2 kernel plus noise, hyperparameters by
-  maximum marginal likelihood);
+* kriging in time: a Gaussian process in time alone (``core.analysis.baselines.kriging_in_time``, the
+  baseline qdgap prints beside every accuracy);
 * ridge on pair distances: a linear model of the gap in the 2,211 interatomic distances (standardised;
   the penalty by ridge's leave-one-out error over a log grid), the first-order (linear vibronic) picture
   of how the gap follows the nuclei; and the same plus its pool residuals interpolated in time;
@@ -44,29 +44,25 @@ def pair_distances(positions: np.ndarray) -> np.ndarray:
     return np.linalg.norm(positions[:, i] - positions[:, j], axis=-1)
 
 
-def matern32(a: np.ndarray, b: np.ndarray, length_fs: float) -> np.ndarray:
-    """(A,), (B,) times in fs -> (A, B) Matern 3/2 correlation."""
-    r = np.sqrt(3.0) * np.abs(a[:, None] - b[None, :]) / length_fs
-    return (1.0 + r) * np.exp(-r)
-
-
 def gp_predict(
-    t_train: np.ndarray, y_train: np.ndarray, t_test: np.ndarray, x_train=None, x_test=None
+    t_train: np.ndarray, y_train: np.ndarray, t_test: np.ndarray, x_train: np.ndarray, x_test: np.ndarray
 ) -> tuple[np.ndarray, dict]:
-    """A Gaussian process in time (and, given standardised features, plus a linear kernel on them), its
-    hyperparameters (variances, length in fs, noise) by maximum marginal likelihood from three starts."""
+    """One Gaussian process on structure and time: a linear kernel on the standardised features plus the
+    Matern 3/2 kernel in time (kriging's, ``core.analysis.baselines``) and noise; its hyperparameters
+    (variances, length in fs, noise) by maximum marginal likelihood from three starts."""
     from scipy.linalg import cho_factor, cho_solve
     from scipy.optimize import minimize
+
+    from qdgap.core.analysis.baselines import matern32
 
     mean = y_train.mean()
     yc = y_train - mean
     n = len(yc)
-    lin = None if x_train is None else x_train @ x_train.T / x_train.shape[1]
+    lin = x_train @ x_train.T / x_train.shape[1]
 
     def kernel(theta: np.ndarray) -> np.ndarray:
         s_lin, s_time, length, noise = np.exp(theta)
-        k = s_time * matern32(t_train, t_train, length) + noise * np.eye(n)
-        return k if lin is None else k + s_lin * lin
+        return s_time * matern32(t_train, t_train, length) + noise * np.eye(n) + s_lin * lin
 
     def nll(theta: np.ndarray) -> float:
         try:
@@ -80,9 +76,7 @@ def gp_predict(
     best = min((minimize(nll, s, method="L-BFGS-B", bounds=bounds) for s in starts), key=lambda r: r.fun)
     s_lin, s_time, length, noise = np.exp(best.x)
     alpha = cho_solve(cho_factor(kernel(best.x), lower=True), yc)
-    k_star = s_time * matern32(t_test, t_train, length)
-    if lin is not None:
-        k_star = k_star + s_lin * (x_test @ x_train.T / x_train.shape[1])
+    k_star = s_time * matern32(t_test, t_train, length) + s_lin * (x_test @ x_train.T / x_train.shape[1])
     return mean + k_star @ alpha, {"length_fs": float(length), "noise_mev": float(np.sqrt(noise) * 1e3)}
 
 
@@ -115,7 +109,6 @@ def spacing_row(traj, k: int) -> dict:
     x = pair_distances(traj.positions_ang.astype(np.float64))
     base = bl.baseline_predictions(t[scored], t[pool], g[pool], corr_time_fs=correlation_time_fs(t[pool], g[pool]))
     y = g[scored]
-    krig, krig_hp = gp_predict(t[pool], g[pool], t[scored])
     r_test, r_train, alpha = ridge(x[pool], g[pool], x[scored])
     hybrid = r_test + np.interp(t[scored], t[pool], g[pool] - r_train)
     mu, sd = x[pool].mean(0), x[pool].std(0) + 1e-12
@@ -127,8 +120,7 @@ def spacing_row(traj, k: int) -> dict:
         "linear": _rmse(base["linear"], y),
         "pchip": _rmse(base["pchip"], y),
         "mean": _rmse(base["mean"], y),
-        "kriging_time": _rmse(krig, y),
-        "kriging_length_fs": krig_hp["length_fs"],
+        "kriging_time": _rmse(base["kriging"], y),
         "ridge_pairs": _rmse(r_test, y),
         "ridge_alpha": alpha,
         "ridge_plus_interpolated_residuals": _rmse(hybrid, y),
@@ -173,8 +165,8 @@ def render(rows: list[dict], ext_rows: list[dict], alignn: dict, command: str) -
         shown = [f"**{c:.1f}**" if c == best else f"{c:.1f}" for c in cells]
         lines.append(f"| {r['spacing_fs']} | {r['pool']} | {'-' if a is None else f'{a:.1f}'} | "
                      + " | ".join(shown) + f" | {r['mean']:.1f} |")  # fmt: skip
-    lines += ["", "Kriging's fitted length (fs): "
-              + ", ".join(f"{r['spacing_fs']} fs: {r['kriging_length_fs']:.0f}" for r in rows) + "."]  # fmt: skip
+    lines += ["", "The GP's fitted length in time (fs): "
+              + ", ".join(f"{r['spacing_fs']} fs: {r['structure_plus_time_length_fs']:.0f}" for r in rows) + "."]  # fmt: skip
     if ext_rows:
         lines += ["", "## 10-15 ps: ridge trained on the 0-10 ps pool (no extension label)", ""]
         lines += ["| 0-10 ps labels every, fs | extension frames | ridge, meV | its mean error, meV | pool mean, meV |",

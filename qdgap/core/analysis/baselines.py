@@ -114,7 +114,8 @@ def baseline_predictions(
     return out
 
 
-def _matern32(a: np.ndarray, b: np.ndarray, length_fs: float) -> np.ndarray:
+def matern32(a: np.ndarray, b: np.ndarray, length_fs: float) -> np.ndarray:
+    """(A,), (B,) times in fs -> (A, B) Matern 3/2 correlation at the given length (fs)."""
     r = np.sqrt(3.0) * np.abs(a[:, None] - b[None, :]) / length_fs
     return (1.0 + r) * np.exp(-r)
 
@@ -152,7 +153,7 @@ def kriging_in_time(time_fs: np.ndarray, label_time_fs: np.ndarray, label_gap_ev
 
     def kernel(theta: np.ndarray, a: np.ndarray) -> np.ndarray:
         var, length, noise = np.exp(theta)
-        return var * _matern32(a, a, length) + noise * np.eye(len(a))
+        return var * matern32(a, a, length) + noise * np.eye(len(a))
 
     def nll(theta: np.ndarray) -> float:
         try:
@@ -178,7 +179,7 @@ def kriging_in_time(time_fs: np.ndarray, label_time_fs: np.ndarray, label_gap_ev
         hi = min(len(t), (b + 1) * KRIGING_BLOCK + KRIGING_OVERLAP)
         alpha = cho_solve(cho_factor(kernel(theta, t[lo:hi]), lower=True), y[lo:hi])
         mine = owner == b
-        out[mine] = mean + var * _matern32(q[mine], t[lo:hi], length) @ alpha
+        out[mine] = mean + var * matern32(q[mine], t[lo:hi], length) @ alpha
     return out
 
 
