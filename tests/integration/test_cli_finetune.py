@@ -99,8 +99,8 @@ def test_finetune_writes_members_report_and_predicts(run_cli, tmp_path, tiny_run
     with open(work / "finetune_report.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [row["model"] for row in rows] == [
-        "pretrained", "finetuned", "scratch", "labels_mean", "nearest", "interpolation", "pretrained_offset",
-        "pretrained_affine",
+        "pretrained", "finetuned", "scratch", "labels_mean", "nearest", "interpolation", "kriging",
+        "pretrained_offset", "pretrained_affine",
     ]  # fmt: skip
     assert list(rows[0]) == ["model", "rmse_mev", "mae_mev", "wall_s", "n_frames", "finetuned_skill"]
     held_out = EXT_FRAMES - len(range(0, EXT_FRAMES, STRIDE))
@@ -162,7 +162,9 @@ def test_finetune_one_seed_then_rest_and_resume(run_cli, tmp_path, tiny_runs, ex
     assert "1 done, 1 trained" in r.stdout or "1 trained, 1 done" in r.stdout
     assert len(rf.read_metrics_csv(rf.run_dir(out, 0) / rf.METRICS_CSV)) == 2
     with open(tmp_path / "finetune_report.csv", newline="") as fh:
-        assert [row["model"] for row in csv.DictReader(fh)] == ["finetuned", "labels_mean", "nearest", "interpolation"]
+        assert [row["model"] for row in csv.DictReader(fh)] == [
+            "finetuned", "labels_mean", "nearest", "interpolation", "kriging"
+        ]  # fmt: skip
     assert not (tmp_path / "runs_scratch").exists()
     # A rerun trains nothing; here with an explicit report path (its JSON twin beside it).
     mtime = (rf.run_dir(out, 0) / rf.MODEL_TS).stat().st_mtime_ns

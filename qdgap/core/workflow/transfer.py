@@ -29,7 +29,7 @@ REPORT_MODELS = ("pretrained", "finetuned", "scratch")  # rows of finetune_repor
 # Rows after the models: what the fine-tuning labels predict without training (analysis/baselines.py):
 # their mean, the nearest labelled frame, linear interpolation in time, and the pretrained ensemble
 # recalibrated on those labels: its mean offset removed, or a least-squares scale and offset.
-BASELINE_ROWS = ("labels_mean", "nearest", "interpolation", "pretrained_offset", "pretrained_affine")
+BASELINE_ROWS = ("labels_mean", "nearest", "interpolation", "kriging", "pretrained_offset", "pretrained_affine")
 REPORT_COLUMNS = ("model", "rmse_mev", "mae_mev", "wall_s", "n_frames", "finetuned_skill")
 
 
@@ -201,7 +201,12 @@ def _baseline_rows(
         return []
     t_lab, g_lab = traj.time_fs[train], traj.gap_ev[train].astype(np.float64)
     base = bl.baseline_predictions(traj.time_fs[frames], t_lab, g_lab, corr_time_fs=correlation_time_fs(t_lab, g_lab))
-    preds = {"labels_mean": base["mean"], "nearest": base["nearest"], "interpolation": base["linear"]}
+    preds = {
+        "labels_mean": base["mean"],
+        "nearest": base["nearest"],
+        "interpolation": base["linear"],
+        "kriging": base["kriging"],
+    }
     if pretrained is not None:
         on_labels = predict_ensemble(pretrained, traj, train, cache_dir=cache_dir, device=device)
         p_lab = on_labels.gap_mean_ev.astype(np.float64)
@@ -259,8 +264,9 @@ def write_report(
         "version": 1,
         "frames": "labelled extension frames outside every fine-tuned member's pool (train, val and test)",
         "baselines": (
-            "labels_mean, nearest, interpolation: the mean, the nearest in time and linear interpolation in time "
-            "of the fine-tuning labels (the union of the fine-tuned members' train splits); pretrained_offset: the "
+            "labels_mean, nearest, interpolation, kriging: the mean, the nearest in time, linear interpolation in "
+            "time and kriging in time (a Gaussian process, core/analysis/baselines.kriging_in_time) of the "
+            "fine-tuning labels (the union of the fine-tuned members' train splits); pretrained_offset: the "
             "pretrained ensemble plus its mean error on those labels; pretrained_affine: a least-squares scale and "
             "offset of the pretrained ensemble fitted on them; finetuned_skill = 1 - RMSE_finetuned / RMSE"
         ),
