@@ -260,6 +260,52 @@ def test_ensemble_sigterm_reaches_parallel_workers(study, tmp_path):
     rel.check_runs(runs, ref.runs, final=True)
 
 
+def test_ensemble_workers_stop_when_their_parent_is_killed(study, tmp_path):
+    """SIGKILL to the parent of two worker processes (as the OOM killer does): no signal reaches the workers,
+    yet they stop at their next batch with their checkpoints intact instead of training on as orphans;
+    a rerun finishes both members exactly as an uninterrupted run."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc")
+    data, _, ref = study
+    runs = tmp_path / "runs"
+    args = ["ensemble", "train", "--members", MEMBERS, "--data", data, "--preset", "tiny", "-o", runs,
+            "--jobs", 2, "--device", "cpu"]  # fmt: skip
+    proc = rel.popen(*args, kill=f"step@{STEPS_PER_EPOCH + 1}!STOP")
+    workers: dict[int, int] = {}
+    deadline = time.monotonic() + 120
+    try:
+        while len(workers) < MEMBERS or any(_proc_state(pid) != "T" for pid in workers.values()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            for s in range(MEMBERS):
+                lock = rf.run_dir(runs, s) / rf.LOCK
+                holder = re.match(r"pid (\d+)", lock.read_text() if lock.exists() else "")
+                if holder:
+                    workers[s] = int(holder.group(1))
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=60)  # not communicate(): the stopped workers still hold its pipes open
+    finally:
+        for pid in workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    while any(_proc_state(pid) not in ("gone", "Z") for pid in workers.values()):  # Z: exited, not yet reaped
+        if time.monotonic() > deadline:
+            for pid in workers.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            pytest.fail("a worker outlived its killed parent")
+        time.sleep(0.05)
+    proc.communicate(timeout=60)
+    for s in workers:
+        run = rf.run_dir(runs, s)
+        assert not (run / rf.DONE).exists()  # an orphan would have trained the member to the end
+        assert rf.member_state(run) == "interrupted"
+        assert rel.load_pt(run / rf.CHECKPOINT_PT)["epoch"] == 1
+        rel.check_run(run, rf.run_dir(ref.runs, s), final=False)
+    rel.qdgap(*_train_args(data, runs))
+    rel.check_runs(runs, ref.runs, final=True)
+
+
 # ==========================================================================
 # predict and fna
 # ==========================================================================

@@ -14,6 +14,8 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -224,6 +226,8 @@ def _train_one(traj, config, seed, runs, device, data_path, progress, should_sto
 
 # Worker-process state: set once by the pool's initializer.
 _WORKER: dict = {}
+PARENT_POLL_S = 1.0  # how often a worker checks that its parent is alive
+ORPHAN_EXIT = 3  # a worker's exit status when it found its parent gone
 
 
 def _worker_init(threads: int, ticks, log_files: Sequence[str] = ()) -> None:
@@ -239,6 +243,13 @@ def _worker_init(threads: int, ticks, log_files: Sequence[str] = ()) -> None:
         logger.setLevel(logging.DEBUG)
     _WORKER["ticks"] = ticks
     _WORKER["stop"] = False
+    # A parent killed outright (SIGKILL, the OOM killer) sends no SIGTERM: its workers would train on as orphans,
+    # holding memory and run locks, then wait forever for the next task (each holds the task queue's write end,
+    # so none ever reads its end). Reparenting changes getppid(): the watch stops a training worker like SIGTERM
+    # does (checkpoint intact) and lets it exit after; an idle worker exits at once.
+    _WORKER["parent"] = os.getppid()
+    _WORKER["busy"] = False
+    threading.Thread(target=_watch_parent, name="qdgap-parent-watch", daemon=True).start()
 
     def handler(signum, frame):  # noqa: ARG001
         _WORKER["stop"] = True
@@ -248,7 +259,31 @@ def _worker_init(threads: int, ticks, log_files: Sequence[str] = ()) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _orphaned() -> bool:
+    return os.getppid() != _WORKER["parent"]
+
+
+def _watch_parent() -> None:
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if _orphaned():
+            _WORKER["stop"] = True
+            if not _WORKER["busy"]:
+                os._exit(ORPHAN_EXIT)
+
+
 def _worker_train(data_path: str, config_json: dict, seed: int, runs: str, device: str, init=None) -> MemberOutcome:
+    _WORKER["busy"] = True
+    try:
+        outcome = _worker_train_one(data_path, config_json, seed, runs, device, init)
+    finally:
+        _WORKER["busy"] = False
+    if _orphaned():  # nobody to hand the outcome to; the run folder says what happened
+        os._exit(ORPHAN_EXIT)
+    return outcome
+
+
+def _worker_train_one(data_path: str, config_json: dict, seed: int, runs: str, device: str, init) -> MemberOutcome:
     from qdgap.core.data.trajectory import read_trajectory
 
     traj = read_trajectory(data_path)
@@ -261,7 +296,7 @@ def _worker_train(data_path: str, config_json: dict, seed: int, runs: str, devic
         device,
         data_path,
         progress=lambda n: ticks.put(n),
-        should_stop=lambda: _WORKER["stop"],
+        should_stop=lambda: _WORKER["stop"] or _orphaned(),  # per batch; the watch covers a worker between tasks
         init=init,
     )
 
