@@ -60,19 +60,26 @@ def score_arm(name: str, runs: Path, data: Path, stride: int) -> dict:
     return row
 
 
-def multitask_rows(multitask: dict | None) -> list[dict]:
-    """The multi-task ensembles of bench_multitask's JSON as scorecard candidates (name, members, RMSE)."""
+MULTITASK_TITLES = {"a": "gap only (qdgap's recipe)", "b": "gap, HOMO, LUMO heads; gap from its head",
+                    "c": "gap, HOMO, LUMO heads; gap = LUMO - HOMO"}  # fmt: skip
+
+
+def _multitask_arms(multitask: dict | None):
+    """(seed set, arm key, arm record) for every ensemble in bench_multitask's JSON, replicates included."""
     if not multitask:
-        return []
+        return
     sets = {"seeds 0-3": multitask.get("arms", {})}
     sets.update({k: v.get("arms", {}) for k, v in multitask.get("replicates", {}).items()})
-    out = []
     for label, arms in sets.items():
         for key, arm in arms.items():
-            if key != "a":
-                out.append({"arm": f"multi-task band edges ({key}), {label}", "members": len(arm.get("seeds", [])),
-                            "ensemble_rmse_mev": arm["gap"]["ensemble_rmse_mev"]})  # fmt: skip
-    return out
+            yield label, key, arm
+
+
+def multitask_rows(multitask: dict | None) -> list[dict]:
+    """The multi-task ensembles of bench_multitask's JSON as scorecard candidates (name, members, RMSE)."""
+    return [{"arm": f"multi-task band edges ({key}), {label}", "members": len(arm.get("seeds", [])),
+             "ensemble_rmse_mev": arm["gap"]["ensemble_rmse_mev"]}
+            for label, key, arm in _multitask_arms(multitask) if key != "a"]  # fmt: skip
 
 
 def aims_table(rows: list[dict], ext: dict | None, extra: list[dict] = ()) -> list[str]:
@@ -141,17 +148,12 @@ def render(rows: list[dict], ext: dict | None, multitask: dict | None, command: 
     if multitask:
         lines += ["", "Multi-task band edges (`bench/bench_multitask.py`, its own loop, the same pool and member "
                   "splits; `bench/results_multitask.md`):", ""]  # fmt: skip
-        titles = {"a": "gap only (qdgap's recipe)", "b": "gap, HOMO, LUMO heads; gap from its head",
-                  "c": "gap, HOMO, LUMO heads; gap = LUMO - HOMO"}  # fmt: skip
-        sets = {"seeds 0-3": multitask.get("arms", {})}
-        sets.update({f"{k}": v.get("arms", {}) for k, v in multitask.get("replicates", {}).items()})
-        for label, arms in sets.items():
-            for key, arm in arms.items():
-                rmse = arm.get("gap", {}).get("ensemble_rmse_mev")
-                lines.append(f"- {titles.get(key, key)}, {label}: ensemble {f(rmse)} meV")
+        for label, key, arm in _multitask_arms(multitask):
+            rmse = arm.get("gap", {}).get("ensemble_rmse_mev")
+            lines.append(f"- {MULTITASK_TITLES.get(key, key)}, {label}: ensemble {f(rmse)} meV")
         for key, d in multitask.get("pooled", {}).items():
             lines.append(
-                f"- {titles.get(key, key)} minus gap only, paired by seed over {d['n']} seeds: "
+                f"- {MULTITASK_TITLES.get(key, key)} minus gap only, paired by seed over {d['n']} seeds: "
                 f"{d['mean_mev']:+.1f} meV (sd {d['sd_mev']:.1f}; lower in {d['negative']} of {d['n']})"
             )
     if ext:

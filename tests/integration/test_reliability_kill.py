@@ -196,6 +196,25 @@ def _sigterm_pending(pid: int) -> bool:
     return any(p & (1 << (signal.SIGTERM - 1)) for p in pending)
 
 
+def _parallel_train_frozen_in_epoch_2(data: Path, runs: Path):
+    """``ensemble train --jobs 2`` whose two workers freeze themselves (SIGSTOP) at the first step of epoch 2."""
+    args = ["ensemble", "train", "--members", MEMBERS, "--data", data, "--preset", "tiny", "-o", runs,
+            "--jobs", 2, "--device", "cpu"]  # fmt: skip
+    return rel.popen(*args, kill=f"step@{STEPS_PER_EPOCH + 1}!STOP")
+
+
+def _wait_frozen(proc, runs: Path, workers: dict[int, int], deadline: float) -> None:
+    """Fill ``workers`` (member seed -> pid, from the run locks) until every worker is stopped ("T")."""
+    while len(workers) < MEMBERS or any(_proc_state(pid) != "T" for pid in workers.values()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        for s in range(MEMBERS):
+            lock = rf.run_dir(runs, s) / rf.LOCK
+            holder = re.match(r"pid (\d+)", lock.read_text() if lock.exists() else "")
+            if holder:
+                workers[s] = int(holder.group(1))
+        time.sleep(0.05)
+
+
 @pytest.mark.timeout(240)
 def test_ensemble_sigterm_reaches_parallel_workers(study, tmp_path):
     """SIGTERM to the parent of two worker processes: the parent passes it on, both workers stop at
@@ -209,36 +228,11 @@ def test_ensemble_sigterm_reaches_parallel_workers(study, tmp_path):
         pytest.skip("needs /proc")
     data, _, ref = study
     runs = tmp_path / "runs"
-    args = [
-        "ensemble",
-        "train",
-        "--members",
-        MEMBERS,
-        "--data",
-        data,
-        "--preset",
-        "tiny",
-        "-o",
-        runs,
-        "--jobs",
-        2,
-        "--device",
-        "cpu",
-    ]
-    proc = rel.popen(*args, kill=f"step@{STEPS_PER_EPOCH + 1}!STOP")
+    proc = _parallel_train_frozen_in_epoch_2(data, runs)
     workers: dict[int, int] = {}
     deadline = time.monotonic() + 120
     try:
-        while len(workers) < MEMBERS or any(_proc_state(pid) != "T" for pid in workers.values()):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
-            for s in range(MEMBERS):
-                holder = re.match(
-                    r"pid (\d+)",
-                    (rf.run_dir(runs, s) / rf.LOCK).read_text() if (rf.run_dir(runs, s) / rf.LOCK).exists() else "",
-                )
-                if holder:
-                    workers[s] = int(holder.group(1))
-            time.sleep(0.05)
+        _wait_frozen(proc, runs, workers, deadline)
         proc.send_signal(signal.SIGTERM)
         while not all(_sigterm_pending(pid) for pid in workers.values()):
             assert time.monotonic() < deadline and proc.poll() is None
@@ -268,20 +262,11 @@ def test_ensemble_workers_stop_when_their_parent_is_killed(study, tmp_path):
         pytest.skip("needs /proc")
     data, _, ref = study
     runs = tmp_path / "runs"
-    args = ["ensemble", "train", "--members", MEMBERS, "--data", data, "--preset", "tiny", "-o", runs,
-            "--jobs", 2, "--device", "cpu"]  # fmt: skip
-    proc = rel.popen(*args, kill=f"step@{STEPS_PER_EPOCH + 1}!STOP")
+    proc = _parallel_train_frozen_in_epoch_2(data, runs)
     workers: dict[int, int] = {}
     deadline = time.monotonic() + 120
     try:
-        while len(workers) < MEMBERS or any(_proc_state(pid) != "T" for pid in workers.values()):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
-            for s in range(MEMBERS):
-                lock = rf.run_dir(runs, s) / rf.LOCK
-                holder = re.match(r"pid (\d+)", lock.read_text() if lock.exists() else "")
-                if holder:
-                    workers[s] = int(holder.group(1))
-            time.sleep(0.05)
+        _wait_frozen(proc, runs, workers, deadline)
         proc.kill()
         proc.wait(timeout=60)  # not communicate(): the stopped workers still hold its pipes open
     finally:
