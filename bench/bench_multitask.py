@@ -191,10 +191,9 @@ def train_member(args: argparse.Namespace, run: str, seed: int) -> list[dict]:
         batch_frames = train_frames[order]
         for start in range(0, len(batch_frames), tc.batch_size):
             frames = batch_frames[start : start + tc.batch_size]
-            if width == 1:  # qdgap's own loss and gradient, so arm (a) is its recipe exactly
-                accumulate_gradient(model, graphs, frames, targets, target_std=float(target_std), micro_batch=micro)
-            else:
-                accumulate_multi(model, graphs, frames, targets, target_std=target_std, micro_batch=micro)
+            # qdgap's own loss and gradient (loop.py's, which takes K targets as --targets does)
+            std = float(target_std) if width == 1 else target_std
+            accumulate_gradient(model, graphs, frames, targets, target_std=std, micro_batch=micro)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -236,28 +235,6 @@ def gap_of(arm: str, pred):
     if arm == "a":
         return pred
     return pred[:, 0] if arm == "b" else pred[:, 2] - pred[:, 1]
-
-
-def accumulate_multi(model, graphs, frames, targets, *, target_std, micro_batch: int):
-    """``loop.accumulate_gradient`` for K targets: the mean over targets of each one's standardised L1 loss.
-
-    Args:
-        frames: (B,) int64 frame indices of the batch.
-        targets: (F, K) eV.
-        target_std: (K,) eV, each target's train-split std.
-    """
-    import torch
-
-    from qdgap.kernels.batch import gather_frames
-
-    loss = torch.zeros(())
-    num_targets = targets.shape[1]
-    for part in frames.split(micro_batch):
-        pred = model.predict_batch(gather_frames(graphs, part))  # (b, K) eV
-        part_loss = ((pred - targets[part]).abs() / target_std).sum() / (num_targets * len(frames))
-        part_loss.backward()
-        loss += part_loss.detach()
-    return loss
 
 
 def _worker(args: argparse.Namespace, run: str, seed: int) -> list[dict]:

@@ -38,6 +38,7 @@ from qdgap.cli.options import (
     SlurmWait,
     SplitScheme,
     Stride,
+    Targets,
     TrajPath,
 )
 from qdgap.cli.render import hooks
@@ -62,6 +63,7 @@ def train(
     split: SplitScheme = "random",
     block_fs: BlockFs = None,
     graph: GraphChoice = None,
+    targets: Targets = None,
     frames_from: FramesFrom = None,
     device: Device = "auto",
     partition: SlurmPartition = None,
@@ -90,6 +92,7 @@ def train(
         "stride": stride,
         "split": split,
         "block_fs": block_fs,
+        "targets": targets,
     }
     config = resolve_config(preset, graph=graph, **overrides)
     if backend not in ("local", "slurm"):
@@ -104,7 +107,7 @@ def train(
         config = with_pool_from(config, frames_from, data)
     # What each array task repeats, under the command-line names qdgap train takes.
     task_options = {"epochs": epochs, "patience": patience, "batch_size": batch_size, "lr": lr, "stride": stride}
-    task_options.update(split=split, block_fs=block_fs, graph=graph)
+    task_options.update(split=split, block_fs=block_fs, graph=graph, targets=targets)
     if frames_from is not None:
         task_options["frames_from"] = str(frames_from.absolute())
     resources = slurm_resources(

@@ -59,6 +59,16 @@ BlockFs = Annotated[
         help="--split blocked: block length, fs (default: five correlation times of the pool's gaps, measured).",
     ),
 ]
+Targets = Annotated[
+    str | None,
+    typer.Option(
+        "--targets",
+        help="What a member learns: gap, or gap,homo,lumo (the gap beside the band edges, which the data must "
+        "hold: a labels CSV with HOMO and LUMO columns). Only the gap is kept in the member's model. At 100 "
+        "labels on the real trajectory the band edges took 8.5 meV off the gap's RMSE (bench/results_multitask.md).",
+        show_default=False,
+    ),
+]
 FramesFrom = Annotated[
     Path | None,
     typer.Option(

@@ -20,6 +20,7 @@ from qdgap.cli.options import (
     Seed,
     SplitScheme,
     Stride,
+    Targets,
     TrajPath,
 )
 
@@ -37,6 +38,7 @@ def train(
     split: SplitScheme = "random",
     block_fs: BlockFs = None,
     graph: GraphChoice = None,
+    targets: Targets = None,
     frames_from: FramesFrom = None,
     device: Device = "auto",
 ) -> None:
@@ -45,7 +47,7 @@ def train(
 
     config = resolve_config(
         preset, epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=lr, stride=stride,
-        split=split, block_fs=block_fs, graph=graph,
+        split=split, block_fs=block_fs, graph=graph, targets=targets,
     )  # fmt: skip
     if seed < 0:
         raise ui.usage_error(f"--seed must be a non-negative integer, got {seed}")

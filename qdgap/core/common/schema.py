@@ -22,6 +22,10 @@ TIME_FS: Final[str] = "time_fs"  # (F,) float64, fs, strictly increasing
 GAP_EV: Final[str] = "gap_ev"  # (F,) float32, eV; NaN where a frame has no label
 
 TRAJECTORY_DATASETS: Final[tuple[str, ...]] = (NUMBERS, POSITIONS, CELL, PBC, TIME_FS, GAP_EV)
+# Optional: the band edges behind the gap, where the labels give them (a multi-task member learns them).
+HOMO_EV: Final[str] = "homo_ev"  # (F,) float32, eV; NaN where unknown
+LUMO_EV: Final[str] = "lumo_ev"  # (F,) float32, eV; NaN where unknown
+BAND_EDGE_DATASETS: Final[tuple[str, ...]] = (HOMO_EV, LUMO_EV)
 
 # --------------------------------------------------------------------------
 # Attrs every qdgap file carries

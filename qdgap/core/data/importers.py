@@ -160,8 +160,10 @@ def import_trajectory(
     numbers, positions, cells, pbc = _atoms_arrays(atoms, origins)
 
     labels_path = Path(gaps_csv) if gaps_csv is not None else folder_labels
+    edges: dict[str, np.ndarray] = {}
     if labels_path is not None:
         gaps = _labels_for_frames(labels_path, frame_numbers, gap_column=gap_column)
+        edges = _band_edges_for_frames(labels_path, frame_numbers)
     else:
         gaps = _gaps_from_info(atoms, gap_key)
 
@@ -175,6 +177,7 @@ def import_trajectory(
         cell_ang=cells[keep],
         pbc=pbc,
         attrs={schema.ATTR_SOURCE: source_desc},
+        **{key: values[keep] for key, values in edges.items()},
     )
     validate_trajectory(traj, source=source_desc)
     return traj
@@ -423,12 +426,18 @@ def _gaps_from_info(atoms: list, gap_key: str | None) -> np.ndarray:
 _GAP_COLUMN_NAMES = ("bandgap", "band_gap", "band gap", "gap", "gap_ev", "homo-lumo gap")
 
 
-def read_labels_csv(path: str | Path, *, gap_column: str | None = None) -> tuple[list[int | None], np.ndarray]:
+def read_labels_csv(
+    path: str | Path, *, gap_column: str | None = None, what: str = "gap"
+) -> tuple[list[int | None], np.ndarray]:
     """Read a labels CSV.
+
+    Args:
+        gap_column: the header of the column to read (default: the band-gap column).
+        what: what that column holds, for error messages ("gap", "HOMO", ...).
 
     Returns:
         (frame numbers parsed from the first column, or None for every row of a
-        one-column file; gaps (R,) float64 eV).
+        one-column file; the column's values (R,) float64 eV).
     """
     path = Path(path)
     if not path.is_file():
@@ -461,7 +470,7 @@ def read_labels_csv(path: str | Path, *, gap_column: str | None = None) -> tuple
         try:
             gaps[len(ids)] = float(row[col])
         except ValueError:
-            raise QdgapError(f"{path}: row {r}: the gap {row[col]!r} is not a number") from None
+            raise QdgapError(f"{path}: row {r}: the {what} {row[col]!r} is not a number") from None
         if width == 1:
             ids.append(None)
         else:
@@ -492,8 +501,26 @@ def _gap_column_index(header: list[str], gap_column: str | None, path: Path) -> 
     raise QdgapError(f"{path}: no band-gap column found (columns: {', '.join(header)}); name it with --gap-column")
 
 
-def _labels_for_frames(path: Path, frame_numbers: np.ndarray, *, gap_column: str | None) -> np.ndarray:
-    ids, values = read_labels_csv(path, gap_column=gap_column)
+def _band_edges_for_frames(path: Path, frame_numbers: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"homo_ev": (F,), "lumo_ev": (F,)}`` float32 eV from the labels CSV's HOMO and LUMO columns, NaN
+    for frames without a row; {} when the file does not have both columns (a plain gap table)."""
+    with open(path, newline="") as fh:
+        header = next((r for r in csv.reader(fh) if r and any(c.strip() for c in r)), [])
+    bare = [re.sub(r"\s*\(.*\)\s*$", "", h).strip().lower() for h in header]
+    if "homo" not in bare[1:] or "lumo" not in bare[1:]:
+        return {}
+    return {
+        key: _labels_for_frames(
+            path, frame_numbers, gap_column=header[bare.index(name, 1)].strip(), what=name.upper(), warn=False
+        )
+        for key, name in ((schema.HOMO_EV, "homo"), (schema.LUMO_EV, "lumo"))
+    }
+
+
+def _labels_for_frames(
+    path: Path, frame_numbers: np.ndarray, *, gap_column: str | None, what: str = "gap", warn: bool = True
+) -> np.ndarray:
+    ids, values = read_labels_csv(path, gap_column=gap_column, what=what)
     num_frames = len(frame_numbers)
     if ids and ids[0] is None:
         if len(values) != num_frames:
@@ -516,7 +543,7 @@ def _labels_for_frames(path: Path, frame_numbers: np.ndarray, *, gap_column: str
         )
     for n, v in zip(ids_arr[matched], values[matched], strict=True):
         gaps[position[int(n)]] = v
-    if (~matched).any():
+    if (~matched).any() and warn:
         extra = ids_arr[~matched]
         log.warning(
             "%s: %d label rows name frames that are not in the input (e.g. %s); they are ignored",

@@ -44,6 +44,9 @@ class Trajectory:
         gap_ev: (F,) float32, eV; NaN where a frame has no label.
         sha256: sha256 of the file this was read from ("" if built in memory).
         attrs: provenance attrs read from (or to be written to) the file.
+        homo_ev, lumo_ev: (F,) float32, eV, the band edges behind the gap where the labels give
+            them (NaN where unknown); None when the file has none. Only a multi-task member
+            (``--targets gap,homo,lumo``) reads them.
     """
 
     numbers: np.ndarray
@@ -54,6 +57,8 @@ class Trajectory:
     gap_ev: np.ndarray
     sha256: str = ""
     attrs: dict = field(default_factory=dict, compare=False)
+    homo_ev: np.ndarray | None = None
+    lumo_ev: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -94,6 +99,8 @@ class Trajectory:
             time_fs=self.time_fs[frames],
             gap_ev=self.gap_ev[frames],
             attrs=dict(self.attrs),
+            homo_ev=None if self.homo_ev is None else self.homo_ev[frames],
+            lumo_ev=None if self.lumo_ev is None else self.lumo_ev[frames],
         )
 
 
@@ -106,6 +113,8 @@ def make_trajectory(
     cell_ang: np.ndarray | None = None,
     pbc: Sequence[bool] | np.ndarray = (False, False, False),
     attrs: dict | None = None,
+    homo_ev: np.ndarray | None = None,
+    lumo_ev: np.ndarray | None = None,
 ) -> Trajectory:
     """Build a ``Trajectory`` with the contract's dtypes; a constant (F, 3, 3) cell is folded to (3, 3)."""
     positions = np.ascontiguousarray(positions_ang, dtype=np.float32)
@@ -122,6 +131,8 @@ def make_trajectory(
         time_fs=np.asarray(time_fs, dtype=np.float64),
         gap_ev=np.asarray(gaps, dtype=np.float32),
         attrs=dict(attrs or {}),
+        homo_ev=None if homo_ev is None else np.asarray(homo_ev, dtype=np.float32),
+        lumo_ev=None if lumo_ev is None else np.asarray(lumo_ev, dtype=np.float32),
     )
 
 
@@ -155,6 +166,13 @@ def validate_trajectory(traj: Trajectory, *, source: str) -> None:
         raise QdgapError(f"{source}: the cell has NaN or infinite entries")
     if np.isinf(traj.gap_ev).any():
         raise QdgapError(f"{source}: frame {_first(np.isinf(traj.gap_ev))} has an infinite band gap")
+    for name, edge in (("HOMO", traj.homo_ev), ("LUMO", traj.lumo_ev)):
+        if edge is None:
+            continue
+        if edge.shape != (f,):
+            raise QdgapError(f"{source}: the {name} energies must have one value per frame ({f})")
+        if np.isinf(edge).any():
+            raise QdgapError(f"{source}: frame {_first(np.isinf(edge))} has an infinite {name} energy")
     if not np.isfinite(traj.time_fs).all():
         raise QdgapError(f"{source}: time has NaN or infinite values")
     steps = np.diff(traj.time_fs)
@@ -271,6 +289,10 @@ def _create_datasets(h5, traj: Trajectory, *, growable: bool) -> None:
     h5.create_dataset(schema.PBC, data=traj.pbc.astype(bool))
     for key, arr, dtype in ((schema.TIME_FS, traj.time_fs, np.float64), (schema.GAP_EV, traj.gap_ev, np.float32)):
         h5.create_dataset(key, data=arr.astype(dtype), maxshape=(maxf,), chunks=(max(1, min(4096, f)),))
+    if not growable:  # a simulation being appended to has no band edges to store
+        for key, arr in ((schema.HOMO_EV, traj.homo_ev), (schema.LUMO_EV, traj.lumo_ev)):
+            if arr is not None:
+                h5.create_dataset(key, data=arr.astype(np.float32))
 
 
 def _write_attrs(h5, attrs: dict, *, complete: bool) -> None:
@@ -340,7 +362,7 @@ def read_trajectory(path: str | Path, *, validate: bool = True, allow_partial: b
         with h5:
             _check_contract(h5, path, allow_partial=allow_partial)
             try:
-                arrays = {k: h5[k][()] for k in schema.TRAJECTORY_DATASETS}
+                arrays = {k: h5[k][()] for k in (*schema.TRAJECTORY_DATASETS, *schema.BAND_EDGE_DATASETS) if k in h5}
             except (OSError, KeyError, ValueError) as exc:
                 raise QdgapError(f"{path}: a dataset cannot be read (truncated or corrupt file?)") from exc
             attrs = {k: _attr(v) for k, v in h5.attrs.items()}
@@ -355,6 +377,11 @@ def read_trajectory(path: str | Path, *, validate: bool = True, allow_partial: b
         gap_ev=np.asarray(arrays[schema.GAP_EV], dtype=np.float32).reshape(-1),
         sha256=sha256_file(path),
         attrs=attrs,
+        **{
+            key: np.asarray(arrays[key], dtype=np.float32).reshape(-1)
+            for key in schema.BAND_EDGE_DATASETS
+            if key in arrays
+        },
     )
     if traj.pbc.shape != (3,):
         raise QdgapError(f"{path}: pbc must hold 3 booleans")

@@ -315,6 +315,20 @@ class GapModel(nn.Module):
         return frozen
 
 
+def gap_only_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A K-output model's state (gap first) as the one-output gap model's: ``fc`` row 0 and the gap's statistics.
+
+    The other columns (band edges) only shaped the shared layers during training; what every later step
+    (predict, FNA, export, fine-tuning) loads is this, an ordinary one-output ``GapModel`` state.
+    """
+    out = dict(state)
+    out["fc.weight"] = state["fc.weight"][:1].clone()
+    out["fc.bias"] = state["fc.bias"][:1].clone()
+    out["target_mean"] = state["target_mean"].reshape(-1)[0].clone()
+    out["target_std"] = state["target_std"].reshape(-1)[0].clone()
+    return out
+
+
 UPSTREAM_EXTRA_BUFFERS = ("target_mean", "target_std")  # qdgap's buffers that upstream ALIGNN lacks
 # In a best.pt: the training targets' mean and std (eV), folded into the output layer (see fold_target_stats).
 FOLDED_STATS = ("folded_target_mean", "folded_target_std")

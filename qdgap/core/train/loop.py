@@ -16,7 +16,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from qdgap.core.data.splits import Split, split_frames
 from qdgap.core.data.trajectory import Trajectory
 from qdgap.core.deploy.checkpoint import load_checkpoint, model_meta, save_checkpoint, save_weights
 from qdgap.core.graphs.build import load_or_build_graphs
-from qdgap.core.model.network import GapModel
+from qdgap.core.model.network import GapModel, gap_only_state
 from qdgap.core.store import runs as rf
 from qdgap.kernels.batch import PackedGraphs, gather_frames, graphs_per_forward
 from qdgap.testing.faults import fault_point
@@ -144,9 +144,35 @@ def check_splittable(traj: Trajectory, train: TrainConfig, *, seed: int, data_pa
         or blocks too long to give three.
     """
     try:
-        member_split(traj, train, seed=seed)
+        split = member_split(traj, train, seed=seed)
+        if len(train.targets) > 1:
+            labels = target_matrix(traj, train.targets)[split.train]
+            for name, column in zip(train.targets, labels.T, strict=True):
+                if np.isfinite(column).sum() < 2:
+                    raise QdgapError(
+                        f"member {seed}'s training frames have {np.isfinite(column).sum()} {name.upper()} label(s); "
+                        "--targets needs at least 2"
+                    )
     except QdgapError as exc:
         raise QdgapError(f"{data_path}: {exc}" if data_path else str(exc)) from None
+
+
+def target_matrix(traj: Trajectory, targets: tuple[str, ...]) -> np.ndarray:
+    """(F, K) float32 eV: the columns ``targets`` names (``gap``, ``homo``, ``lumo``), NaN where unknown.
+
+    Raises:
+        QdgapError: the trajectory holds no values for a named band edge.
+    """
+    columns = []
+    for name in targets:
+        values = {"gap": traj.gap_ev, "homo": traj.homo_ev, "lumo": traj.lumo_ev}[name]
+        if values is None or not np.isfinite(values).any():
+            raise QdgapError(
+                f"the trajectory has no {name.upper()} energies for --targets {','.join(targets)}; import it with a "
+                "labels CSV that has HOMO and LUMO columns"
+            )
+        columns.append(values.astype(np.float32))
+    return np.stack(columns, axis=1)
 
 
 def _train(
@@ -177,6 +203,9 @@ def _train(
     _check_or_write_split(run_dir, split.to_json())
     graphs = _to_device(load_or_build_graphs(traj, config.graph, cache_dir=cache_dir), device)
     gaps = torch.from_numpy(traj.gap_ev.astype(np.float32)).to(device)
+    multi = len(tc.targets) > 1
+    # What the loss sees: the gaps, or (F, K) with the band edges beside them (NaN where unknown: no loss).
+    labels = torch.from_numpy(target_matrix(traj, tc.targets)).to(device) if multi else gaps
     train_frames = torch.from_numpy(split.train).to(device)
     val_frames = torch.from_numpy(split.val).to(device)
     test_frames = torch.from_numpy(split.test).to(device)
@@ -187,10 +216,17 @@ def _train(
     eval_batch = graphs_per_forward(device.type, edges_per_frame, config.model.hidden_features)
 
     # ---------------------------------------------------------------- model
-    model = GapModel(config.model)
+    # K targets train a K-wide readout; the final write keeps the gap's column only (gap_only_state).
+    model = GapModel(replace(config.model, output_features=len(tc.targets)) if multi else config.model)
     if init is not None:
+        if multi:
+            raise QdgapError("fine-tuning trains the gap alone; leave out --targets")
         model.load_state_dict(init.state_dict)
         frozen_names = set(model.freeze(blocks=init.freeze_blocks, embeddings=init.freeze_embeddings))
+    elif multi:
+        y = labels[train_frames].double().cpu().numpy()
+        model.set_target_stats(np.nanmean(y, axis=0), np.nanstd(y, axis=0))
+        frozen_names = set()
     else:
         y = traj.gap_ev[split.train].astype(np.float64)
         model.set_target_stats(float(y.mean()), float(y.std()))
@@ -198,7 +234,8 @@ def _train(
     model.to(device)
     n_frozen = sum(p.numel() for n, p in model.named_parameters() if n in frozen_names)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    target_std = float(model.target_std)
+    target_std = model.target_std.clone() if multi else float(model.target_std)  # (K,) or scalar, eV
+    gap_std = float(model.target_std.reshape(-1)[0])
 
     # ---------------------------------------------------------------- optimiser and schedule
     optimizer = torch.optim.AdamW(_param_groups(model), lr=tc.learning_rate, weight_decay=tc.weight_decay)
@@ -241,7 +278,7 @@ def _train(
         train_loss, seen = 0.0, 0
         for start in range(0, len(batch_frames), tc.batch_size):
             frames = batch_frames[start : start + tc.batch_size]
-            loss = accumulate_gradient(model, graphs, frames, gaps, target_std=target_std, micro_batch=micro)
+            loss = accumulate_gradient(model, graphs, frames, labels, target_std=target_std, micro_batch=micro)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -251,7 +288,7 @@ def _train(
             if should_stop is not None and should_stop():
                 raise Interrupted(f"{run_dir}: stopped during epoch {epoch + 1}; rerun the same command to resume")
         val_pred = predict_frames(model, graphs, val_frames, batch=eval_batch)
-        val_err = val_pred - gaps[val_frames]
+        val_err = (val_pred[:, 0] if multi else val_pred) - gaps[val_frames]  # the best epoch is the gap's
         val_mae_mev = float(val_err.abs().mean()) * MEV_PER_EV
         epoch += 1
         if val_mae_mev < best_val:
@@ -261,7 +298,7 @@ def _train(
             {
                 "epoch": epoch,
                 "train_loss": train_loss / max(1, seen),
-                "val_loss": float(val_err.abs().mean()) / target_std,
+                "val_loss": float(val_err.abs().mean()) / gap_std,
                 "val_mae_mev": val_mae_mev,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - t_epoch,
@@ -289,6 +326,9 @@ def _train(
     if best_state is None:  # zero epochs asked for: keep the initial weights
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         best_epoch = 0
+    if multi:
+        best_state = gap_only_state(best_state)
+        model = GapModel(config.model).to(device)
     model.load_state_dict(best_state)
     save_weights(run_dir / rf.BEST_PT, best_state)
     test_err = (predict_frames(model, graphs, test_frames, batch=eval_batch) - gaps[test_frames]).double().cpu().numpy()
@@ -332,25 +372,33 @@ def accumulate_gradient(
     frames: torch.Tensor,
     gaps: torch.Tensor,
     *,
-    target_std: float,
+    target_std: float | torch.Tensor,
     micro_batch: int,
 ) -> torch.Tensor:
     """Add the gradient of one batch's loss to the parameters' ``.grad``; return the loss (detached).
 
     The loss is L1 on standardised targets (the gap's natural scale is tenths of an eV): mean over the
-    batch of |prediction - gap| / ``target_std``. It is computed in pieces of ``micro_batch`` frames,
-    each weighted as its share of the batch mean, so the summed gradient is the whole batch's (no
-    layer couples the frames of a batch) while each piece's tensors stay in cache.
+    batch of |prediction - gap| / ``target_std``. With K targets (gap and band edges) it is the mean
+    over targets of each one's, a target a frame has no value for (NaN) adding nothing. It is computed
+    in pieces of ``micro_batch`` frames, each weighted as its share of the batch mean, so the summed
+    gradient is the whole batch's (no layer couples the frames of a batch) while each piece's tensors
+    stay in cache.
 
     Args:
         frames: (B,) int64 frame indices of the batch.
-        gaps: (F,) eV, the true gap of every frame.
+        gaps: (F,) eV, the true gap of every frame; or (F, K) eV, K targets, NaN where unknown.
+        target_std: eV, the std the gap was standardised by; (K,) for K targets.
         micro_batch: frames per forward and backward.
     """
     loss = torch.zeros((), dtype=gaps.dtype, device=gaps.device)
     for part in frames.split(micro_batch):
-        pred = model.predict_batch(gather_frames(graphs, part))  # (b,) eV
-        part_loss = torch.nn.functional.l1_loss(pred, gaps[part], reduction="sum") / (target_std * len(frames))
+        pred = model.predict_batch(gather_frames(graphs, part))  # (b,) eV; (b, K) for K targets
+        if gaps.ndim == 1:
+            part_loss = torch.nn.functional.l1_loss(pred, gaps[part], reduction="sum") / (target_std * len(frames))
+        else:
+            y = gaps[part]
+            err = torch.where(torch.isnan(y), torch.zeros_like(pred), pred - y)
+            part_loss = (err.abs() / target_std).sum() / (y.shape[1] * len(frames))
         part_loss.backward()
         loss += part_loss.detach()
     return loss

@@ -147,6 +147,8 @@ def finetune_config(member: RunConfig, settings: FinetuneSettings) -> RunConfig:
             pool_frames=settings.pool_frames,
             split=settings.split,
             block_fs=settings.block_fs,
+            # the gap alone: a member keeps only its gap column, and a later stretch may have no band edges
+            targets=("gap",),
         ),
     )
 
