@@ -125,6 +125,8 @@ def info(
             f"  gap           {summary['gap_mean_ev']:.4f} ± {summary['gap_std_ev']:.4f} eV "
             f"(min {summary['gap_min_ev']:.4f}, max {summary['gap_max_ev']:.4f})"
         )
+    if "band_edge_frames" in summary:
+        out.print(f"  band edges    HOMO and LUMO on {summary['band_edge_frames']} frames (--targets gap,homo,lumo)")
     pbc = summary["pbc"]
     cell = summary["cell_ang"]
     lengths = ", ".join(f"{sum(c * c for c in row) ** 0.5:.3f}" for row in cell)

@@ -26,7 +26,7 @@ Preset = Annotated[
     str,
     typer.Option(
         "--preset",
-        help="Model and training preset: demo (small, seconds per member on a laptop), cpu (the real study on two CPU cores), paper (the original study's model and graphs) or tiny (smoke tests).",
+        help="Model and training preset: demo (small, seconds per member on a laptop), cpu (the real study on two CPU cores), paper (the original study's model and graphs), sparse (cpu learning HOMO and LUMO beside the gap, for about 100 labels; needs band edges) or tiny (smoke tests).",
     ),
 ]
 Stride = Annotated[

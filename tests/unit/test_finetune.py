@@ -343,6 +343,15 @@ def test_scratch_overrides_rebuild_scratch_config(tiny_runs):
     assert overrides["graph"] == "knn12"
     renamed = {("learning_rate" if k == "lr" else k): v for k, v in overrides.items()}
     assert resolve_config(preset, **renamed) == ft.scratch_config(knn.config, s)
+    # a sparse-preset member (gap + band edges): its baseline, like its fine-tune, learns the gap alone
+    from qdgap.core.config import PRESETS
+
+    sparse = replace(member, config=replace(PRESETS["sparse"], train=replace(PRESETS["sparse"].train, stride=2)))
+    preset, overrides = ft.scratch_train_overrides(sparse, s)
+    assert (preset, overrides["targets"]) == ("sparse", "gap")
+    renamed = {("learning_rate" if k == "lr" else k): v for k, v in overrides.items()}
+    assert resolve_config(preset, **renamed) == ft.scratch_config(sparse.config, s)
+    assert ft.scratch_config(sparse.config, s).train.targets == ("gap",)
 
 
 # --------------------------------------------------------------------------

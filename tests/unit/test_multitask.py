@@ -14,7 +14,7 @@ from ase.io import write
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.config import PRESETS, RunConfig, parse_targets, resolve_config
 from qdgap.core.data.importers import import_trajectory
-from qdgap.core.data.trajectory import read_trajectory, write_trajectory
+from qdgap.core.data.trajectory import read_trajectory, trajectory_info, write_trajectory
 from qdgap.core.deploy.checkpoint import load_weights
 from qdgap.core.graphs.build import build_graphs
 from qdgap.core.model.network import GapModel, gap_only_state
@@ -53,6 +53,7 @@ def test_labels_csv_with_homo_and_lumo_columns_is_imported_with_them(tmp_path, s
     np.testing.assert_allclose(traj.homo_ev, [-5.1, -5.2, np.nan, -5.4], rtol=1e-6)
     np.testing.assert_allclose(traj.lumo_ev, [-3.31, -3.32, np.nan, -3.34], rtol=1e-6)
     np.testing.assert_allclose(traj.gap_ev, [1.79, 1.88, np.nan, 2.06], rtol=1e-6)
+    assert trajectory_info(traj)["band_edge_frames"] == 3
     write_trajectory(traj, tmp_path / "t.h5")
     back = read_trajectory(tmp_path / "t.h5")
     np.testing.assert_array_equal(back.homo_ev, traj.homo_ev)

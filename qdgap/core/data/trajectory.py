@@ -535,4 +535,6 @@ def trajectory_info(traj: Trajectory) -> dict[str, object]:
             gap_min_ev=float(gaps.min()),
             gap_max_ev=float(gaps.max()),
         )
+    if traj.homo_ev is not None and traj.lumo_ev is not None:
+        info["band_edge_frames"] = int((np.isfinite(traj.homo_ev) & np.isfinite(traj.lumo_ev)).sum())
     return info

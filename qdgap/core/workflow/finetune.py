@@ -582,6 +582,7 @@ def scratch_train_overrides(member: Member, settings: FinetuneSettings) -> tuple
         "stride": t.stride,
         "split": t.split,
         "block_fs": t.block_fs,
+        "targets": ",".join(t.targets),
     }
     # pool_frames (from --frames-from) is checked here and handed to the task as the file it came from.
     if preset not in PRESETS or resolve_config(preset, graph=graph, pool_frames=t.pool_frames, **train) != want:
