@@ -56,8 +56,27 @@ def score_arm(name: str, runs: Path, data: Path, stride: int) -> dict:
     if not pred.exists():
         predict_to_file(runs, data, pred, frames="all", device="cpu")
     row = {"arm": name, "runs": str(runs), "members": len(members), **score_outside_pool(pred, data, runs, stride)}
+    row["seeds"] = [m.seed for m in members]  # member_rmse_mev's order
     row.pop("bins", None)
     return row
+
+
+def paired_difference(a: dict, b: dict) -> dict:
+    """Arm ``b``'s member RMSE minus arm ``a``'s, paired by seed over the seeds both have (meV): mean, sd,
+    95 % t interval of the mean, how many seeds are lower, and the Wilcoxon signed-rank p (two-sided)."""
+    from scipy import stats
+
+    rmse_a = dict(zip(a["seeds"], a["member_rmse_mev"], strict=True))
+    rmse_b = dict(zip(b["seeds"], b["member_rmse_mev"], strict=True))
+    seeds = sorted(set(rmse_a) & set(rmse_b))
+    d = np.array([rmse_b[s] - rmse_a[s] for s in seeds])
+    n = len(d)
+    half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+    return {
+        "a": a["arm"], "b": b["arm"], "n": n, "mean_mev": float(d.mean()), "sd_mev": float(d.std(ddof=1)) if n > 1 else float("nan"),
+        "ci95_mev": [float(d.mean() - half), float(d.mean() + half)], "lower": int((d < 0).sum()),
+        "wilcoxon_p": float(stats.wilcoxon(d).pvalue) if n > 5 else float("nan"),
+    }  # fmt: skip
 
 
 MULTITASK_TITLES = {"a": "gap only (qdgap's recipe)", "b": "gap, HOMO, LUMO heads; gap from its head",
@@ -98,7 +117,7 @@ def aims_table(rows: list[dict], ext: dict | None, extra: list[dict] = ()) -> li
         if covered:
             c = max(covered, key=lambda r: r["coverage95"])
             lines.append(
-                f"| its calibrated 95 % interval covers | 90-98 % | {100 * c['coverage95']:.0f} % | {c['arm']} | | | |"
+                f"| its calibrated 95 % interval covers | 90-98 % | {100 * c['coverage95']:.1f} % | {c['arm']} | | | |"
             )
     if ext:
         k25 = next((r for r in ext["rows"] if r["k"] == 25), None)
@@ -115,7 +134,7 @@ def aims_table(rows: list[dict], ext: dict | None, extra: list[dict] = ()) -> li
     return lines + [""]
 
 
-def render(rows: list[dict], ext: dict | None, multitask: dict | None, command: str) -> str:
+def render(rows: list[dict], ext: dict | None, multitask: dict | None, command: str, paired: list[dict] = ()) -> str:
     """The markdown scorecard."""
 
     def f(x) -> str:
@@ -139,11 +158,17 @@ def render(rows: list[dict], ext: dict | None, multitask: dict | None, command: 
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         skill = 1.0 - r["ensemble_rmse_mev"] / r["linear_rmse_mev"]
-        cov = "-" if r.get("coverage95") is None else f"{100 * r['coverage95']:.0f} %"
+        cov = "-" if r.get("coverage95") is None else f"{100 * r['coverage95']:.1f} %"
         lines.append(
             f"| {r['arm']} | {r['members']} | **{f(r['ensemble_rmse_mev'])}** | "
             f"{min(r['member_rmse_mev']):.1f}-{max(r['member_rmse_mev']):.1f} | {skill:+.2f} | {cov} | "
             f"{f(r['hybrid_rmse_mev'])} |"
+        )
+    for d in paired:
+        lines.append(
+            f"\n{d['b']} minus {d['a']}, member RMSE paired by seed over {d['n']} seeds: {d['mean_mev']:+.1f} meV "
+            f"(95 % interval {d['ci95_mev'][0]:+.1f} to {d['ci95_mev'][1]:+.1f}; sd {d['sd_mev']:.1f}; lower in "
+            f"{d['lower']} of {d['n']}; Wilcoxon p {d['wilcoxon_p']:.2f})."
         )
     if multitask:
         lines += ["", "Multi-task band edges (`bench/bench_multitask.py`, its own loop, the same pool and member "
@@ -199,19 +224,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="0-10 ps trajectory with labels (cl_qd.h5)")
     p.add_argument("--stride", type=int, default=100, help="the pool: every k-th labelled frame")
     p.add_argument("--arm", type=_arm, action="append", default=[], help="NAME=RUNS, an ensemble trained on the pool")
+    p.add_argument("--paired", action="append", default=[], metavar="A=B",
+                   help="also B's member RMSE minus A's, paired by seed (arm names)")  # fmt: skip
     p.add_argument("--spacing-json", type=Path, default=REPO / "bench" / "results_label_spacing.json")
     p.add_argument("--multitask-json", type=Path, default=REPO / "bench" / "results_multitask.json")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results_sparse", help="writes OUT.md and OUT.json")
     args = p.parse_args(argv)
     command = "python bench/bench_sparse.py " + " ".join(sys.argv[1:] if argv is None else argv)
     rows = [score_arm(name, runs, args.data, args.stride) for name, runs in args.arm]
+    by_name = {r["arm"]: r for r in rows}
+    pairs = [tuple(text.split("=", 1)) for text in args.paired]
+    missing = [n for pair in pairs for n in pair if n not in by_name]
+    if missing or any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--paired wants A=B, two --arm names; unknown: {', '.join(missing)}")
+    paired = [paired_difference(by_name[a], by_name[b]) for a, b in pairs]
     ext = _extension(args.spacing_json)
     multitask = json.loads(args.multitask_json.read_text()) if args.multitask_json.exists() else None
     from qdgap.core.common.files import write_text_atomic
 
-    text = render(rows, ext, multitask, command)
+    text = render(rows, ext, multitask, command, paired)
     write_text_atomic(args.out.with_suffix(".md"), text)
-    report = {"command": command, "stride": args.stride, "arms": rows, "extension": ext, "aims_mev": AIMS}
+    report = {
+        "command": command,
+        "stride": args.stride,
+        "arms": rows,
+        "paired": paired,
+        "extension": ext,
+        "aims_mev": AIMS,
+    }
     write_text_atomic(args.out.with_suffix(".json"), json.dumps(report, indent=1, default=float) + "\n")
     print(text)
     return 0

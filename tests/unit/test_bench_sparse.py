@@ -37,10 +37,10 @@ def test_scorecard_picks_the_best_row_and_states_skill_against_interpolation(mon
     }  # fmt: skip
     text = b.render([_row("a", 100.0, 0.7), _row("b", 60.0, 0.5), _row("c", 120.0, None, 1)], ext, None, "cmd")
     assert "| 0-10 ps, 100 labels | 15 | 60.0 | b (4 members) | 80.0 | 90.0 | 114.0 |" in text
-    assert "| its calibrated 95 % interval covers | 90-98 % | 70 % | a |" in text
+    assert "| its calibrated 95 % interval covers | 90-98 % | 70.0 % | a |" in text
     assert "| 10-15 ps, 25 labels | 20 | 76.4 | fine-tuned | 77.2 | 84.7 | 79.6 |" in text
     assert "| 10-15 ps, no label | 40 | 95.0 | pretrained |" in text
-    assert "| b | 4 | **60.0** | 61.0-65.0 | +0.25 | 50 % | 70.0 |" in text  # skill = 1 - 60 / 80
+    assert "| b | 4 | **60.0** | 61.0-65.0 | +0.25 | 50.0 % | 70.0 |" in text  # skill = 1 - 60 / 80
     assert "| c | 1 | **120.0** | 121.0-125.0 | -0.50 | - | 70.0 |" in text
 
 
@@ -49,3 +49,19 @@ def test_an_arm_needs_a_name_and_a_folder(monkeypatch):
     assert b._arm("x=work/runs") == ("x", Path("work/runs"))
     with pytest.raises(Exception, match="NAME=RUNS"):
         b._arm("work/runs")
+
+
+def test_paired_difference_matches_seeds_and_states_its_interval(monkeypatch):
+    bench = _bench(monkeypatch)
+    a = {"arm": "gap", "seeds": [0, 1, 2, 3, 4, 5, 9], "member_rmse_mev": [10.0, 12, 11, 13, 10, 14, 99]}
+    b = {"arm": "edges", "seeds": [5, 4, 3, 2, 1, 0], "member_rmse_mev": [13.0, 9, 11, 10, 11, 8]}
+    d = bench.paired_difference(a, b)  # seed 9 has no partner; differences -2, -1, -1, -2, -1, -1
+    assert (d["n"], d["lower"]) == (6, 6)
+    assert d["mean_mev"] == pytest.approx(-8 / 6)
+    sd = (sum((x + 8 / 6) ** 2 for x in (-2, -1, -1, -2, -1, -1)) / 5) ** 0.5
+    assert d["sd_mev"] == pytest.approx(sd)
+    half = 2.5706 * sd / 6**0.5  # t(0.975, 5 dof)
+    assert d["ci95_mev"] == pytest.approx([-8 / 6 - half, -8 / 6 + half], abs=1e-3)
+    assert 0 < d["wilcoxon_p"] < 0.05
+    text = bench.render([{**_row("gap", 100.0, 0.8)}], None, None, "cmd", [d])
+    assert "edges minus gap, member RMSE paired by seed over 6 seeds: -1.3 meV" in text
