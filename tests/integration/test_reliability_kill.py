@@ -196,11 +196,26 @@ def _sigterm_pending(pid: int) -> bool:
     return any(p & (1 << (signal.SIGTERM - 1)) for p in pending)
 
 
-def _parallel_train_frozen_in_epoch_2(data: Path, runs: Path):
-    """``ensemble train --jobs 2`` whose two workers freeze themselves (SIGSTOP) at the first step of epoch 2."""
+@contextlib.contextmanager
+def _frozen_parallel_train(data: Path, runs: Path, deadline: float):
+    """``ensemble train --jobs 2`` whose two workers freeze themselves (SIGSTOP) at the first step of epoch 2.
+
+    Yields (the parent process, member seed -> worker pid) once both are stopped; on leaving, every worker
+    found is let go on (SIGCONT), whatever the test did in between.
+    """
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc")
     args = ["ensemble", "train", "--members", MEMBERS, "--data", data, "--preset", "tiny", "-o", runs,
             "--jobs", 2, "--device", "cpu"]  # fmt: skip
-    return rel.popen(*args, kill=f"step@{STEPS_PER_EPOCH + 1}!STOP")
+    proc = rel.popen(*args, kill=f"step@{STEPS_PER_EPOCH + 1}!STOP")
+    workers: dict[int, int] = {}
+    try:
+        _wait_frozen(proc, runs, workers, deadline)
+        yield proc, workers
+    finally:
+        for pid in workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def _wait_frozen(proc, runs: Path, workers: dict[int, int], deadline: float) -> None:
@@ -224,23 +239,14 @@ def test_ensemble_sigterm_reaches_parallel_workers(study, tmp_path):
     The workers freeze themselves (SIGSTOP) in epoch 2, so the signal lands at a known step:
     the test waits until the parent has passed SIGTERM on to both, then lets them go on.
     """
-    if not Path("/proc/self/status").exists():
-        pytest.skip("needs /proc")
     data, _, ref = study
     runs = tmp_path / "runs"
-    proc = _parallel_train_frozen_in_epoch_2(data, runs)
-    workers: dict[int, int] = {}
     deadline = time.monotonic() + 120
-    try:
-        _wait_frozen(proc, runs, workers, deadline)
+    with _frozen_parallel_train(data, runs, deadline) as (proc, workers):
         proc.send_signal(signal.SIGTERM)
         while not all(_sigterm_pending(pid) for pid in workers.values()):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
-    finally:
-        for pid in workers.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-2000:]
     assert "rerun the same command" in err.strip().splitlines()[-1]
@@ -258,21 +264,12 @@ def test_ensemble_workers_stop_when_their_parent_is_killed(study, tmp_path):
     """SIGKILL to the parent of two worker processes (as the OOM killer does): no signal reaches the workers,
     yet they stop at their next batch with their checkpoints intact instead of training on as orphans;
     a rerun finishes both members exactly as an uninterrupted run."""
-    if not Path("/proc/self/status").exists():
-        pytest.skip("needs /proc")
     data, _, ref = study
     runs = tmp_path / "runs"
-    proc = _parallel_train_frozen_in_epoch_2(data, runs)
-    workers: dict[int, int] = {}
     deadline = time.monotonic() + 120
-    try:
-        _wait_frozen(proc, runs, workers, deadline)
+    with _frozen_parallel_train(data, runs, deadline) as (proc, workers):
         proc.kill()
         proc.wait(timeout=60)  # not communicate(): the stopped workers still hold its pipes open
-    finally:
-        for pid in workers.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     while any(_proc_state(pid) not in ("gone", "Z") for pid in workers.values()):  # Z: exited, not yet reaped
         if time.monotonic() > deadline:
             for pid in workers.values():

@@ -494,11 +494,16 @@ def _gap_column_index(header: list[str], gap_column: str | None, path: Path) -> 
         if gap_column in header:
             return header.index(gap_column)
         raise QdgapError(f"{path}: no column {gap_column!r} (columns: {', '.join(header)})")
-    bare = [re.sub(r"\s*\(.*\)\s*$", "", h).strip().lower() for h in header]
+    bare = _bare_names(header)
     for name in _GAP_COLUMN_NAMES:
         if name in bare[1:]:
             return bare.index(name, 1)
     raise QdgapError(f"{path}: no band-gap column found (columns: {', '.join(header)}); name it with --gap-column")
+
+
+def _bare_names(header: list[str]) -> list[str]:
+    """Column names without their unit and case: "Bandgap (eV)" -> "bandgap"."""
+    return [re.sub(r"\s*\(.*\)\s*$", "", h).strip().lower() for h in header]
 
 
 def _band_edges_for_frames(path: Path, frame_numbers: np.ndarray) -> dict[str, np.ndarray]:
@@ -506,7 +511,7 @@ def _band_edges_for_frames(path: Path, frame_numbers: np.ndarray) -> dict[str, n
     for frames without a row; {} when the file does not have both columns (a plain gap table)."""
     with open(path, newline="") as fh:
         header = next((r for r in csv.reader(fh) if r and any(c.strip() for c in r)), [])
-    bare = [re.sub(r"\s*\(.*\)\s*$", "", h).strip().lower() for h in header]
+    bare = _bare_names(header)
     if "homo" not in bare[1:] or "lumo" not in bare[1:]:
         return {}
     return {
