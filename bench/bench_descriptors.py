@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,24 +46,43 @@ def pair_distances(positions: np.ndarray) -> np.ndarray:
 
 
 def gp_predict(
-    t_train: np.ndarray, y_train: np.ndarray, t_test: np.ndarray, x_train: np.ndarray, x_test: np.ndarray
-) -> tuple[np.ndarray, dict]:
-    """One Gaussian process on structure and time: a linear kernel on the standardised features plus the
-    Matern 3/2 kernel in time (kriging's, ``core.analysis.baselines``) and noise; its hyperparameters
-    (variances, length in fs, noise) by maximum marginal likelihood from three starts."""
-    from scipy.linalg import cho_factor, cho_solve
+    t_train: np.ndarray,
+    y_train: np.ndarray,
+    t_test: np.ndarray,
+    x_train: np.ndarray | Sequence[np.ndarray],
+    x_test: np.ndarray | Sequence[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One Gaussian process on structure and time: a linear kernel on each block of standardised features
+    (its own variance per block) plus the Matern 3/2 kernel in time (kriging's, ``core.analysis.baselines``)
+    and noise; its hyperparameters (variances, length in fs, noise) by maximum marginal likelihood from
+    three starts.
+
+    Args:
+        t_train, t_test: (L,), (F,) times, fs.
+        y_train: (L,) gaps, eV.
+        x_train, x_test: (L, D), (F, D) standardised features, or a sequence of such blocks.
+
+    Returns:
+        (F,) posterior mean, eV; (F,) predictive sd of a new frame's gap (noise included), eV; the fitted
+        hyperparameters.
+    """
+    from scipy.linalg import cho_factor, cho_solve, solve_triangular
     from scipy.optimize import minimize
 
     from qdgap.core.analysis.baselines import matern32
 
+    blocks_train = [x_train] if isinstance(x_train, np.ndarray) else list(x_train)
+    blocks_test = [x_test] if isinstance(x_test, np.ndarray) else list(x_test)
+    nb = len(blocks_train)
     mean = y_train.mean()
     yc = y_train - mean
     n = len(yc)
-    lin = x_train @ x_train.T / x_train.shape[1]
+    lins = [x @ x.T / x.shape[1] for x in blocks_train]
 
     def kernel(theta: np.ndarray) -> np.ndarray:
-        s_lin, s_time, length, noise = np.exp(theta)
-        return s_time * matern32(t_train, t_train, length) + noise * np.eye(n) + s_lin * lin
+        *s_lin, s_time, length, noise = np.exp(theta)
+        k = s_time * matern32(t_train, t_train, length) + noise * np.eye(n)
+        return k + sum(s * lin for s, lin in zip(s_lin, lins, strict=True))
 
     def nll(theta: np.ndarray) -> float:
         try:
@@ -71,13 +91,22 @@ def gp_predict(
             return 1e10
         return float(0.5 * yc @ cho_solve(c, yc) + np.log(np.diag(c[0])).sum())
 
-    bounds = [(-20, 2), (-20, 2), (np.log(5.0), np.log(3000.0)), (-16, 0)]
-    starts = ([-6, -6, np.log(50), -8], [-4, -5, np.log(100), -7], [-8, -4, np.log(30), -9])
+    bounds = [(-20, 2)] * nb + [(-20, 2), (np.log(5.0), np.log(3000.0)), (-16, 0)]
+    starts = ([-6] * nb + [-6, np.log(50), -8], [-4] * nb + [-5, np.log(100), -7], [-8] * nb + [-4, np.log(30), -9])
     best = min((minimize(nll, s, method="L-BFGS-B", bounds=bounds) for s in starts), key=lambda r: r.fun)
-    s_lin, s_time, length, noise = np.exp(best.x)
-    alpha = cho_solve(cho_factor(kernel(best.x), lower=True), yc)
-    k_star = s_time * matern32(t_test, t_train, length) + s_lin * (x_test @ x_train.T / x_train.shape[1])
-    return mean + k_star @ alpha, {"length_fs": float(length), "noise_mev": float(np.sqrt(noise) * 1e3)}
+    *s_lin, s_time, length, noise = np.exp(best.x)
+    chol = cho_factor(kernel(best.x), lower=True)
+    alpha = cho_solve(chol, yc)
+    k_star = s_time * matern32(t_test, t_train, length)
+    k_star = k_star + sum(
+        s * (xt @ x.T / x.shape[1]) for s, xt, x in zip(s_lin, blocks_test, blocks_train, strict=True)
+    )
+    prior = s_time + noise + sum(s * (xt**2).sum(1) / xt.shape[1] for s, xt in zip(s_lin, blocks_test, strict=True))
+    v = solve_triangular(np.tril(chol[0]), k_star.T, lower=True)  # (L, F)
+    sd = np.sqrt(np.maximum(prior - (v**2).sum(0), 0.0))
+    hp = {"length_fs": float(length), "noise_mev": float(np.sqrt(noise) * 1e3),
+          "feature_sd_mev": [float(np.sqrt(s) * 1e3) for s in s_lin]}  # fmt: skip
+    return mean + k_star @ alpha, sd, hp
 
 
 def ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -112,7 +141,7 @@ def spacing_row(traj, k: int) -> dict:
     r_test, r_train, alpha = ridge(x[pool], g[pool], x[scored])
     hybrid = r_test + np.interp(t[scored], t[pool], g[pool] - r_train)
     mu, sd = x[pool].mean(0), x[pool].std(0) + 1e-12
-    both, both_hp = gp_predict(t[pool], g[pool], t[scored], (x[pool] - mu) / sd, (x[scored] - mu) / sd)
+    both, _, both_hp = gp_predict(t[pool], g[pool], t[scored], (x[pool] - mu) / sd, (x[scored] - mu) / sd)
     return {
         "spacing_fs": k,
         "pool": int(len(pool)),

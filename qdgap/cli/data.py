@@ -127,6 +127,8 @@ def info(
         )
     if "band_edge_frames" in summary:
         out.print(f"  band edges    HOMO and LUMO on {summary['band_edge_frames']} frames (--targets gap,homo,lumo)")
+    if "xtb_gap_frames" in summary:
+        out.print(f"  xTB gaps      {summary['xtb_method'] or 'GFN-xTB'} on {summary['xtb_gap_frames']} frames")
     pbc = summary["pbc"]
     cell = summary["cell_ang"]
     lengths = ", ".join(f"{sum(c * c for c in row) ** 0.5:.3f}" for row in cell)
@@ -240,6 +242,63 @@ def simulate(
     ui.stdout_console().print(
         f"wrote {output}: {traj.formula}, {traj.num_frames} frames, {traj.time_fs[0]:g}-{traj.time_fs[-1]:g} fs, "
         f"gap {float(traj.gap_ev.mean()):.3f} ± {float(traj.gap_ev.std()):.3f} eV"
+    )
+
+
+@app.command()
+def xtb(
+    path: TrajArg,
+    frames: Annotated[
+        str, typer.Option("--frames", help="all (every frame) or labelled (the frames with a gap).")
+    ] = "all",
+    every: Annotated[int, typer.Option("--every", help="Every K-th of those frames.")] = 1,
+    method: Annotated[str, typer.Option("--method", help="GFN1-xTB or GFN2-xTB.")] = "GFN1-xTB",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes, one core each.")] = 1,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the trajectory with the xTB gaps here instead of updating PATH."),
+    ] = None,
+    force: Force = False,
+) -> None:
+    """Compute the GFN-xTB gap of every frame (dataset xtb_gap_ev), the cheap level of a multi-fidelity
+    estimate; about a second per frame and core; resumable (rerun the same command)."""
+    import numpy as np
+
+    from qdgap.core.common import schema
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.core.sim.qd import check_method
+    from qdgap.core.workflow import label as lb
+
+    if frames not in ("all", "labelled"):
+        raise_error(f"--frames must be all or labelled, got {frames!r}")
+    if every < 1 or jobs < 1:
+        raise_error(f"--every and --jobs must be at least 1, got {every} and {jobs}")
+    if output is not None and output.exists() and not force:
+        raise_error(f"{output}: output exists; choose another name or pass --force")
+    check_method(method)
+    try:
+        import tblite.interface  # noqa: F401
+    except ImportError:
+        raise_error("qdgap data xtb needs tblite: pip install 'qdgap[xtb]' (or pip install tblite)")
+    traj = read_trajectory(path)
+    chosen = np.arange(traj.num_frames) if frames == "all" else np.flatnonzero(traj.labelled)
+    chosen = chosen[::every]
+    if traj.xtb_gap_ev is not None and traj.attrs.get(schema.ATTR_XTB_METHOD) == method:
+        chosen = chosen[~np.isfinite(traj.xtb_gap_ev[chosen])]  # computed before: kept
+    elif traj.xtb_gap_ev is not None and np.isfinite(traj.xtb_gap_ev).any():
+        raise_error(
+            f"{path}: has {traj.attrs.get(schema.ATTR_XTB_METHOD, 'other')} gaps already; "
+            f"one method per file (write another with -o, from a copy without them)"
+        )
+    target = output or path
+    if not len(chosen) and output is None:
+        ui.stdout_console().print(f"{path}: every chosen frame has its {method} gap already; nothing to compute")
+        return
+    with ui.progress(f"xTB gaps ({method})", len(chosen), unit="frame") as advance:
+        result = lb.xtb_gaps_to_file(path, chosen, method=method, output=target, jobs=jobs, progress=advance)
+    ui.stdout_console().print(
+        f"wrote {target}: {method} gaps of {len(chosen)} frame(s) ({result.computed} computed now) "
+        f"in {result.seconds:.0f} s"
     )
 
 

@@ -148,3 +148,35 @@ def test_kriging_in_blocks_matches_one_solve(monkeypatch):
     monkeypatch.setattr(bl, "KRIGING_OVERLAP", 40)
     blocks = bl.kriging_in_time(t[query], t[labels], gap[labels])
     np.testing.assert_allclose(blocks, one, atol=1e-6)  # eV
+
+
+def test_xtb_corrected_interpolation_is_exact_when_the_gap_follows_the_cheap_one_plus_a_linear_drift():
+    t = np.arange(0.0, 2001.0)  # fs
+    rng = np.random.default_rng(0)
+    xtb = 1.3 + 0.05 * np.sin(t / 9.0) + 0.01 * rng.standard_normal(len(t))  # eV: fast wiggles
+    gap = 0.35 + 0.7 * xtb + 1e-5 * t  # PBE: 0.7 of xTB's wiggles plus a slow drift
+    labels = np.arange(0, 2001, 100)
+    query = np.setdiff1d(np.arange(2001), labels)
+    pred = bl.baseline_predictions(
+        t[query], t[labels], gap[labels], corr_time_fs=50.0, xtb_ev=xtb[query], label_xtb_ev=xtb[labels]
+    )
+    np.testing.assert_allclose(pred["xtb_corrected"], gap[query], atol=1e-12)
+    assert bl.xtb_corrected(t[query], xtb[query], t[labels], gap[labels], xtb[labels])[1] == pytest.approx(0.7)
+    assert bl.rmse_mev(pred["linear"] - gap[query]) > 20.0  # meV: interpolation misses the wiggles
+    # without cheap gaps there is no such row; a frame without one, or fewer than three labels, drops it
+    assert "xtb_corrected" not in bl.baseline_predictions(t[query], t[labels], gap[labels], corr_time_fs=50.0)
+    holed = xtb[query].copy()
+    holed[3] = np.nan
+    assert bl.xtb_corrected(t[query], holed, t[labels], gap[labels], xtb[labels]) is None
+    two = np.full(len(labels), np.nan)
+    two[:2] = xtb[labels[:2]]
+    assert bl.xtb_corrected(t[query], xtb[query], t[labels], gap[labels], two) is None
+    # in the report it is one more row; the model is scored on the same frames as without it
+    with_row = bl.baseline_report(t[query], gap[query], xtb[query], t[labels], gap[labels], label_source="x",
+                                  xtb_ev=xtb[query], label_xtb_ev=xtb[labels])  # fmt: skip
+    without = bl.baseline_report(t[query], gap[query], xtb[query], t[labels], gap[labels], label_source="x")
+    names = [s.name for s in with_row.scores]
+    assert names == [s.name for s in without.scores] + ["xtb_corrected"]
+    first, first_without = with_row.scores[0], without.scores[0]
+    assert (first.rmse_mev, first.frames) == (first_without.rmse_mev, first_without.frames)
+    assert bl.best_baseline(with_row.scores).name == "xtb_corrected"

@@ -65,3 +65,26 @@ def test_paired_difference_matches_seeds_and_states_its_interval(monkeypatch):
     assert 0 < d["wilcoxon_p"] < 0.05
     text = bench.render([{**_row("gap", 100.0, 0.8)}], None, None, "cmd", [d])
     assert "edges minus gap, member RMSE paired by seed over 6 seeds: -1.3 meV" in text
+
+
+def test_aims_with_xtb_pick_the_best_xtb_estimator_beside_the_same_frames_baselines(monkeypatch):
+    b = _bench(monkeypatch)
+    est = {"xtb_linear_map": 95.0, "delta_in_time": 61.0, "control_variate": 59.0, "gp_time_xtb": 60.0}
+    mf = {
+        "spacing": [{"spacing_fs": 100, **est, "linear": 73.8, "nearest": 81.2, "mean": 114.6,
+                     "gp_time_xtb_coverage_pct": 85.8}],
+        "extension": [{"k": 0, **est, "xtb_linear_map": 48.0, "mean": 110.0},
+                      {"k": 25, **est, "ext_only_linear": 77.2, "ext_only_nearest": 84.7, "ext_only_mean": 79.6}],
+        "delta": {"spacing": {"ensemble_rmse_mev": 58.0}},
+    }  # fmt: skip
+    lines = b.multifidelity_aims(mf)
+    assert (
+        lines[0]
+        == "| 0-10 ps, 100 labels, xTB on every frame | 15 | 58.0 | ALIGNN on PBE - xTB | 73.8 | 81.2 | 114.6 |"
+    )
+    assert "85.8 %" in lines[1]
+    assert lines[2].startswith(
+        "| 10-15 ps, 25 labels, xTB on every frame | 20 | 59.0 | xTB-corrected interpolation | 77.2"
+    )
+    assert lines[3].startswith("| 10-15 ps, no label, xTB on every frame | 40 | 48.0 | xTB, linear map |")
+    assert b.multifidelity_aims(None) == []

@@ -290,6 +290,7 @@ def baseline_report(pred: EnsemblePrediction, train_frames: np.ndarray, traj: Tr
     keep = np.isfinite(pred.gap_true_ev) & ~np.isin(pred.frame_index, train)
     if train.size == 0 or not keep.any():
         return None
+    xtb = traj.xtb_gap_ev  # a cheap gap of the frames, when `qdgap data xtb` computed one: the xtb_corrected row
     return bl.baseline_report(
         pred.time_fs[keep],
         pred.gap_true_ev[keep],
@@ -297,6 +298,8 @@ def baseline_report(pred: EnsemblePrediction, train_frames: np.ndarray, traj: Tr
         traj.time_fs[train],
         traj.gap_ev[train],
         label_source=f"the union of the {members} member{'s' if members > 1 else ''}' train splits ({train.size} frames)",
+        xtb_ev=None if xtb is None else xtb[pred.frame_index[keep]],
+        label_xtb_ev=None if xtb is None else xtb[train],
     )
 
 

@@ -26,6 +26,10 @@ TRAJECTORY_DATASETS: Final[tuple[str, ...]] = (NUMBERS, POSITIONS, CELL, PBC, TI
 HOMO_EV: Final[str] = "homo_ev"  # (F,) float32, eV; NaN where unknown
 LUMO_EV: Final[str] = "lumo_ev"  # (F,) float32, eV; NaN where unknown
 BAND_EDGE_DATASETS: Final[tuple[str, ...]] = (HOMO_EV, LUMO_EV)
+# Optional: a cheap gap of the same frames (GFN-xTB, `qdgap data xtb`), for multi-fidelity estimates.
+XTB_GAP_EV: Final[str] = "xtb_gap_ev"  # (F,) float32, eV; NaN where not computed
+ATTR_XTB_METHOD: Final[str] = "xtb_method"  # str, e.g. "GFN1-xTB": the method behind xtb_gap_ev
+OPTIONAL_FRAME_DATASETS: Final[tuple[str, ...]] = (*BAND_EDGE_DATASETS, XTB_GAP_EV)
 
 # --------------------------------------------------------------------------
 # Attrs every qdgap file carries

@@ -47,6 +47,8 @@ class Trajectory:
         homo_ev, lumo_ev: (F,) float32, eV, the band edges behind the gap where the labels give
             them (NaN where unknown); None when the file has none. Only a multi-task member
             (``--targets gap,homo,lumo``) reads them.
+        xtb_gap_ev: (F,) float32, eV, a cheap gap of each frame (GFN-xTB, ``qdgap data xtb``; NaN
+            where not computed), or None; the multi-fidelity estimate reads it.
     """
 
     numbers: np.ndarray
@@ -59,6 +61,7 @@ class Trajectory:
     attrs: dict = field(default_factory=dict, compare=False)
     homo_ev: np.ndarray | None = None
     lumo_ev: np.ndarray | None = None
+    xtb_gap_ev: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -101,6 +104,7 @@ class Trajectory:
             attrs=dict(self.attrs),
             homo_ev=None if self.homo_ev is None else self.homo_ev[frames],
             lumo_ev=None if self.lumo_ev is None else self.lumo_ev[frames],
+            xtb_gap_ev=None if self.xtb_gap_ev is None else self.xtb_gap_ev[frames],
         )
 
 
@@ -115,6 +119,7 @@ def make_trajectory(
     attrs: dict | None = None,
     homo_ev: np.ndarray | None = None,
     lumo_ev: np.ndarray | None = None,
+    xtb_gap_ev: np.ndarray | None = None,
 ) -> Trajectory:
     """Build a ``Trajectory`` with the contract's dtypes; a constant (F, 3, 3) cell is folded to (3, 3)."""
     positions = np.ascontiguousarray(positions_ang, dtype=np.float32)
@@ -133,6 +138,7 @@ def make_trajectory(
         attrs=dict(attrs or {}),
         homo_ev=None if homo_ev is None else np.asarray(homo_ev, dtype=np.float32),
         lumo_ev=None if lumo_ev is None else np.asarray(lumo_ev, dtype=np.float32),
+        xtb_gap_ev=None if xtb_gap_ev is None else np.asarray(xtb_gap_ev, dtype=np.float32),
     )
 
 
@@ -166,13 +172,13 @@ def validate_trajectory(traj: Trajectory, *, source: str) -> None:
         raise QdgapError(f"{source}: the cell has NaN or infinite entries")
     if np.isinf(traj.gap_ev).any():
         raise QdgapError(f"{source}: frame {_first(np.isinf(traj.gap_ev))} has an infinite band gap")
-    for name, edge in (("HOMO", traj.homo_ev), ("LUMO", traj.lumo_ev)):
+    for name, edge in (("HOMO energies", traj.homo_ev), ("LUMO energies", traj.lumo_ev), ("xTB gaps", traj.xtb_gap_ev)):
         if edge is None:
             continue
         if edge.shape != (f,):
-            raise QdgapError(f"{source}: the {name} energies must have one value per frame ({f})")
+            raise QdgapError(f"{source}: the {name} must have one value per frame ({f})")
         if np.isinf(edge).any():
-            raise QdgapError(f"{source}: frame {_first(np.isinf(edge))} has an infinite {name} energy")
+            raise QdgapError(f"{source}: frame {_first(np.isinf(edge))} has an infinite value in the {name}")
     if not np.isfinite(traj.time_fs).all():
         raise QdgapError(f"{source}: time has NaN or infinite values")
     steps = np.diff(traj.time_fs)
@@ -290,7 +296,11 @@ def _create_datasets(h5, traj: Trajectory, *, growable: bool) -> None:
     for key, arr, dtype in ((schema.TIME_FS, traj.time_fs, np.float64), (schema.GAP_EV, traj.gap_ev, np.float32)):
         h5.create_dataset(key, data=arr.astype(dtype), maxshape=(maxf,), chunks=(max(1, min(4096, f)),))
     if not growable:  # a simulation being appended to has no band edges to store
-        for key, arr in ((schema.HOMO_EV, traj.homo_ev), (schema.LUMO_EV, traj.lumo_ev)):
+        for key, arr in (
+            (schema.HOMO_EV, traj.homo_ev),
+            (schema.LUMO_EV, traj.lumo_ev),
+            (schema.XTB_GAP_EV, traj.xtb_gap_ev),
+        ):
             if arr is not None:
                 h5.create_dataset(key, data=arr.astype(np.float32))
 
@@ -362,7 +372,9 @@ def read_trajectory(path: str | Path, *, validate: bool = True, allow_partial: b
         with h5:
             _check_contract(h5, path, allow_partial=allow_partial)
             try:
-                arrays = {k: h5[k][()] for k in (*schema.TRAJECTORY_DATASETS, *schema.BAND_EDGE_DATASETS) if k in h5}
+                arrays = {
+                    k: h5[k][()] for k in (*schema.TRAJECTORY_DATASETS, *schema.OPTIONAL_FRAME_DATASETS) if k in h5
+                }
             except (OSError, KeyError, ValueError) as exc:
                 raise QdgapError(f"{path}: a dataset cannot be read (truncated or corrupt file?)") from exc
             attrs = {k: _attr(v) for k, v in h5.attrs.items()}
@@ -379,7 +391,7 @@ def read_trajectory(path: str | Path, *, validate: bool = True, allow_partial: b
         attrs=attrs,
         **{
             key: np.asarray(arrays[key], dtype=np.float32).reshape(-1)
-            for key in schema.BAND_EDGE_DATASETS
+            for key in schema.OPTIONAL_FRAME_DATASETS
             if key in arrays
         },
     )
@@ -537,4 +549,7 @@ def trajectory_info(traj: Trajectory) -> dict[str, object]:
         )
     if traj.homo_ev is not None and traj.lumo_ev is not None:
         info["band_edge_frames"] = int((np.isfinite(traj.homo_ev) & np.isfinite(traj.lumo_ev)).sum())
+    if traj.xtb_gap_ev is not None:
+        info["xtb_gap_frames"] = int(np.isfinite(traj.xtb_gap_ev).sum())
+        info["xtb_method"] = str(traj.attrs.get(schema.ATTR_XTB_METHOD, ""))
     return info

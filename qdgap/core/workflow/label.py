@@ -138,3 +138,132 @@ def _history(raw) -> list:
     except (TypeError, ValueError):
         out = []
     return out if isinstance(out, list) else []
+
+
+# ==========================================================================
+# A cheap gap of every frame (``qdgap data xtb``): the low level of a multi-fidelity estimate
+# ==========================================================================
+
+XTB_CHUNK_FRAMES = 50  # frames per task: one calculator each, so one SCF from scratch per 50 restarted ones
+XTB_PARTS_SUFFIX = ".xtb-parts"  # the folder beside the trajectory that keeps finished chunks until the end
+
+
+@dataclass(frozen=True)
+class XtbGapsResult:
+    frames: np.ndarray  # (K,) int64, frames that now have an xTB gap
+    computed: int  # frames computed by this call (the rest came from an interrupted run's parts)
+    seconds: float
+
+
+def xtb_parts_dir(output: Path) -> Path:
+    """The folder where ``xtb_gaps_to_file`` keeps finished chunks for ``output`` until it is written."""
+    output = Path(output)
+    return output.parent / f".{output.name}{XTB_PARTS_SUFFIX}"
+
+
+def _xtb_chunk(data: str, frames: list[int], method: str) -> list[float]:
+    """Worker: the xTB gaps (eV) of consecutive frames, one calculator restarted frame to frame."""
+    from qdgap.core.data.trajectory import read_frame
+    from qdgap.core.sim.md import XtbPotential
+
+    potential = None
+    out = []
+    for f in frames:
+        numbers, pos = read_frame(data, f)
+        pos = np.asarray(pos, np.float64)
+        if potential is None:
+            potential = XtbPotential(numbers, pos, method=method)
+        out.append(potential(pos).gap_ev)
+    return out
+
+
+def _xtb_worker_init() -> None:
+    import os
+
+    # One OpenMP thread per worker: tblite's threads would otherwise multiply with the workers'.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def xtb_gaps_to_file(
+    data: Path,
+    frames: np.ndarray,
+    *,
+    method: str,
+    output: Path,
+    jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> XtbGapsResult:
+    """Compute the GFN-xTB gap of ``frames`` of ``data`` and write the trajectory with them (``xtb_gap_ev``).
+
+    Frames go in chunks of ``XTB_CHUNK_FRAMES`` consecutive ones to ``jobs`` worker processes (one thread
+    each). Each finished chunk is saved in ``xtb_parts_dir(output)``, so an interrupted call resumes where it
+    stopped when called again with the same frames and method; the trajectory is rewritten once, through a
+    temporary file, when every chunk is done, and the parts are then removed. Frames not in ``frames`` keep
+    the xTB gap they had.
+
+    Args:
+        data: the trajectory file.
+        frames: (K,) frame indices, sorted, unique.
+        method: ``GFN1-xTB`` or ``GFN2-xTB``.
+        output: where the trajectory goes (``data`` itself to update it in place).
+        jobs: worker processes.
+        progress: called with the number of frames of each finished chunk.
+    """
+    import multiprocessing as mp
+    import shutil
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from dataclasses import replace
+
+    from qdgap.core.common import schema
+    from qdgap.core.common.files import exclusive_lock
+    from qdgap.core.data.trajectory import read_trajectory, read_trajectory_extras, write_trajectory
+
+    t0 = time.perf_counter()
+    output = Path(output)
+    frames = np.asarray(frames, np.int64)
+    chunks = [frames[i : i + XTB_CHUNK_FRAMES] for i in range(0, len(frames), XTB_CHUNK_FRAMES)]
+    parts = xtb_parts_dir(output)
+    with exclusive_lock(output.parent / f".{output.name}.lock", what=f"trajectory {output}"):
+        parts.mkdir(exist_ok=True)
+        done: dict[int, np.ndarray] = {}
+        for i, chunk in enumerate(chunks):
+            path = parts / f"chunk{i:06d}.npz"
+            if path.exists():
+                with np.load(path, allow_pickle=False) as z:
+                    if str(z["method"]) == method and np.array_equal(z["frames"], chunk):
+                        done[i] = z["gap_ev"]
+                        if progress is not None:
+                            progress(len(chunk))
+        todo = [i for i in range(len(chunks)) if i not in done]
+        computed = sum(len(chunks[i]) for i in todo)
+
+        def keep(i: int, gaps: list[float]) -> None:
+            done[i] = np.asarray(gaps, np.float64)
+            tmp = parts / f"chunk{i:06d}.tmp.npz"
+            np.savez(tmp, frames=chunks[i], gap_ev=done[i], method=method)
+            tmp.replace(parts / f"chunk{i:06d}.npz")
+            if progress is not None:
+                progress(len(chunks[i]))
+
+        if jobs <= 1 or len(todo) <= 1:
+            for i in todo:
+                keep(i, _xtb_chunk(str(data), chunks[i].tolist(), method))
+        else:
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_xtb_worker_init) as pool:
+                futures = {pool.submit(_xtb_chunk, str(data), chunks[i].tolist(), method): i for i in todo}
+                try:
+                    for fut in as_completed(futures):
+                        keep(futures[fut], fut.result())
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        traj = read_trajectory(data)
+        extras = read_trajectory_extras(data)
+        xtb = np.full(traj.num_frames, np.nan, np.float32) if traj.xtb_gap_ev is None else traj.xtb_gap_ev.copy()
+        for i, gaps in done.items():
+            xtb[chunks[i]] = gaps
+        attrs = {**traj.attrs, schema.ATTR_XTB_METHOD: method}
+        write_trajectory(replace(traj, xtb_gap_ev=xtb, attrs=attrs), output, force=True, extras=extras or None)
+        shutil.rmtree(parts, ignore_errors=True)
+    return XtbGapsResult(frames=frames, computed=computed, seconds=time.perf_counter() - t0)
