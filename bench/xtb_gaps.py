@@ -12,7 +12,8 @@ temporary file, so a killed run resumes where it stopped. Run with OMP_NUM_THREA
 
 writes, once every shard is done, the trajectory whose labels are PBE - xTB (eV) for Delta-learning with
 qdgap itself: a member trained on it predicts the correction, and its error on a frame is the error of
-xTB + correction against PBE, so qdgap's scores of that file are scores of the PBE gap.
+xTB + correction against PBE, so qdgap's scores of that file are scores of the PBE gap; ``--xtb-labels
+OUT.h5`` writes the trajectory labelled with the xTB gaps themselves (for pretraining on them).
 """
 
 from __future__ import annotations
@@ -57,19 +58,20 @@ def _save(path: Path, frames: list[int], gaps: list[float], seconds: float, meth
     os.replace(tmp, path)
 
 
-def write_delta(data: Path, folder: Path, out: Path) -> int:
-    """Write ``data`` with each label replaced by PBE - xTB (eV; NaN where either is missing) to ``out``;
-    returns the number of labels kept."""
+def write_labels(data: Path, folder: Path, out: Path, *, delta: bool) -> int:
+    """Write ``data`` with each label replaced by PBE - xTB (``delta``) or by the xTB gap itself (eV; NaN
+    where either is missing) to ``out``; returns the number of labels kept."""
     from dataclasses import replace
 
     from qdgap.core.data.trajectory import read_trajectory, write_trajectory
 
     traj = read_trajectory(data)
     frames, gaps = load_shards(folder)
-    delta = np.full(traj.num_frames, np.nan, np.float32)
-    delta[frames] = traj.gap_ev[frames] - gaps
-    write_trajectory(replace(traj, gap_ev=delta), out, force=True, source=f"{data}: PBE - GFN1-xTB gap")
-    return int(np.isfinite(delta).sum())
+    labels = np.full(traj.num_frames, np.nan, np.float32)
+    labels[frames] = traj.gap_ev[frames] - gaps if delta else np.where(np.isfinite(traj.gap_ev[frames]), gaps, np.nan)
+    what = "PBE - GFN1-xTB gap" if delta else "GFN1-xTB gap"
+    write_trajectory(replace(traj, gap_ev=labels), out, force=True, source=f"{data}: {what}")
+    return int(np.isfinite(labels).sum())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,9 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default=METHOD, help="GFN1-xTB or GFN2-xTB")
     p.add_argument("--range", default=None, metavar="START:STOP", help="only the labelled frames in [START, STOP)")
     p.add_argument("--delta", type=Path, default=None, help="write the PBE - xTB trajectory here, compute nothing")
+    p.add_argument("--xtb-labels", type=Path, default=None, help="write the trajectory labelled with xTB gaps here")
     args = p.parse_args(argv)
     if args.delta is not None:
-        print(f"wrote {args.delta}: {write_delta(args.data, args.out, args.delta)} PBE - xTB labels")
+        print(f"wrote {args.delta}: {write_labels(args.data, args.out, args.delta, delta=True)} PBE - xTB labels")
+        return 0
+    if args.xtb_labels is not None:
+        print(f"wrote {args.xtb_labels}: {write_labels(args.data, args.out, args.xtb_labels, delta=False)} xTB labels")
         return 0
     shard, num_shards = (int(x) for x in args.shard.split("/"))
     traj = read_trajectory(args.data)
