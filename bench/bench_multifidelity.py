@@ -19,6 +19,8 @@ the pool only and xTB on every frame; all are scored on the same PBE-labelled fr
   time plus a linear kernel in standardised xTB, hyperparameters by maximum marginal likelihood), whose
   predictive sd gives a 95 % interval: its coverage is the fraction of scored frames inside it;
 * the same with the 2,211 interatomic distances as a second linear-kernel block;
+* ALIGNN pretrained on xTB gaps (``--pretrain-report``): members trained on the xTB-labelled trajectory
+  (``bench/xtb_gaps.py --xtb-labels``), then ``qdgap finetune`` on the PBE pool; its finetune_report.csv;
 * ALIGNN Delta-learning (``--delta-runs``): qdgap members trained on the PBE - xTB trajectory that
   ``bench/xtb_gaps.py --delta`` writes, predicting xTB + correction; and the same plus its pool residuals
   interpolated in time.
@@ -269,6 +271,7 @@ def render(
     xtb_seconds: float,
     delta: dict | None = None,
     phases: list[dict] = (),
+    pretrain: dict | None = None,
 ) -> str:
     """The markdown tables."""
     lines = ["# Multi-fidelity: GFN1-xTB on every frame, PBE on a sparse pool", "", f"`{command}`", ""]
@@ -285,6 +288,12 @@ def render(
     lines += ["", "Control-variate slope b (leave-one-out on the pool): "
               + ", ".join(f"{r['spacing_fs']} fs: {r['fit']['control_variate_b']:.2f}" for r in rows) + "; linear map "
               + ", ".join(f"{r['spacing_fs']} fs: b = {r['fit']['linear_map']['b']:.2f}" for r in rows) + "."]  # fmt: skip
+    if pretrain:
+        lines += ["", f"## ALIGNN pretrained on xTB gaps, fine-tuned on the PBE pool of a label per {BASE_STRIDE} fs", "",
+                  f"{pretrain.get('note', '')}", "", "| ensemble | RMSE, meV, on the other labelled frames | frames |",
+                  "|---|---|---|"]  # fmt: skip
+        for name, r in pretrain["rows"].items():
+            lines.append(f"| {name} | {r['rmse_mev']:.1f} | {r['n_frames']} |")
     if phases:
         lines += ["", "## Every phase of the pool: xTB-corrected against linear interpolation (RMSE, meV)", "",
                   "Each row: the pool of frames offset, offset + k, ... for every labelled offset below k, each scored on its "
@@ -351,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delta-runs", type=Path, default=None, help="folder with runs/ and predictions(_ext).h5 of Delta")
     p.add_argument("--delta-data", type=Path, default=None, help="the PBE - xTB 0-10 ps trajectory")
     p.add_argument("--delta-ext", type=Path, default=None, help="the PBE - xTB 10-15 ps trajectory")
+    p.add_argument("--pretrain-report", type=Path, default=None, help="finetune_report.csv of the xTB-pretrained arm")
+    p.add_argument("--pretrain-note", default="", help="how that arm was trained, in words")
     p.add_argument("--no-distances", action="store_true", help="leave out the GP on time, xTB and distances")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results_multifidelity", help="writes OUT.md, OUT.json")
     args = p.parse_args(argv)
@@ -369,10 +380,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.delta_runs is not None:
         delta = delta_rows(args.delta_runs, args.delta_data, args.delta_ext, BASE_STRIDE, EXT_LABELS)
     phases = [phase_row(traj, xtb, int(k)) for k in args.spacings.split(",")]
-    text = render(rows, ext_rows, command, seconds, delta, phases)
+    pretrain = None
+    if args.pretrain_report is not None:
+        import csv
+
+        with open(args.pretrain_report, newline="") as fh:
+            pretrain = {"note": args.pretrain_note,
+                        "rows": {r["model"]: {"rmse_mev": float(r["rmse_mev"]), "n_frames": int(r["n_frames"])}
+                                 for r in csv.DictReader(fh)}}  # fmt: skip
+    text = render(rows, ext_rows, command, seconds, delta, phases, pretrain)
     write_text_atomic(args.out.with_suffix(".md"), text)
     report = {"command": command, "xtb_seconds": seconds, "spacing": rows, "extension": ext_rows, "delta": delta,
-              "phases": phases}  # fmt: skip
+              "phases": phases, "pretrain": pretrain}  # fmt: skip
     write_text_atomic(args.out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
     print(text)
     return 0

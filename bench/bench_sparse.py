@@ -220,7 +220,12 @@ def render(
         lines.append(
             f"\n{d['b']} minus {d['a']}, member RMSE paired by seed over {d['n']} seeds: {d['mean_mev']:+.1f} meV "
             f"(95 % interval {d['ci95_mev'][0]:+.1f} to {d['ci95_mev'][1]:+.1f}; sd {d['sd_mev']:.1f}; lower in "
-            f"{d['lower']} of {d['n']}; Wilcoxon p {d['wilcoxon_p']:.2f})."
+            f"{d['lower']} of {d['n']}; "
+            + (
+                f"Wilcoxon p {d['wilcoxon_p']:.2f})."
+                if np.isfinite(d["wilcoxon_p"])
+                else "too few seeds for Wilcoxon)."
+            )
         )
     if multitask:
         lines += ["", "Multi-task band edges (`bench/bench_multitask.py`, its own loop, the same pool and member "

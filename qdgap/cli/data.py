@@ -258,6 +258,14 @@ def xtb(
         Path | None,
         typer.Option("--output", "-o", help="Write the trajectory with the xTB gaps here instead of updating PATH."),
     ] = None,
+    as_labels: Annotated[
+        bool,
+        typer.Option(
+            "--as-labels",
+            help="Make the xTB gaps the labels of the -o file (its DFT labels and band edges left out): an "
+            "ensemble pretrained on it and fine-tuned on the DFT labels (`qdgap finetune`) learns from both.",
+        ),
+    ] = False,
     force: Force = False,
 ) -> None:
     """Compute the GFN-xTB gap of every frame (dataset xtb_gap_ev), the cheap level of a multi-fidelity
@@ -275,6 +283,8 @@ def xtb(
         raise_error(f"--every and --jobs must be at least 1, got {every} and {jobs}")
     if output is not None and output.exists() and not force:
         raise_error(f"{output}: output exists; choose another name or pass --force")
+    if as_labels and output is None:
+        raise_error("--as-labels replaces the labels: write a new file with -o, PATH keeps its own")
     check_method(method)
     try:
         import tblite.interface  # noqa: F401
@@ -291,14 +301,16 @@ def xtb(
             f"one method per file (write another with -o, from a copy without them)"
         )
     target = output or path
-    if not len(chosen) and output is None:
+    if not len(chosen) and output is None and not as_labels:
         ui.stdout_console().print(f"{path}: every chosen frame has its {method} gap already; nothing to compute")
         return
     with ui.progress(f"xTB gaps ({method})", len(chosen), unit="frame") as advance:
-        result = lb.xtb_gaps_to_file(path, chosen, method=method, output=target, jobs=jobs, progress=advance)
+        result = lb.xtb_gaps_to_file(
+            path, chosen, method=method, output=target, jobs=jobs, as_labels=as_labels, progress=advance
+        )
     ui.stdout_console().print(
         f"wrote {target}: {method} gaps of {len(chosen)} frame(s) ({result.computed} computed now) "
-        f"in {result.seconds:.0f} s"
+        f"in {result.seconds:.0f} s" + (", as its labels" if as_labels else "")
     )
 
 

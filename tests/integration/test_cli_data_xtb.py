@@ -96,3 +96,21 @@ def test_predict_prints_the_xtb_corrected_baseline_when_the_trajectory_has_xtb_g
     with h5py.File(pred) as f:
         assert f.attrs["baseline_xtb_corrected_rmse_mev"] == pytest.approx(0.0, abs=1e-3)
         assert f.attrs["baseline_linear_rmse_mev"] > 1.0
+
+
+def test_data_xtb_as_labels_writes_a_pretraining_file_and_leaves_the_source_alone(run_cli, tmp_path, monkeypatch):
+    pytest.importorskip("tblite.interface")
+    data = tmp_path / "ext.h5"
+    shutil.copy(DEMO_EXTENDED, data)
+    before = read_trajectory(data)
+    assert_one_line_error(run_cli("data", "xtb", data, "--as-labels"), "-o")
+    out = tmp_path / "xtb_labels.h5"
+    r = run_cli("data", "xtb", data, "--every", "250", "--as-labels", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert "as its labels" in r.stdout
+    labels = read_trajectory(out)
+    assert np.flatnonzero(np.isfinite(labels.gap_ev)).tolist() == [0, 250, 500]
+    np.testing.assert_array_equal(labels.gap_ev, labels.xtb_gap_ev)
+    assert labels.homo_ev is None and "GFN1-xTB" in labels.attrs[lb.ATTR_LABELLED]
+    np.testing.assert_array_equal(read_trajectory(data).gap_ev, before.gap_ev)
+    assert read_trajectory(data).xtb_gap_ev is None

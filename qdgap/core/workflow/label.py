@@ -191,6 +191,7 @@ def xtb_gaps_to_file(
     method: str,
     output: Path,
     jobs: int = 1,
+    as_labels: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> XtbGapsResult:
     """Compute the GFN-xTB gap of ``frames`` of ``data`` and write the trajectory with them (``xtb_gap_ev``).
@@ -207,6 +208,8 @@ def xtb_gaps_to_file(
         method: ``GFN1-xTB`` or ``GFN2-xTB``.
         output: where the trajectory goes (``data`` itself to update it in place).
         jobs: worker processes.
+        as_labels: also make the xTB gaps the trajectory's labels (``gap_ev``; NaN where none), dropping its
+            DFT labels and band edges: the file to pretrain an ensemble on before fine-tuning on DFT labels.
         progress: called with the number of frames of each finished chunk.
     """
     import multiprocessing as mp
@@ -215,7 +218,7 @@ def xtb_gaps_to_file(
     from dataclasses import replace
 
     from qdgap.core.common import schema
-    from qdgap.core.common.files import exclusive_lock
+    from qdgap.core.common.files import exclusive_lock, provenance
     from qdgap.core.data.trajectory import read_trajectory, read_trajectory_extras, write_trajectory
 
     t0 = time.perf_counter()
@@ -264,6 +267,12 @@ def xtb_gaps_to_file(
         for i, gaps in done.items():
             xtb[chunks[i]] = gaps
         attrs = {**traj.attrs, schema.ATTR_XTB_METHOD: method}
-        write_trajectory(replace(traj, xtb_gap_ev=xtb, attrs=attrs), output, force=True, extras=extras or None)
+        out = replace(traj, xtb_gap_ev=xtb, attrs=attrs)
+        if as_labels:
+            history = _history(traj.attrs.get(ATTR_LABELLED))
+            history.append({"frames": "all with an xTB gap", "method": method, "created": provenance()["created"]})
+            attrs[ATTR_LABELLED] = json.dumps(history)
+            out = replace(out, gap_ev=xtb.copy(), homo_ev=None, lumo_ev=None, attrs=attrs)
+        write_trajectory(out, output, force=True, extras=extras or None)
         shutil.rmtree(parts, ignore_errors=True)
     return XtbGapsResult(frames=frames, computed=computed, seconds=time.perf_counter() - t0)
