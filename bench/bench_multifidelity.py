@@ -46,13 +46,21 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench_descriptors import gp_predict, pair_distances  # noqa: E402
-from bench_label_spacing import score_outside_pool  # noqa: E402
+from bench_label_spacing import EXT_SPACING_FS, score_outside_pool  # noqa: E402
 from xtb_gaps import load_shards  # noqa: E402
 
 SPACINGS_FS = (20, 50, 100, 200)
 EXT_LABELS = (0, 25, 50, 100)
-EXT_SPACING_FS = 10  # the extension's labels are every 10th frame
 BASE_STRIDE = 100  # the 0-10 ps pool behind every extension row: a label per 100 fs, issue 27's aim
+
+
+def ext_pool(ext_gap_ev: np.ndarray, k: int) -> np.ndarray:
+    """The K = k extension labels (every 500/K-th, as bench_label_spacing's fine-tuning pools); none for k = 0."""
+    from qdgap.core.data.splits import labelled_pool
+
+    if k == 0:
+        return np.zeros(0, np.int64)
+    return labelled_pool(ext_gap_ev, stride=max(1, round(int(np.isfinite(ext_gap_ev).sum()) * EXT_SPACING_FS / k)))
 
 
 def estimators(
@@ -181,10 +189,7 @@ def extension_rows(traj, xtb: np.ndarray, ext, xtb_ext: np.ndarray, ks: tuple[in
     lab = np.flatnonzero(np.isfinite(ext.gap_ev) & np.isfinite(xtb_ext))
     rows = []
     for k in ks:
-        pool_ext = (
-            np.zeros(0, np.int64) if k == 0 else labelled_pool(ext.gap_ev, stride=round(len(lab) * EXT_SPACING_FS / k))
-        )
-        pool_ext = np.intersect1d(pool_ext, lab)
+        pool_ext = np.intersect1d(ext_pool(ext.gap_ev, k), lab)
         scored = lab[~np.isin(lab, pool_ext)]
         t_pool = np.concatenate([traj.time_fs[base], ext.time_fs[pool_ext]]).astype(np.float64)
         y_pool = np.concatenate([traj.gap_ev[base], ext.gap_ev[pool_ext]]).astype(np.float64)
@@ -228,11 +233,7 @@ def delta_rows(folder: Path, delta_data: Path, delta_ext: Path | None, k: int, k
     lab = np.flatnonzero(np.isfinite(ext.gap_ev))
     rows = []
     for kk in ks:
-        pool_ext = (
-            np.zeros(0, np.int64)
-            if kk == 0
-            else labelled_pool(ext.gap_ev, stride=round(len(lab) * EXT_SPACING_FS / kk))
-        )
+        pool_ext = ext_pool(ext.gap_ev, kk)
         scored = lab[~np.isin(lab, pool_ext)]
         at = np.searchsorted(frame1, scored)
         y = ext.gap_ev[scored].astype(np.float64)  # PBE - xTB: the model's error on it is its error on PBE

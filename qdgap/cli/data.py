@@ -286,10 +286,7 @@ def xtb(
     if as_labels and output is None:
         raise_error("--as-labels replaces the labels: write a new file with -o, PATH keeps its own")
     check_method(method)
-    try:
-        import tblite.interface  # noqa: F401
-    except ImportError:
-        raise_error("qdgap data xtb needs tblite: pip install 'qdgap[xtb]' (or pip install tblite)")
+    lb.require_tblite("qdgap data xtb")
     traj = read_trajectory(path)
     chosen = np.arange(traj.num_frames) if frames == "all" else np.flatnonzero(traj.labelled)
     chosen = chosen[::every]

@@ -48,6 +48,14 @@ def trajectory_method(traj) -> str | None:
         return None
 
 
+def require_tblite(what: str) -> None:
+    """Raise a ``QdgapError`` saying how to install tblite when it cannot be imported (``what`` needs it)."""
+    try:
+        import tblite.interface  # noqa: F401
+    except ImportError:
+        raise QdgapError(f"{what} needs tblite: pip install 'qdgap[xtb]' (or pip install tblite)") from None
+
+
 def check_label_inputs(selection: Path, data: Path, *, method: str | None) -> tuple[np.ndarray, str]:
     """The frames to label (each in range, named once) and the method; tblite importable.
 
@@ -68,10 +76,7 @@ def check_label_inputs(selection: Path, data: Path, *, method: str | None) -> tu
         raise QdgapError(f"{selection}: frame {int(unique[counts > 1][0])} is named more than once")
     method = method or trajectory_method(traj) or DEFAULT_METHOD
     check_method(method)
-    try:
-        import tblite.interface  # noqa: F401
-    except ImportError:
-        raise QdgapError("--xtb needs tblite: pip install 'qdgap[xtb]' (or pip install tblite)") from None
+    require_tblite("--xtb")
     return unique, method
 
 
