@@ -21,9 +21,10 @@ the pool only and xTB on every frame; all are scored on the same PBE-labelled fr
 * the same with the 2,211 interatomic distances as a second linear-kernel block;
 * ALIGNN pretrained on xTB gaps (``--pretrain-report``): members trained on the xTB-labelled trajectory
   (``bench/xtb_gaps.py --xtb-labels``), then ``qdgap finetune`` on the PBE pool; its finetune_report.csv;
-* ALIGNN Delta-learning (``--delta-runs``): qdgap members trained on the PBE - xTB trajectory that
-  ``bench/xtb_gaps.py --delta`` writes, predicting xTB + correction; and the same plus its pool residuals
-  interpolated in time.
+* ALIGNN Delta-learning (``--delta SLOPE FOLDER DATA EXT``, repeatable): qdgap members trained on the
+  PBE - SLOPE x xTB trajectory that ``bench/xtb_gaps.py --delta [--slope]`` writes, predicting SLOPE x xTB +
+  correction; and the same plus its pool residuals interpolated in time. SLOPE 1 is Delta learning; a slope
+  fitted on the pool is xTB as a readout input whose weight is fixed.
 
 The extension (10-15 ps) is scored with no extension label (the 0-10 ps pool alone) and with K extension labels
 (every 500/K-th) added to that pool. Seconds once the xTB gaps exist; deterministic. A benchmark: it asserts
@@ -208,7 +209,9 @@ def extension_rows(traj, xtb: np.ndarray, ext, xtb_ext: np.ndarray, ks: tuple[in
     return rows
 
 
-def delta_rows(folder: Path, delta_data: Path, delta_ext: Path | None, k: int, ks: tuple[int, ...]) -> dict:
+def delta_rows(
+    folder: Path, delta_data: Path, delta_ext: Path | None, k: int, ks: tuple[int, ...], slope: float = 1.0
+) -> dict:
     """The Delta-ALIGNN ensemble in ``folder`` (runs/, predictions.h5 of ``delta_data``, predictions_ext.h5 of
     ``delta_ext``) scored as PBE gaps: on 0-10 ps outside its pool of every k-th frame, and on the extension
     with each K of ``ks`` (K labels' residuals interpolated in time beside the 0-10 ps pool's)."""
@@ -219,7 +222,8 @@ def delta_rows(folder: Path, delta_data: Path, delta_ext: Path | None, k: int, k
     from qdgap.core.store.results import read_results
 
     row = score_outside_pool(folder / "predictions.h5", delta_data, folder / "runs", k)
-    out = {"spacing": {key: row[key] for key in ("pool", "scored_frames", "ensemble_rmse_mev", "member_rmse_mev",
+    out = {"slope": slope,
+           "spacing": {key: row[key] for key in ("pool", "scored_frames", "ensemble_rmse_mev", "member_rmse_mev",
                                                  "hybrid_rmse_mev", "coverage95", "linear_rmse_mev")}}  # fmt: skip
     if delta_ext is None or not (folder / "predictions_ext.h5").exists():
         return out
@@ -270,7 +274,7 @@ def render(
     ext_rows: list[dict],
     command: str,
     xtb_seconds: float,
-    delta: dict | None = None,
+    deltas: list[dict] = (),
     phases: list[dict] = (),
     pretrain: dict | None = None,
 ) -> str:
@@ -332,19 +336,22 @@ def render(
             )
             lines.append(f"| {r['k']} | {r['scored_frames']} | " + " | ".join(cells)
                          + f" | {r['gp_time_xtb_coverage_pct']:.1f} % | {alone} | {r['extension_mean_oracle']:.1f} |")  # fmt: skip
-    if delta:
-        d = delta["spacing"]
-        lines += ["", f"## ALIGNN Delta-learning: {len(d['member_rmse_mev'])} `cpu` members on PBE - xTB, a label per "
-                  f"{BASE_STRIDE} fs", "",
-                  "| stretch | scored | xTB + ALIGNN correction | + pool residuals interpolated | members | "
-                  "calibrated 95 % coverage |", "|---|---|---|---|---|---|",
-                  f"| 0-10 ps | {d['scored_frames']} | {d['ensemble_rmse_mev']:.1f} | {d['hybrid_rmse_mev']:.1f} | "
-                  f"{min(d['member_rmse_mev']):.1f}-{max(d['member_rmse_mev']):.1f} | "
-                  + ("-" if d["coverage95"] is None else f"{100 * d['coverage95']:.1f} %") + " |"]  # fmt: skip
-        for r in delta.get("extension", []):
-            cov = f"{100 * r['coverage95']:.1f} %" if "coverage95" in r else "-"
-            lines.append(f"| 10-15 ps, K = {r['k']} | | {r['ensemble_rmse_mev']:.1f} (mean error {r['bias_mev']:+.1f}) | "
-                         f"{r['hybrid_rmse_mev']:.1f} | | {cov} |")  # fmt: skip
+    if deltas:
+        lines += ["", f"## ALIGNN on PBE - b xTB: `cpu` members, a label per {BASE_STRIDE} fs", "",
+                  "b = 1 is Delta learning; b < 1 (the pool's least-squares slope of PBE on xTB) is xTB as a readout input "
+                  "whose weight is fixed. The model predicts PBE - b xTB; b xTB is added back.", "",
+                  "| b | members | stretch | scored | b xTB + ALIGNN | + pool residuals interpolated | members, meV | "
+                  "calibrated 95 % coverage |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for delta in deltas:
+            d = delta["spacing"]
+            lines.append(f"| {delta['slope']:g} | {len(d['member_rmse_mev'])} | 0-10 ps | {d['scored_frames']} | "
+                         f"{d['ensemble_rmse_mev']:.1f} | {d['hybrid_rmse_mev']:.1f} | "
+                         f"{min(d['member_rmse_mev']):.1f}-{max(d['member_rmse_mev']):.1f} | "
+                         + ("-" if d["coverage95"] is None else f"{100 * d['coverage95']:.1f} %") + " |")  # fmt: skip
+            for r in delta.get("extension", []):
+                cov = f"{100 * r['coverage95']:.1f} %" if "coverage95" in r else "-"
+                lines.append(f"| {delta['slope']:g} | | 10-15 ps, K = {r['k']} | | {r['ensemble_rmse_mev']:.1f} (mean error "
+                             f"{r['bias_mev']:+.1f}) | {r['hybrid_rmse_mev']:.1f} | | {cov} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -358,9 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ext", type=Path, default=None, help="10-15 ps trajectory with PBE labels (cl_qd_ext.h5)")
     p.add_argument("--xtb-ext", type=Path, default=None, help="its xTB gaps")
     p.add_argument("--spacings", default=",".join(map(str, SPACINGS_FS)), help="fs, comma-separated")
-    p.add_argument("--delta-runs", type=Path, default=None, help="folder with runs/ and predictions(_ext).h5 of Delta")
-    p.add_argument("--delta-data", type=Path, default=None, help="the PBE - xTB 0-10 ps trajectory")
-    p.add_argument("--delta-ext", type=Path, default=None, help="the PBE - xTB 10-15 ps trajectory")
+    p.add_argument("--delta", nargs=4, action="append", default=[], metavar=("SLOPE", "FOLDER", "DATA", "EXT"),
+                   help="an ALIGNN arm on PBE - SLOPE x xTB: FOLDER with runs/ and predictions(_ext).h5, its 0-10 ps "
+                   "and 10-15 ps trajectories (EXT '-': none); repeatable")  # fmt: skip
     p.add_argument("--pretrain-report", type=Path, default=None, help="finetune_report.csv of the xTB-pretrained arm")
     p.add_argument("--pretrain-note", default="", help="how that arm was trained, in words")
     p.add_argument("--no-distances", action="store_true", help="leave out the GP on time, xTB and distances")
@@ -377,9 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         ext = read_trajectory(args.ext)
         ext_rows = extension_rows(traj, xtb, ext, _with_xtb(ext, args.xtb_ext), EXT_LABELS)
         seconds += sum(float(np.load(f, allow_pickle=False)["seconds"]) for f in Path(args.xtb_ext).glob("shard*.npz"))
-    delta = None
-    if args.delta_runs is not None:
-        delta = delta_rows(args.delta_runs, args.delta_data, args.delta_ext, BASE_STRIDE, EXT_LABELS)
+    deltas = [
+        delta_rows(Path(folder), Path(data), None if ext == "-" else Path(ext), BASE_STRIDE, EXT_LABELS, float(slope))
+        for slope, folder, data, ext in args.delta
+    ]
     phases = [phase_row(traj, xtb, int(k)) for k in args.spacings.split(",")]
     pretrain = None
     if args.pretrain_report is not None:
@@ -389,9 +397,9 @@ def main(argv: list[str] | None = None) -> int:
             pretrain = {"note": args.pretrain_note,
                         "rows": {r["model"]: {"rmse_mev": float(r["rmse_mev"]), "n_frames": int(r["n_frames"])}
                                  for r in csv.DictReader(fh)}}  # fmt: skip
-    text = render(rows, ext_rows, command, seconds, delta, phases, pretrain)
+    text = render(rows, ext_rows, command, seconds, deltas, phases, pretrain)
     write_text_atomic(args.out.with_suffix(".md"), text)
-    report = {"command": command, "xtb_seconds": seconds, "spacing": rows, "extension": ext_rows, "delta": delta,
+    report = {"command": command, "xtb_seconds": seconds, "spacing": rows, "extension": ext_rows, "delta": deltas,
               "phases": phases, "pretrain": pretrain}  # fmt: skip
     write_text_atomic(args.out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
     print(text)

@@ -58,9 +58,12 @@ def _save(path: Path, frames: list[int], gaps: list[float], seconds: float, meth
     os.replace(tmp, path)
 
 
-def write_labels(data: Path, folder: Path, out: Path, *, delta: bool) -> int:
-    """Write ``data`` with each label replaced by PBE - xTB (``delta``) or by the xTB gap itself (eV; NaN
-    where either is missing) to ``out``; returns the number of labels kept."""
+def write_labels(data: Path, folder: Path, out: Path, *, delta: bool, slope: float = 1.0) -> int:
+    """Write ``data`` with each label replaced by PBE - ``slope`` xTB (``delta``) or by the xTB gap itself (eV;
+    NaN where either is missing) to ``out``; returns the number of labels kept.
+
+    A slope below 1 is xTB as a readout input whose weight is fixed (at the pool's least-squares slope, say):
+    the model learns what the scaled xTB gap leaves."""
     from dataclasses import replace
 
     from qdgap.core.data.trajectory import read_trajectory, write_trajectory
@@ -68,8 +71,10 @@ def write_labels(data: Path, folder: Path, out: Path, *, delta: bool) -> int:
     traj = read_trajectory(data)
     frames, gaps = load_shards(folder)
     labels = np.full(traj.num_frames, np.nan, np.float32)
-    labels[frames] = traj.gap_ev[frames] - gaps if delta else np.where(np.isfinite(traj.gap_ev[frames]), gaps, np.nan)
-    what = "PBE - GFN1-xTB gap" if delta else "GFN1-xTB gap"
+    labels[frames] = (
+        traj.gap_ev[frames] - slope * gaps if delta else np.where(np.isfinite(traj.gap_ev[frames]), gaps, np.nan)
+    )
+    what = ("PBE - GFN1-xTB gap" if slope == 1.0 else f"PBE - {slope:g} x GFN1-xTB gap") if delta else "GFN1-xTB gap"
     write_trajectory(replace(traj, gap_ev=labels), out, force=True, source=f"{data}: {what}")
     return int(np.isfinite(labels).sum())
 
@@ -85,10 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default=METHOD, help="GFN1-xTB or GFN2-xTB")
     p.add_argument("--range", default=None, metavar="START:STOP", help="only the labelled frames in [START, STOP)")
     p.add_argument("--delta", type=Path, default=None, help="write the PBE - xTB trajectory here, compute nothing")
+    p.add_argument("--slope", type=float, default=1.0, help="with --delta: write PBE - SLOPE x xTB")
     p.add_argument("--xtb-labels", type=Path, default=None, help="write the trajectory labelled with xTB gaps here")
     args = p.parse_args(argv)
     if args.delta is not None:
-        print(f"wrote {args.delta}: {write_labels(args.data, args.out, args.delta, delta=True)} PBE - xTB labels")
+        print(
+            f"wrote {args.delta}: {write_labels(args.data, args.out, args.delta, delta=True, slope=args.slope)} PBE - xTB labels"
+        )
         return 0
     if args.xtb_labels is not None:
         print(f"wrote {args.xtb_labels}: {write_labels(args.data, args.out, args.xtb_labels, delta=False)} xTB labels")

@@ -96,3 +96,20 @@ def test_every_phase_of_the_pool_is_scored_and_the_right_correction_wins_in_each
     # exact between labels; past the last label both hold the end, where the drift leaves a trace (meV)
     assert row["corrected_lower"] == 5 and row["corrected_mean"] < 0.02 * row["linear_mean"]
     assert row["b_min"] == pytest.approx(0.6) and row["b_max"] == pytest.approx(0.6)
+
+
+def test_delta_labels_subtract_the_scaled_xtb_gap_and_keep_only_frames_with_both(monkeypatch, tmp_path):
+    from qdgap.core.data.trajectory import read_trajectory
+
+    xg = _load(monkeypatch, "xtb_gaps")
+    demo = BENCH.parent / "data" / "cd28se17cl22_demo.h5"
+    traj = read_trajectory(demo)
+    labelled = np.flatnonzero(np.isfinite(traj.gap_ev))[:5]
+    xtb = np.array([1.0, 1.2, 1.4, 1.6, 1.8])
+    xg._save(tmp_path / "shard0of1.npz", labelled.tolist(), xtb.tolist(), 1.0)
+    for slope in (1.0, 0.54):
+        out = tmp_path / f"delta{slope}.h5"
+        assert xg.write_labels(demo, tmp_path, out, delta=True, slope=slope) == 5
+        got = read_trajectory(out).gap_ev
+        np.testing.assert_allclose(got[labelled], traj.gap_ev[labelled] - slope * xtb, rtol=0, atol=1e-6)  # float32
+        assert np.isnan(np.delete(got, labelled)).all()

@@ -75,13 +75,27 @@ def test_aims_with_xtb_pick_the_best_xtb_estimator_beside_the_same_frames_baseli
                      "gp_time_xtb_coverage_pct": 85.8}],
         "extension": [{"k": 0, **est, "xtb_linear_map": 48.0, "mean": 110.0},
                       {"k": 25, **est, "ext_only_linear": 77.2, "ext_only_nearest": 84.7, "ext_only_mean": 79.6}],
-        "delta": {"spacing": {"ensemble_rmse_mev": 58.0}},
+        "delta": [{"slope": 1.0, "spacing": {"ensemble_rmse_mev": 58.0, "hybrid_rmse_mev": 70.0}}],
     }  # fmt: skip
     lines = b.multifidelity_aims(mf)
     assert (
         lines[0]
         == "| 0-10 ps, 100 labels, xTB on every frame | 15 | 58.0 | ALIGNN on PBE - xTB | 73.8 | 81.2 | 114.6 |"
     )
+    mf["delta"].append(
+        {
+            "slope": 0.54,
+            "spacing": {"ensemble_rmse_mev": 90.0, "hybrid_rmse_mev": 57.5},
+            "extension": [
+                {"k": 0, "ensemble_rmse_mev": 45.0, "hybrid_rmse_mev": 30.0},  # no residuals to interpolate at K = 0
+                {"k": 25, "ensemble_rmse_mev": 80.0, "hybrid_rmse_mev": 58.5},
+            ],
+        }
+    )
+    with_readout = b.multifidelity_aims(mf)
+    assert "| 57.5 | ALIGNN on PBE - 0.54 xTB + interpolated residuals |" in with_readout[0]
+    assert "| 58.5 | ALIGNN on PBE - 0.54 xTB + interpolated residuals |" in with_readout[2]
+    assert "| 45.0 | ALIGNN on PBE - 0.54 xTB |" in with_readout[3]
     assert "85.8 %" in lines[1]
     assert lines[2].startswith(
         "| 10-15 ps, 25 labels, xTB on every frame | 20 | 59.0 | xTB-corrected interpolation | 77.2"
