@@ -18,7 +18,7 @@ Strategy = Annotated[
         "--strategy",
         help="spread (largest calibrated spread first), spread-diverse (spread x distance in structure to the frames "
         "already picked), random or grid (evenly spaced in time). Default: grid, what measured best on the demo "
-        "(README).",
+        "and, against the others, no worse on the real trajectory (docs: Choosing frames).",
     ),
 ]
 Candidates = Annotated[
