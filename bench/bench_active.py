@@ -22,23 +22,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, REPO / "bench"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from bench_label_spacing import qdgap_cli  # noqa: E402
 
 STRATEGIES = ("spread", "spread-diverse", "random")
-
-
-def _qdgap(*args: str) -> None:
-    cmd = [sys.executable, "-m", "qdgap", *args]
-    print("+", " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
 
 
 def pool_of(runs: Path) -> np.ndarray:
@@ -62,7 +58,7 @@ def run_strategy(
     folder.mkdir(parents=True, exist_ok=True)
     chosen = folder / "selection.csv"
     if not chosen.exists():
-        _qdgap("select", "--runs", str(start), "--data", str(data), "--budget", str(budget), "--strategy", strategy,
+        qdgap_cli("select", "--runs", str(start), "--data", str(data), "--budget", str(budget), "--strategy", strategy,
                "--candidates", "labelled", "--seed", "0", "--device", "cpu", "-o", str(chosen))  # fmt: skip
     pool_csv = folder / "pool.csv"
     if not pool_csv.exists():
@@ -72,7 +68,7 @@ def run_strategy(
             w.writerow(["frame_index"])
             w.writerows([[int(f)] for f in frames])
     runs = folder / "runs"
-    _qdgap("ensemble", "train", "--members", str(members), "--seed-base", str(seed_base), "--preset", preset,
+    qdgap_cli("ensemble", "train", "--members", str(members), "--seed-base", str(seed_base), "--preset", preset,
            "--frames-from", str(pool_csv), "--data", str(data), "-o", str(runs), "--jobs", "1", "--device", "cpu")  # fmt: skip
     predict(runs, data)
     return runs
@@ -81,7 +77,7 @@ def run_strategy(
 def predict(runs: Path, data: Path) -> Path:
     pred = runs.parent / "predictions.h5"
     if not pred.exists():
-        _qdgap(
+        qdgap_cli(
             "predict", "--runs", str(runs), "--data", str(data), "--frames", "all", "-o", str(pred), "--device", "cpu"
         )
     return pred
@@ -89,6 +85,7 @@ def predict(runs: Path, data: Path) -> Path:
 
 def score(arms: dict[str, Path], data: Path) -> dict:
     """Every arm on the labelled frames outside every arm's labels (meV)."""
+    from qdgap.core.analysis import baselines as bl
     from qdgap.core.common import schema
     from qdgap.core.common.metrics import coverage, rmse_mev
     from qdgap.core.data.trajectory import read_trajectory
@@ -101,13 +98,13 @@ def score(arms: dict[str, Path], data: Path) -> dict:
     rows = []
     for name, runs in arms.items():
         pred, _ = read_results(runs.parent / "predictions.h5", fmt=schema.PREDICTIONS_FORMAT)
-        at = np.searchsorted(pred[schema.FRAME_INDEX], scored)
+        frame = np.asarray(pred[schema.FRAME_INDEX])
+        at = np.searchsorted(frame, scored)
         mean = np.asarray(pred[schema.GAP_MEAN_EV], np.float64)
         y = g[scored]
         pool = pools[name]
-        interp = np.interp(t[scored], t[pool], g[pool])
-        nearest = g[pool][np.abs(t[scored][:, None] - t[pool][None, :]).argmin(axis=1)]
-        resid = g[pool] - mean[np.searchsorted(pred[schema.FRAME_INDEX], pool)]
+        base = bl.baseline_predictions(t[scored], t[pool], g[pool], corr_time_fs=0.0)
+        resid = g[pool] - mean[np.searchsorted(frame, pool)]
         cover = None  # an ensemble with too few validation frames has no calibrated interval
         if schema.GAP_LO_EV in pred:
             lo, hi = (np.asarray(pred[k], np.float64)[at] for k in (schema.GAP_LO_EV, schema.GAP_HI_EV))
@@ -120,8 +117,7 @@ def score(arms: dict[str, Path], data: Path) -> dict:
             "member_rmse_mev": [rmse_mev(m - y) for m in members],
             "coverage95": cover,
             "hybrid_rmse_mev": rmse_mev(mean[at] + np.interp(t[scored], t[pool], resid) - y),
-            "linear_rmse_mev": rmse_mev(interp - y), "nearest_rmse_mev": rmse_mev(nearest - y),
-            "mean_rmse_mev": rmse_mev(g[pool].mean() - y),
+            **{f"{b}_rmse_mev": rmse_mev(base[b] - y) for b in ("linear", "nearest", "mean")},
             "largest_gap_fs": float(gaps_fs.max()), "median_gap_fs": float(np.median(gaps_fs)),
         })  # fmt: skip
     return {"data": str(data), "scored_frames": int(len(scored)), "rows": rows}

@@ -62,14 +62,15 @@ def _args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _qdgap(*args: object) -> None:
+def qdgap_cli(*args: object) -> None:
+    """Run a ``qdgap`` command in this Python, as a user would, echoing it (bench_active.py uses it too)."""
     cmd = [sys.executable, "-m", "qdgap", *map(str, args)]
     print("$", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
 
 
 def _train(args, runs: Path, stride: int, split: str = "random", members: int | None = None) -> None:
-    _qdgap("ensemble", "train", "--members", members or args.members, "--preset", args.preset, "--stride", stride, "--split",
+    qdgap_cli("ensemble", "train", "--members", members or args.members, "--preset", args.preset, "--stride", stride, "--split",
            split, "--jobs", args.jobs, "--data", args.data, "-o", runs, "--device", "cpu")  # fmt: skip
 
 
@@ -196,7 +197,7 @@ def _ext_rows(args, base_runs: Path, ks: list[int]) -> dict:
         folder = args.work / "ext" / f"k{k}"
         report = folder / "finetune_report.csv"
         if not report.exists():
-            _qdgap("finetune", "--runs", base_runs, "--data", args.ext, "-o", folder / "runs_ft", "--stride", stride,
+            qdgap_cli("finetune", "--runs", base_runs, "--data", args.ext, "-o", folder / "runs_ft", "--stride", stride,
                    "--epochs", args.finetune_epochs, "--jobs", args.jobs, "--device", "cpu")  # fmt: skip
         with open(report, newline="") as fh:
             rows = {r["model"]: float(r["rmse_mev"]) for r in csv.DictReader(fh)}
