@@ -128,12 +128,12 @@ def render(records: list[dict], command: str) -> str:
              "A `cpu` ensemble on a coarse grid of labels chooses more frames to label (`qdgap select --candidates "
              "labelled`); the same seeds train from scratch on the grid plus the chosen frames. The reference is a grid "
              "of the same total. Each block is scored on the labelled frames outside every arm of it (RMSE, meV); "
-             "interpolation and nearest label use each arm's own labels.", ""]  # fmt: skip
+             "interpolation, nearest label and mean use each arm's own labels.", ""]  # fmt: skip
     for rec in records:
         lines += [f"## {rec['title']}", "", f"`{rec['command']}`: {rec['scored_frames']} frames scored.", "",
                   "| arm | labels | ensemble | against the grid of as many labels | members | calibrated 95 % coverage | "
-                  "+ interpolated residuals | linear interp. | nearest | largest / median label gap, fs |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "+ interpolated residuals | linear interp. | nearest | mean of the labels | largest / median label gap, fs |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         grids = {r["labels"]: r["ensemble_rmse_mev"] for r in rec["rows"] if r["arm"] == f"grid of {r['labels']}"}
         for r in rec["rows"]:
             vs = "" if r["labels"] not in grids else f"{r['ensemble_rmse_mev'] - grids[r['labels']]:+.1f}"
@@ -141,7 +141,7 @@ def render(records: list[dict], command: str) -> str:
             cov = "-" if r["coverage95"] is None else f"{100 * r['coverage95']:.1f} %"
             lines.append(f"| {r['arm']} | {r['labels']} | **{r['ensemble_rmse_mev']:.1f}** | {vs} | {min(m):.1f}-{max(m):.1f} | "
                          f"{cov} | {r['hybrid_rmse_mev']:.1f} | {r['linear_rmse_mev']:.1f} | "
-                         f"{r['nearest_rmse_mev']:.1f} | {r['largest_gap_fs']:.0f} / {r['median_gap_fs']:.0f} |")  # fmt: skip
+                         f"{r['nearest_rmse_mev']:.1f} | {r['mean_rmse_mev']:.1f} | {r['largest_gap_fs']:.0f} / {r['median_gap_fs']:.0f} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
