@@ -69,7 +69,7 @@ def gp_predict(
     from scipy.linalg import cho_factor, cho_solve, solve_triangular
     from scipy.optimize import minimize
 
-    from qdgap.core.analysis.baselines import matern32
+    from qdgap.core.analysis.gp import matern32
 
     blocks_train = [x_train] if isinstance(x_train, np.ndarray) else list(x_train)
     blocks_test = [x_test] if isinstance(x_test, np.ndarray) else list(x_test)

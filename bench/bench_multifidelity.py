@@ -15,10 +15,12 @@ the pool only and xTB on every frame; all are scored on the same PBE-labelled fr
 * xTB as a control variate: interpolation plus b times xTB's departure from its own interpolation, b from
   the pool by leave-one-out interpolation (b = 0 is interpolation, b = 1 Delta; ``baselines.xtb_corrected``,
   the row ``qdgap predict`` prints when the trajectory has xTB gaps);
-* kriging with xTB: one Gaussian process on time and xTB (``bench_descriptors.gp_predict``: Matern 3/2 in
-  time plus a linear kernel in standardised xTB, hyperparameters by maximum marginal likelihood), whose
-  predictive sd gives a 95 % interval: its coverage is the fraction of scored frames inside it;
-* the same with the 2,211 interatomic distances as a second linear-kernel block;
+* kriging with xTB: one Gaussian process on time and xTB, what ``qdgap interpolate`` runs
+  (``core/analysis/gp.py``: Matern 3/2 in time plus a linear kernel in standardised xTB, hyperparameters by
+  maximum marginal likelihood), whose predictive sd gives a 95 % interval: its coverage is the fraction of
+  scored frames inside it;
+* the same with the 2,211 interatomic distances as a second linear-kernel block (the research GP of
+  ``bench_descriptors.gp_predict``, which takes several blocks);
 * ALIGNN pretrained on xTB gaps (``--pretrain-report``): members trained on the xTB-labelled trajectory
   (``bench/xtb_gaps.py --xtb-labels``), then ``qdgap finetune`` on the PBE pool; its finetune_report.csv;
 * ALIGNN Delta-learning (``--delta SLOPE FOLDER DATA EXT``, repeatable): qdgap members trained on the
@@ -84,6 +86,7 @@ def estimators(
         predictions name -> (F,) eV; predictive sd name -> (F,) eV (the GPs); fitted parameters.
     """
     from qdgap.core.analysis import baselines as bl
+    from qdgap.core.analysis import gp
 
     pred: dict[str, np.ndarray] = {}
     sd: dict[str, np.ndarray] = {}
@@ -96,9 +99,12 @@ def estimators(
     fit["linear_map"] = {"a_ev": float(a), "b": float(b)}
     pred["delta_in_time"] = x_q + np.interp(t_q, t_pool, y_pool - x_pool)
     pred["control_variate"], fit["control_variate_b"] = bl.xtb_corrected(t_q, x_q, t_pool, y_pool, x_pool)
+    # What `qdgap interpolate` runs (core/analysis/gp.py), so this row measures the product.
+    process = gp.fit_gp(t_pool, y_pool, x_pool)
+    pred["gp_time_xtb"], sd["gp_time_xtb"] = gp.gp_predict(process, t_q, t_pool, y_pool, x_q, x_pool)
+    fit["gp_time_xtb"] = process.as_dict()
     mu, s = x_pool.mean(), x_pool.std() + 1e-12
     xs_pool, xs_q = ((x_pool - mu) / s)[:, None], ((x_q - mu) / s)[:, None]
-    pred["gp_time_xtb"], sd["gp_time_xtb"], fit["gp_time_xtb"] = gp_predict(t_pool, y_pool, t_q, xs_pool, xs_q)
     if d_pool is not None:
         dm, ds = d_pool.mean(0), d_pool.std(0) + 1e-12
         pred["gp_time_xtb_distances"], sd["gp_time_xtb_distances"], fit["gp_time_xtb_distances"] = gp_predict(

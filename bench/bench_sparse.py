@@ -105,7 +105,7 @@ XTB_ESTIMATORS = {  # bench/results_multifidelity.json's estimators that use the
     "xtb_linear_map": "xTB, linear map",
     "delta_in_time": "xTB + interpolated PBE - xTB",
     "control_variate": "xTB-corrected interpolation",
-    "gp_time_xtb": "GP on time and xTB",
+    "gp_time_xtb": "GP on time and xTB (`qdgap interpolate`)",
     "gp_time_xtb_distances": "GP on time, xTB and distances",
 }
 

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from qdgap.cli import data, ensemble, export, finetune, fna, predict, report, train, ui, upstream, workflow
+from qdgap.cli import data, ensemble, export, finetune, fna, interpolate, predict, report, train, ui, upstream, workflow
 from qdgap.cli import select as select_cmd
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ app.command("import-alignn", rich_help_panel="Model")(upstream.import_alignn)
 app.command("export", rich_help_panel="Model")(export.export)
 app.command("predict", rich_help_panel="Analysis")(predict.predict)
 app.command("fna", rich_help_panel="Analysis")(fna.fna)
+app.command("interpolate", rich_help_panel="Analysis")(interpolate.interpolate)
 app.command("select", rich_help_panel="Analysis")(select_cmd.select)
 app.command("label", rich_help_panel="Data")(select_cmd.label)
 app.command("report", rich_help_panel="Workflow")(report.report)

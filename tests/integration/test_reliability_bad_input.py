@@ -705,6 +705,24 @@ def _(b):
     )
 
 
+@case("interpolate-truncated-h5")
+def _(b):
+    p = b.file("trunc.h5", b.h5.read_bytes()[:4096])
+    return ["interpolate", "--data", p, "-o", b.out / "gaps.h5"], ("trunc.h5", "not a readable HDF5 file")
+
+
+@case("interpolate-output-read-only-mount")
+def _(b):
+    ro = b.mount("ro", "ro,size=64k")
+    return ["interpolate", "--data", b.h5, "-o", ro / "gaps.h5"], ("ro", "the output folder is not writable")
+
+
+@case("interpolate-disk-full")
+def _(b):
+    full = b.mount("full", "size=64k", fill_to_kib=60)
+    return ["interpolate", "--data", b.h5, "-o", full / "gaps.h5"], ("no space left on the device",)
+
+
 @case("output-folder-read-only-mount")
 def _(b):
     ro = b.mount("ro", "ro,size=64k")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from qdgap.core.analysis import baselines as bl
+from qdgap.core.analysis import gp
 from qdgap.core.data.timeseries import autocorrelation_at, correlation_time_fs
 
 
@@ -144,8 +145,8 @@ def test_kriging_in_blocks_matches_one_solve(monkeypatch):
     labels = np.arange(0, 1200, 4)  # 300 labels
     query = np.setdiff1d(np.arange(1200), labels)
     one = bl.kriging_in_time(t[query], t[labels], gap[labels])
-    monkeypatch.setattr(bl, "KRIGING_BLOCK", 60)
-    monkeypatch.setattr(bl, "KRIGING_OVERLAP", 40)
+    monkeypatch.setattr(gp, "KRIGING_BLOCK", 60)
+    monkeypatch.setattr(gp, "KRIGING_OVERLAP", 40)
     blocks = bl.kriging_in_time(t[query], t[labels], gap[labels])
     np.testing.assert_allclose(blocks, one, atol=1e-6)  # eV
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qdgap.core.analysis.gp import kriging_in_time
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.common.metrics import MEV_PER_EV, mae_mev, rmse_mev
 from qdgap.core.data.timeseries import correlation_time_fs, labelled_series
@@ -52,9 +53,6 @@ BASELINE_TITLES = {
     "kriging": "kriging in time (Gaussian process, Matern 3/2)",
     "xtb_corrected": "interpolation in time corrected by the xTB gap (multi-fidelity)",
 }
-KRIGING_FIT = 400  # consecutive labels the hyperparameters are fitted on (cost: one 400 x 400 Cholesky per step)
-KRIGING_BLOCK = 1500  # labels per Cholesky: more labels are kriged in overlapping blocks of consecutive labels
-KRIGING_OVERLAP = 250  # labels on each side of a block that condition it but are predicted by the neighbour
 # Distance bins in correlation times: from next to a label to beyond five correlation times.
 DISTANCE_BIN_EDGES_TAU = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, np.inf)
 DEFAULT_BLOCK_TAU = 5.0  # --split blocked: blocks of five correlation times, by default
@@ -182,75 +180,6 @@ def xtb_corrected(
     t, g, xl = (np.asarray(a, np.float64)[both][order] for a in (label_time_fs, g_lab, x_lab))
     b = loo_slope(t, g, xl)
     return b * x + np.interp(np.asarray(time_fs, np.float64), t, g - b * xl), b
-
-
-def matern32(a: np.ndarray, b: np.ndarray, length_fs: float) -> np.ndarray:
-    """(A,), (B,) times in fs -> (A, B) Matern 3/2 correlation at the given length (fs)."""
-    r = np.sqrt(3.0) * np.abs(a[:, None] - b[None, :]) / length_fs
-    return (1.0 + r) * np.exp(-r)
-
-
-def kriging_in_time(time_fs: np.ndarray, label_time_fs: np.ndarray, label_gap_ev: np.ndarray) -> np.ndarray:
-    """Posterior mean of a Gaussian process in time fitted to the labels.
-
-    Kernel: variance x Matern 3/2 (length in fs) plus white noise, about the labels' mean; the three
-    hyperparameters by maximum marginal likelihood on the first ``KRIGING_FIT`` labels (L-BFGS-B from three
-    starts, in log space, the length between the median label spacing and their span). Up to
-    ``KRIGING_BLOCK`` labels condition every prediction; with more, each run of consecutive labels is kriged
-    with ``KRIGING_OVERLAP`` neighbours on each side (Matern 3/2 correlations decay exponentially).
-
-    Args:
-        time_fs: (F,) query times, fs.
-        label_time_fs: (L,) sorted label times, fs, finite gaps only (``labelled_series``).
-        label_gap_ev: (L,) eV.
-
-    Returns:
-        (F,) float64 eV; the labels' mean with fewer than three labels or no spread.
-    """
-    from scipy.linalg import cho_factor, cho_solve
-    from scipy.optimize import minimize
-
-    q = np.asarray(time_fs, np.float64)
-    t, g = np.asarray(label_time_fs, np.float64), np.asarray(label_gap_ev, np.float64)
-    mean = float(g.mean()) if len(g) else float("nan")
-    if len(t) < 3 or np.ptp(g) == 0:
-        return np.full(q.shape, mean)
-    y = g - mean
-    fit_t, fit_y = t[:KRIGING_FIT], y[:KRIGING_FIT]
-    spacing = float(np.median(np.diff(fit_t)))
-    span = float(fit_t[-1] - fit_t[0])
-    var0 = float(fit_y.var())
-
-    def kernel(theta: np.ndarray, a: np.ndarray) -> np.ndarray:
-        var, length, noise = np.exp(theta)
-        return var * matern32(a, a, length) + noise * np.eye(len(a))
-
-    def nll(theta: np.ndarray) -> float:
-        try:
-            c = cho_factor(kernel(theta, fit_t), lower=True)
-        except np.linalg.LinAlgError:
-            return 1e30
-        return float(0.5 * fit_y @ cho_solve(c, fit_y) + np.log(np.diag(c[0])).sum())
-
-    bounds = [
-        (np.log(var0) - 10, np.log(var0) + 3),
-        (np.log(max(spacing, 1e-3)), np.log(max(span, 2 * spacing))),
-        (np.log(var0) - 20, np.log(var0) + 1),
-    ]
-    starts = [[np.log(var0), np.log(min(max(f * spacing, bounds[1][0]), bounds[1][1])), np.log(var0) - 6]
-              for f in (1.0, 4.0, 16.0)]  # fmt: skip
-    theta = min((minimize(nll, s, method="L-BFGS-B", bounds=bounds) for s in starts), key=lambda r: r.fun).x
-    var, length, _ = np.exp(theta)
-    out = np.empty(q.shape)
-    # Each query belongs to the run of labels it falls among; runs are kriged with their neighbours.
-    owner = np.clip(np.searchsorted(t, q) // KRIGING_BLOCK, 0, (len(t) - 1) // KRIGING_BLOCK)
-    for b in np.unique(owner):
-        lo = max(0, b * KRIGING_BLOCK - KRIGING_OVERLAP)
-        hi = min(len(t), (b + 1) * KRIGING_BLOCK + KRIGING_OVERLAP)
-        alpha = cho_solve(cho_factor(kernel(theta, t[lo:hi]), lower=True), y[lo:hi])
-        mine = owner == b
-        out[mine] = mean + var * matern32(q[mine], t[lo:hi], length) @ alpha
-    return out
 
 
 @dataclass(frozen=True)

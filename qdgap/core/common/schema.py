@@ -73,6 +73,17 @@ ATTR_EXTRAPOLATION_THRESHOLD_EV: Final[str] = (
 )
 
 # --------------------------------------------------------------------------
+# gaps.h5 from `qdgap interpolate` (core/workflow/interpolate.py): no model, the labels and the xTB gaps
+# --------------------------------------------------------------------------
+INTERPOLATION_FORMAT: Final[str] = "qdgap.interpolation"
+INTERPOLATION_VERSION: Final[int] = 1
+# Beside FRAME_INDEX, TIME_FS, GAP_TRUE_EV, GAP_MEAN_EV (the posterior mean), GAP_LO_EV and GAP_HI_EV:
+GAP_SD_EV: Final[str] = "gap_sd_ev"  # (F,) float32, eV | predictive sd of the frame's gap (noise included)
+IN_POOL: Final[str] = "in_pool"  # (F,) bool | the frame's label conditioned the process
+ATTR_ESTIMATOR: Final[str] = "estimator"  # str | gp-time or gp-time-xtb
+ATTR_POOL_STRIDE: Final[str] = "pool_stride"  # int | every stride-th labelled frame conditioned it
+
+# --------------------------------------------------------------------------
 # fna.h5
 # --------------------------------------------------------------------------
 FNA_FORMAT: Final[str] = "qdgap.fna"
