@@ -79,6 +79,23 @@ def write_labels(data: Path, folder: Path, out: Path, *, delta: bool, slope: flo
     return int(np.isfinite(labels).sum())
 
 
+def write_with_xtb(data: Path, folder: Path, out: Path) -> int:
+    """Write ``data`` with the shards' xTB gaps as its ``xtb_gap_ev`` (what ``qdgap data xtb`` writes; NaN
+    elsewhere) to ``out``, its labels untouched; returns the number of frames with an xTB gap."""
+    from dataclasses import replace
+
+    from qdgap.core.common import schema
+    from qdgap.core.data.trajectory import read_trajectory, write_trajectory
+
+    traj = read_trajectory(data)
+    frames, gaps = load_shards(folder)
+    xtb = np.full(traj.num_frames, np.nan, np.float32)
+    xtb[frames] = gaps
+    attrs = {**traj.attrs, schema.ATTR_XTB_METHOD: METHOD}
+    write_trajectory(replace(traj, xtb_gap_ev=xtb, attrs=attrs), out, force=True)
+    return int(np.isfinite(xtb).sum())
+
+
 def main(argv: list[str] | None = None) -> int:
     from qdgap.core.data.trajectory import read_trajectory
     from qdgap.core.sim.md import XtbPotential
@@ -92,11 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delta", type=Path, default=None, help="write the PBE - xTB trajectory here, compute nothing")
     p.add_argument("--slope", type=float, default=1.0, help="with --delta: write PBE - SLOPE x xTB")
     p.add_argument("--xtb-labels", type=Path, default=None, help="write the trajectory labelled with xTB gaps here")
+    p.add_argument(
+        "--with-xtb", type=Path, default=None, help="write the trajectory with the xTB gaps as xtb_gap_ev here"
+    )
     args = p.parse_args(argv)
     if args.delta is not None:
         print(
             f"wrote {args.delta}: {write_labels(args.data, args.out, args.delta, delta=True, slope=args.slope)} PBE - xTB labels"
         )
+        return 0
+    if args.with_xtb is not None:
+        print(f"wrote {args.with_xtb}: xtb_gap_ev on {write_with_xtb(args.data, args.out, args.with_xtb)} frames")
         return 0
     if args.xtb_labels is not None:
         print(f"wrote {args.xtb_labels}: {write_labels(args.data, args.out, args.xtb_labels, delta=False)} xTB labels")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -68,6 +69,8 @@ def interpolate(
         + (f"xTB part {hp['feature_sd_mev']:.0f} meV, " if o.estimator == "gp-time-xtb" else "")
         + f"noise {hp['noise_sd_mev']:.1f} meV)"
     )
+    if o.advice:
+        logging.getLogger(__name__).warning(o.advice)
     pct = round(100 * o.level)
     if o.loo is not None:
         out.print(

@@ -99,3 +99,15 @@ def test_interpolate_bad_input_is_one_line_and_leaves_nothing(run_cli, synthetic
     assert not out.exists() and not out.with_suffix(".csv").exists()
     assert run_cli("interpolate", "--data", synthetic_h5, "-o", out).exit_code == 0
     assert_one_line_error(run_cli("interpolate", "--data", synthetic_h5, "-o", out), "output exists", "--force")
+
+
+def test_interpolate_warns_where_a_simpler_estimator_measured_better(run_cli, synthetic_h5, with_xtb, tmp_path):
+    from qdgap.core.workflow.interpolate import advice
+
+    assert advice("gp-time", 20.0) == "" and advice("gp-time-xtb", 100.0) == ""
+    assert "linear interpolation" in advice("gp-time", 50.0) and "xTB-corrected" in advice("gp-time-xtb", 200.0)
+    sparse = run_cli("interpolate", "--data", synthetic_h5, "--stride", 40, "-o", tmp_path / "a.h5")
+    assert sparse.exit_code == 0, sparse.stderr
+    assert "lost to linear interpolation" in " ".join(sparse.stderr.split())
+    dense = run_cli("interpolate", "--data", with_xtb[0] / "all.h5", "--stride", 20, "-o", tmp_path / "b.h5")
+    assert dense.exit_code == 0 and "WARNING" not in dense.stderr
