@@ -96,6 +96,8 @@ def test_interpolate_bad_input_is_one_line_and_leaves_nothing(run_cli, synthetic
     )
     assert_one_line_error(run_cli("interpolate", "--data", synthetic_h5, "--stride", 1000, "-o", out), "at least 3")
     assert_one_line_error(run_cli("interpolate", "--data", tmp_path / "none.h5", "-o", out), "none.h5")
+    assert_one_line_error(run_cli("interpolate", "--data", synthetic_h5, "--level", 1.5, "-o", out), "--level must lie")
+    assert_one_line_error(run_cli("interpolate", "--data", synthetic_h5, "--xtb", "maybe", "-o", out), "--xtb must be")
     assert not out.exists() and not out.with_suffix(".csv").exists()
     assert run_cli("interpolate", "--data", synthetic_h5, "-o", out).exit_code == 0
     assert_one_line_error(run_cli("interpolate", "--data", synthetic_h5, "-o", out), "output exists", "--force")
