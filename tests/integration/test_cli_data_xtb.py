@@ -96,6 +96,8 @@ def test_predict_prints_the_xtb_corrected_baseline_when_the_trajectory_has_xtb_g
     with h5py.File(pred) as f:
         assert f.attrs["baseline_xtb_corrected_rmse_mev"] == pytest.approx(0.0, abs=1e-3)
         assert f.attrs["baseline_linear_rmse_mev"] > 1.0
+        assert f.attrs["baseline_gp_xtb_rmse_mev"] < 0.5 * f.attrs["baseline_linear_rmse_mev"]
+    assert "Gaussian process on time and the xTB gap: RMSE" in r.stdout
 
 
 def test_data_xtb_as_labels_writes_a_pretraining_file_and_leaves_the_source_alone(run_cli, tmp_path, monkeypatch):

@@ -177,7 +177,10 @@ def test_xtb_corrected_interpolation_is_exact_when_the_gap_follows_the_cheap_one
                                   xtb_ev=xtb[query], label_xtb_ev=xtb[labels])  # fmt: skip
     without = bl.baseline_report(t[query], gap[query], xtb[query], t[labels], gap[labels], label_source="x")
     names = [s.name for s in with_row.scores]
-    assert names == [s.name for s in without.scores] + ["xtb_corrected"]
+    assert names == [s.name for s in without.scores] + ["xtb_corrected", "gp_xtb"]
+    gp_row = next(s for s in with_row.scores if s.name == "gp_xtb")
+    linear_row = next(s for s in with_row.scores if s.name == "linear")
+    assert gp_row.rmse_mev < 0.2 * linear_row.rmse_mev  # the process finds the xTB wiggles too
     first, first_without = with_row.scores[0], without.scores[0]
     assert (first.rmse_mev, first.frames) == (first_without.rmse_mev, first_without.frames)
     assert bl.best_baseline(with_row.scores).name == "xtb_corrected"
