@@ -84,6 +84,18 @@ def test_interpolate_an_earlier_stretch_conditions_a_sparse_later_one(run_cli, w
     )
     assert_one_line_error(backwards, "--earlier takes an earlier stretch")
     assert not (tmp_path / "b.h5").exists()
+    from qdgap.testing.synthetic import synthetic_trajectory
+
+    other = synthetic_trajectory(50, seed=1)
+    other = replace(other, numbers=other.numbers[::-1].copy(), positions_ang=other.positions_ang[:, ::-1].copy())
+    write_trajectory(other, tmp_path / "other.h5")
+    assert_one_line_error(
+        run_cli(
+            "interpolate", "--data", folder / "second.h5", "--earlier", tmp_path / "other.h5", "-o", tmp_path / "c.h5"
+        ),
+        "other.h5",
+        "same atom order",
+    )
 
 
 def test_interpolate_bad_input_is_one_line_and_leaves_nothing(run_cli, synthetic_h5, with_xtb, tmp_path):

@@ -137,6 +137,13 @@ def interpolate_to_file(
     x_pool = None if x_all is None else x_all[pool]
     if earlier is not None:
         before = read_trajectory(earlier)
+        if not np.array_equal(before.numbers, traj.numbers):
+            from qdgap.core.common.labels import formula
+
+            raise QdgapError(
+                f"{earlier}: holds {formula(before.numbers)}, not the {formula(traj.numbers)} of {data} in the same "
+                "atom order; --earlier takes an earlier stretch of the same run"
+            )
         if before.time_fs[0] >= t[0]:
             raise QdgapError(
                 f"{earlier}: starts at {before.time_fs[0]:.0f} fs, not before {data} ({t[0]:.0f} fs); --earlier "
