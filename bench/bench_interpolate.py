@@ -99,7 +99,7 @@ def command_rows(cl: Path, cl_ext: Path | None) -> list[dict]:
                 runs += [("10-15 ps", k, 5000 // k, cl_ext, None), ("10-15 ps", k, 5000 // k, cl_ext, cl)]
         for stretch, s, stride, data, earlier in runs:
             earlier_stride = EARLIER_SPACING_FS
-            o = interpolate_to_file(data, out, stride=stride, frames="held-out", earlier=earlier,
+            o, _ = interpolate_to_file(data, out, stride=stride, frames="held-out", earlier=earlier,
                                     earlier_stride=earlier_stride, level=LEVEL, force=True)  # fmt: skip
             scores = {sc.name: sc.rmse_mev for sc in o.heldout.scores}
             rows.append({

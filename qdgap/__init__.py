@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Ensemble", "Prediction", "QdgapError", "__version__", "import_structures", "read_trajectory"]
+__all__ = ["Ensemble", "Prediction", "QdgapError", "__version__", "import_structures", "interpolate", "read_trajectory"]
 
 # name -> the module that defines it; resolved lazily by __getattr__ (PEP 562). Not imported under
 # TYPE_CHECKING either: core imports this package for __version__, and the import-order test would see a cycle.
@@ -26,6 +26,7 @@ _LAZY = {
     "Prediction": "qdgap.api",
     "read_trajectory": "qdgap.api",
     "import_structures": "qdgap.api",
+    "interpolate": "qdgap.api",
     "QdgapError": "qdgap.core.common.errors",
 }
 

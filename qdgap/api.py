@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
     from qdgap.core.data.trajectory import Trajectory
     from qdgap.core.store.runs import Member
+    from qdgap.core.workflow.interpolate import Interpolation
 
-__all__ = ["Ensemble", "Prediction", "QdgapError", "import_structures", "read_trajectory"]
+__all__ = ["Ensemble", "Prediction", "QdgapError", "import_structures", "interpolate", "read_trajectory"]
 
 HDF5_SUFFIXES = (".h5", ".hdf5")  # a qdgap trajectory file; any other path goes through the importers
 
@@ -366,6 +367,51 @@ class Ensemble:
         if chosen.size == 0:
             raise QdgapError("frames: no frames chosen (the list is empty)")
         return traj, chosen, name
+
+
+def interpolate(
+    data: str | Path | Trajectory,
+    *,
+    stride: int = 1,
+    frames: str = "all",
+    xtb: str = "auto",
+    level: float = 0.95,
+    earlier: str | Path | Trajectory | None = None,
+    earlier_stride: int = 1,
+) -> Interpolation:
+    """The gap of every frame from the trajectory's labels alone, no model, as ``qdgap interpolate`` (nothing written).
+
+    One Gaussian process on time and, where ``qdgap data xtb`` computed it, the frame's xTB gap, fitted to
+    the labels of frames 0, ``stride``, 2 ``stride``, ... (docs: Sparse DFT labels).
+
+        >>> g = qdgap.interpolate("traj.h5", stride=100, frames="held-out")
+        >>> g.mean_ev, g.lo_ev, g.hi_ev        # (F,) eV
+        >>> g.heldout.scores                   # beside linear interpolation and the other baselines
+
+    Args:
+        data: a trajectory (``.h5`` path or ``Trajectory``) with labels.
+        stride: the labels used are those of frames 0, stride, 2 stride, ...
+        frames: all, unlabelled, or held-out (labelled frames outside the pool: scored).
+        xtb: auto (use the xTB gaps where every frame needed has one), yes (require them), or no.
+        level: nominal coverage of the interval.
+        earlier: an earlier stretch of the same run whose labels of frames 0, ``earlier_stride``, ... condition
+            the process too.
+
+    Returns:
+        ``Interpolation``: ``frame_index``, ``time_fs``, ``gap_true_ev``, ``mean_ev``, ``sd_ev``, ``lo_ev``,
+        ``hi_ev``, ``in_pool`` (F,) arrays, the fitted process, leave-one-out and held-out scores.
+
+    Raises:
+        QdgapError: too few labels, bad options, xTB gaps missing under ``xtb="yes"``.
+    """
+    from qdgap.core.workflow.interpolate import interpolate_trajectory
+
+    traj = as_trajectory(data)[0]
+    before = None if earlier is None else as_trajectory(earlier)[0]
+    return interpolate_trajectory(
+        traj, stride=stride, frames=frames, xtb=xtb, level=level, earlier=before, earlier_stride=earlier_stride,
+        name=str(data) if isinstance(data, (str, Path)) else "the trajectory",
+    )  # fmt: skip
 
 
 def as_trajectory(x: Any) -> tuple[Trajectory, Path | None]:

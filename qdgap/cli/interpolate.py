@@ -55,7 +55,7 @@ def interpolate(
     xTB gap, with an interval; 17-25 % better than interpolation at 50-100 fs label spacing (docs: multi-fidelity)."""
     from qdgap.core.workflow.interpolate import interpolate_to_file
 
-    o = interpolate_to_file(
+    o, csv = interpolate_to_file(
         data, output, stride=stride, frames=frames, xtb=xtb, level=level, earlier=earlier,
         earlier_stride=earlier_stride, force=force,
     )  # fmt: skip
@@ -64,7 +64,7 @@ def interpolate(
     hp = o.fit.as_dict()
     also = f" (and {o.earlier_labels} of {earlier})" if o.earlier_labels else ""
     out.print(
-        f"wrote {o.output} and {o.csv.name}: {o.frames} frames from {o.pool} labels{also}, a Gaussian process on {what} "
+        f"wrote {output} and {csv.name}: {o.frames} frames from {o.pool} labels{also}, a Gaussian process on {what} "
         f"(length {hp['length_fs']:.0f} fs, "
         + (f"xTB part {hp['feature_sd_mev']:.0f} meV, " if o.estimator == "gp-time-xtb" else "")
         + f"noise {hp['noise_sd_mev']:.1f} meV)"

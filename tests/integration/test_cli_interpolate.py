@@ -125,3 +125,20 @@ def test_interpolate_warns_where_a_simpler_estimator_measured_better(run_cli, sy
     assert "lost to linear interpolation" in " ".join(sparse.stderr.split())
     dense = run_cli("interpolate", "--data", with_xtb[0] / "all.h5", "--stride", 20, "-o", tmp_path / "b.h5")
     assert dense.exit_code == 0 and "WARNING" not in dense.stderr
+
+
+def test_the_python_api_gives_the_command_s_numbers(run_cli, with_xtb, tmp_path):
+    import qdgap
+
+    folder, traj = with_xtb
+    out = tmp_path / "g.h5"
+    assert run_cli("interpolate", "--data", folder / "all.h5", "--stride", 20, "-o", out).exit_code == 0
+    data, _ = read_results(out, fmt=schema.INTERPOLATION_FORMAT)
+    g = qdgap.interpolate(folder / "all.h5", stride=20)
+    np.testing.assert_array_equal(g.frame_index, data[schema.FRAME_INDEX])
+    np.testing.assert_allclose(g.mean_ev, data[schema.GAP_MEAN_EV], atol=1e-6)  # float32 in the file
+    np.testing.assert_allclose(g.hi_ev - g.lo_ev, data[schema.GAP_HI_EV] - data[schema.GAP_LO_EV], atol=2e-6)
+    in_memory = qdgap.interpolate(traj, stride=20, frames="held-out")
+    assert in_memory.estimator == "gp-time-xtb" and in_memory.heldout.scores[0].frames == in_memory.frames == 180
+    with pytest.raises(qdgap.QdgapError, match="--frames must be one of"):
+        qdgap.interpolate(traj, frames="some")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from qdgap.core.analysis import gp
 from qdgap.core.common import schema
 from qdgap.core.common.errors import QdgapError
 from qdgap.core.common.metrics import rmse_mev
+
+if TYPE_CHECKING:
+    from qdgap.core.data.trajectory import Trajectory
 
 FRAME_SETS = ("all", "unlabelled", "held-out")
 XTB_CHOICES = ("auto", "yes", "no")
@@ -45,16 +49,21 @@ class LooScore:
 
 
 @dataclass(frozen=True)
-class InterpolationOutcome:
-    """What ``interpolate_to_file`` wrote and measured.
+class Interpolation:
+    """The gap of the chosen frames from the labels (and xTB), and what was measured on the way.
 
     Attributes:
-        output, csv: the files written.
+        frame_index: (F,) int64, frames of the trajectory predicted.
+        time_fs: (F,) float64, fs.
+        gap_true_ev: (F,) float64 eV, the labels (NaN where unknown).
+        mean_ev, sd_ev: (F,) float64 eV, the posterior mean and the predictive sd of the frame's gap.
+        lo_ev, hi_ev: (F,) float64 eV, the interval at ``level``.
+        in_pool: (F,) bool, the frame's label conditioned the process.
         estimator: ``gp-time`` or ``gp-time-xtb``.
         why_no_xtb: why the xTB gaps were left out ("" when used).
         advice: where, at this label spacing, another estimator measured better ("" when none did).
-        pool, stride, frames: this stretch's labels that conditioned the process, their stride, frames predicted.
-        earlier_labels: labels of ``earlier`` that conditioned it too.
+        pool, stride: this stretch's labels that conditioned the process, and their stride in frames.
+        earlier_labels: labels of the earlier stretch that conditioned it too.
         fit: the fitted process.
         level: nominal coverage of the interval.
         loo: leave-one-out on the pool.
@@ -62,57 +71,61 @@ class InterpolationOutcome:
         heldout_coverage: fraction of those frames inside the interval (None without any).
     """
 
-    output: Path
-    csv: Path
+    frame_index: np.ndarray
+    time_fs: np.ndarray
+    gap_true_ev: np.ndarray
+    mean_ev: np.ndarray
+    sd_ev: np.ndarray
+    lo_ev: np.ndarray
+    hi_ev: np.ndarray
+    in_pool: np.ndarray
     estimator: str
     why_no_xtb: str
     advice: str
     pool: int
-    earlier_labels: int
     stride: int
-    frames: int
+    earlier_labels: int
     fit: gp.GPFit
     level: float
     loo: LooScore | None
     heldout: bl.BaselineReport | None
     heldout_coverage: float | None
 
+    @property
+    def frames(self) -> int:
+        return len(self.frame_index)
 
-def interpolate_to_file(
-    data: Path,
-    output: Path,
+
+def interpolate_trajectory(
+    traj: Trajectory,
     *,
     stride: int = 1,
     frames: str = "all",
     xtb: str = "auto",
     level: float = 0.95,
-    earlier: Path | None = None,
+    earlier: Trajectory | None = None,
     earlier_stride: int = 1,
-    force: bool = False,
-) -> InterpolationOutcome:
-    """Predict the gap of the chosen frames from every ``stride``-th label (and xTB) into ``output`` (+ .csv).
+    name: str = "the trajectory",
+) -> Interpolation:
+    """Predict the gap of the chosen frames from the labels of frames 0, ``stride``, ... (and xTB); no I/O.
 
     Args:
-        data: trajectory HDF5 with labels (and ``xtb_gap_ev`` for the xTB input).
-        output: the ``qdgap.interpolation`` HDF5 file (schema.py); its CSV twin beside it.
+        traj: the trajectory, with labels (and ``xtb_gap_ev`` for the xTB input).
         stride: the pool is the labels of frames 0, stride, 2 stride, ... (``data.splits.labelled_pool``).
         frames: all, unlabelled, or held-out (labelled frames outside the pool).
         xtb: auto (use the xTB gaps when every pool and predicted frame has one), yes (require them), no.
-        level: nominal coverage of the interval ``gap_lo_ev``..``gap_hi_ev``.
-        earlier: an earlier stretch of the same run (a trajectory file on the same clock, before ``data``):
-            the labels of its frames 0, ``earlier_stride``, ... condition the process too (they carry the
+        level: nominal coverage of the interval ``lo_ev``..``hi_ev``.
+        earlier: an earlier stretch of the same run (same atoms, same clock, starting before ``traj``): the
+            labels of its frames 0, ``earlier_stride``, ... condition the process too (they carry the
             xTB-to-gap relation and the mean into a stretch with few labels of its own).
-        force: replace an existing output.
+        name: what to call ``traj`` in messages (its path).
 
     Raises:
-        QdgapError: bad options, an existing output, too few labels, or xTB gaps missing under ``--xtb yes``.
+        QdgapError: bad options, too few labels, another dot as ``earlier``, or xTB gaps missing under ``xtb="yes"``.
     """
     from scipy.stats import norm
 
-    from qdgap.core.common.files import check_output_file
     from qdgap.core.data.splits import labelled_pool
-    from qdgap.core.data.trajectory import read_trajectory
-    from qdgap.core.store.results import write_csv, write_results
 
     if frames not in FRAME_SETS:
         raise QdgapError(f"--frames must be one of {', '.join(FRAME_SETS)}, got {frames!r}")
@@ -120,13 +133,6 @@ def interpolate_to_file(
         raise QdgapError(f"--xtb must be one of {', '.join(XTB_CHOICES)}, got {xtb!r}")
     if not 0.0 < level < 1.0:
         raise QdgapError(f"--level must lie between 0 and 1, got {level}")
-    output = Path(output)
-    csv = output.with_suffix(".csv")
-    for path in (output, csv):
-        if path.exists() and not force:
-            raise QdgapError(f"{path}: output exists; choose another name or pass --force")
-        check_output_file(path)  # a folder, or an unwritable place: refused before the work, not after
-    traj = read_trajectory(data)
     labelled = np.isfinite(traj.gap_ev)
     pool = labelled_pool(traj.gap_ev, stride=stride)
     in_pool = np.zeros(traj.num_frames, bool)
@@ -136,28 +142,27 @@ def interpolate_to_file(
     t_pool, y_pool = t[pool], y[pool]
     x_pool = None if x_all is None else x_all[pool]
     if earlier is not None:
-        before = read_trajectory(earlier)
-        if not np.array_equal(before.numbers, traj.numbers):
+        if not np.array_equal(earlier.numbers, traj.numbers):
             from qdgap.core.common.labels import formula
 
             raise QdgapError(
-                f"{earlier}: holds {formula(before.numbers)}, not the {formula(traj.numbers)} of {data} in the same "
-                "atom order; --earlier takes an earlier stretch of the same run"
+                f"the earlier stretch holds {formula(earlier.numbers)}, not the {formula(traj.numbers)} of {name} in "
+                "the same atom order; --earlier takes an earlier stretch of the same run"
             )
-        if before.time_fs[0] >= t[0]:
+        if earlier.time_fs[0] >= t[0]:
             raise QdgapError(
-                f"{earlier}: starts at {before.time_fs[0]:.0f} fs, not before {data} ({t[0]:.0f} fs); --earlier "
-                "takes an earlier stretch of the same run on the same clock"
+                f"the earlier stretch starts at {earlier.time_fs[0]:.0f} fs, not before {name} ({t[0]:.0f} fs); "
+                "--earlier takes an earlier stretch of the same run on the same clock"
             )
-        pool_e = labelled_pool(before.gap_ev, stride=earlier_stride)
-        pool_e = pool_e[before.time_fs[pool_e] < t[0]]  # a frame both files hold counts once, as this stretch's
-        t_pool = np.concatenate([before.time_fs[pool_e].astype(np.float64), t_pool])
-        y_pool = np.concatenate([before.gap_ev[pool_e].astype(np.float64), y_pool])
-        x_e = np.full(len(pool_e), np.nan) if before.xtb_gap_ev is None else before.xtb_gap_ev[pool_e]
+        pool_e = labelled_pool(earlier.gap_ev, stride=earlier_stride)
+        pool_e = pool_e[earlier.time_fs[pool_e] < t[0]]  # a frame both hold counts once, as this stretch's
+        t_pool = np.concatenate([earlier.time_fs[pool_e].astype(np.float64), t_pool])
+        y_pool = np.concatenate([earlier.gap_ev[pool_e].astype(np.float64), y_pool])
+        x_e = np.full(len(pool_e), np.nan) if earlier.xtb_gap_ev is None else earlier.xtb_gap_ev[pool_e]
         x_pool = None if x_pool is None else np.concatenate([x_e.astype(np.float64), x_pool])
     if len(t_pool) < 3 or np.ptp(y_pool) == 0:
         raise QdgapError(
-            f"{data}: {len(t_pool)} labelled frame(s) in the pool (the labels of every {stride}th frame); the process "
+            f"{name}: {len(t_pool)} labelled frame(s) in the pool (the labels of every {stride}th frame); the process "
             "needs at least 3 with different gaps (import labels with `qdgap data import --gaps`, or lower --stride)"
         )
     chosen = {
@@ -166,7 +171,7 @@ def interpolate_to_file(
         "held-out": np.flatnonzero(labelled & ~in_pool),
     }[frames]
     if chosen.size == 0:
-        raise QdgapError(f"{data}: no frame to predict for --frames {frames}")
+        raise QdgapError(f"{name}: no frame to predict for --frames {frames}")
     if x_pool is None:
         why_no_xtb = "the trajectory has no xTB gaps"
     else:
@@ -175,7 +180,7 @@ def interpolate_to_file(
     if xtb == "no":
         why_no_xtb = "--xtb no"
     elif xtb == "yes" and why_no_xtb:
-        raise QdgapError(f"{data}: {why_no_xtb}; {XTB_FIX.format(data=data)}, or pass --xtb no")
+        raise QdgapError(f"{name}: {why_no_xtb}; {XTB_FIX.format(data=name)}, or pass --xtb no")
     x_q = None if why_no_xtb else x_all[chosen]
     x_pool = None if why_no_xtb else x_pool
     fit = gp.fit_gp(t_pool, y_pool, x_pool)
@@ -195,29 +200,83 @@ def interpolate_to_file(
             xtb_ev=None if x_all is None else x_all[q], label_xtb_ev=None if x_all is None else x_all[pool],
         )  # fmt: skip
         coverage = float(np.mean(np.abs(mean[scored] - y[q]) <= z * sd[scored]))
+    return Interpolation(
+        frame_index=chosen.astype(np.int64), time_fs=t[chosen], gap_true_ev=y[chosen], mean_ev=mean, sd_ev=sd,
+        lo_ev=mean - z * sd, hi_ev=mean + z * sd, in_pool=in_pool[chosen], estimator=estimator,
+        why_no_xtb=why_no_xtb, advice=advice(estimator, spacing), pool=len(pool), stride=stride,
+        earlier_labels=len(t_pool) - len(pool), fit=fit, level=level, loo=_loo(fit, t_pool, y_pool, x_pool, z),
+        heldout=heldout, heldout_coverage=coverage,
+    )  # fmt: skip
 
+
+def interpolate_to_file(
+    data: Path,
+    output: Path,
+    *,
+    stride: int = 1,
+    frames: str = "all",
+    xtb: str = "auto",
+    level: float = 0.95,
+    earlier: Path | None = None,
+    earlier_stride: int = 1,
+    force: bool = False,
+) -> tuple[Interpolation, Path]:
+    """``interpolate_trajectory`` of the file ``data`` (and ``earlier``), written to ``output`` and its CSV twin.
+
+    Args:
+        data, earlier: trajectory files (``earlier``: an earlier stretch of the same run, or None).
+        output: the ``qdgap.interpolation`` HDF5 file (schema.py); its CSV twin beside it.
+        stride, frames, xtb, level, earlier_stride: as ``interpolate_trajectory``.
+        force: replace an existing output.
+
+    Returns:
+        the interpolation, and the CSV's path.
+
+    Raises:
+        QdgapError: an existing or unwritable output, an unreadable input, or what ``interpolate_trajectory`` raises.
+    """
+    from qdgap.core.common.files import check_output_file
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.core.store.results import write_csv, write_results
+
+    output = Path(output)
+    csv = output.with_suffix(".csv")
+    for path in (output, csv):
+        if path.exists() and not force:
+            raise QdgapError(f"{path}: output exists; choose another name or pass --force")
+        check_output_file(path)  # a folder, or an unwritable place: refused before the work, not after
+    traj = read_trajectory(data)
+    before = None if earlier is None else read_trajectory(earlier)
+    try:
+        o = interpolate_trajectory(
+            traj, stride=stride, frames=frames, xtb=xtb, level=level, earlier=before, earlier_stride=earlier_stride,
+            name=str(data),
+        )  # fmt: skip
+    except QdgapError as exc:
+        raise QdgapError(
+            f"{earlier}: {exc}" if earlier is not None and "earlier stretch" in str(exc) else str(exc)
+        ) from None
     datasets = {
-        schema.FRAME_INDEX: chosen.astype(np.int64),
-        schema.TIME_FS: t[chosen],
-        schema.GAP_TRUE_EV: traj.gap_ev[chosen].astype(np.float32),
-        schema.GAP_MEAN_EV: mean.astype(np.float32),
-        schema.GAP_SD_EV: sd.astype(np.float32),
-        schema.GAP_LO_EV: (mean - z * sd).astype(np.float32),
-        schema.GAP_HI_EV: (mean + z * sd).astype(np.float32),
-        schema.IN_POOL: in_pool[chosen],
+        schema.FRAME_INDEX: o.frame_index,
+        schema.TIME_FS: o.time_fs,
+        schema.GAP_TRUE_EV: o.gap_true_ev.astype(np.float32),
+        schema.GAP_MEAN_EV: o.mean_ev.astype(np.float32),
+        schema.GAP_SD_EV: o.sd_ev.astype(np.float32),
+        schema.GAP_LO_EV: o.lo_ev.astype(np.float32),
+        schema.GAP_HI_EV: o.hi_ev.astype(np.float32),
+        schema.IN_POOL: o.in_pool,
     }
-    loo = _loo(fit, t_pool, y_pool, x_pool, z)
     attrs = {
         schema.ATTR_INPUT_SHA256: traj.sha256,
         schema.ATTR_INPUT_PATH: str(Path(data).resolve()),
-        schema.ATTR_ESTIMATOR: estimator,
+        schema.ATTR_ESTIMATOR: o.estimator,
         schema.ATTR_POOL_STRIDE: int(stride),
         "earlier_path": "" if earlier is None else str(Path(earlier).resolve()),
-        "earlier_labels": len(t_pool) - len(pool),
+        "earlier_labels": o.earlier_labels,
         schema.ATTR_INTERVAL_LEVEL: float(level),
-        **{f"gp_{k}": float(v) for k, v in fit.as_dict().items()},
-        **({} if loo is None else {"loo_rmse_mev": loo.rmse_mev, "loo_linear_rmse_mev": loo.linear_rmse_mev}),
-        **({} if heldout is None else heldout.attrs("heldout")),
+        **{f"gp_{k}": float(v) for k, v in o.fit.as_dict().items()},
+        **({} if o.loo is None else {"loo_rmse_mev": o.loo.rmse_mev, "loo_linear_rmse_mev": o.loo.linear_rmse_mev}),
+        **({} if o.heldout is None else o.heldout.attrs("heldout")),
     }
     # The CSV first and the HDF5 file last: gaps.h5 there means both are whole; a failed write leaves neither.
     write_csv(csv, {k: np.asarray(v) for k, v in datasets.items()}, force=True)
@@ -229,12 +288,7 @@ def interpolate_to_file(
     except BaseException:
         csv.unlink(missing_ok=True)
         raise
-    return InterpolationOutcome(
-        output=output, csv=csv, estimator=estimator, why_no_xtb=why_no_xtb,
-        advice=advice(estimator, spacing), pool=len(pool),
-        earlier_labels=len(t_pool) - len(pool), stride=stride,
-        frames=len(chosen), fit=fit, level=level, loo=loo, heldout=heldout, heldout_coverage=coverage,
-    )  # fmt: skip
+    return o, csv
 
 
 def _loo(fit: gp.GPFit, t: np.ndarray, y: np.ndarray, x: np.ndarray | None, z: float) -> LooScore | None:
