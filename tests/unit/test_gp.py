@@ -5,6 +5,7 @@ interval covers what it says on a process drawn from the model."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from qdgap.core.analysis import gp
 
@@ -88,3 +89,13 @@ def test_without_features_the_process_is_kriging_in_time():
     mean, _ = gp.gp_predict(fit, t, t[labels], y[labels])
     np.testing.assert_array_equal(mean, gp.kriging_in_time(t, t[labels], y[labels]))
     assert fit.length_fs >= 20.0 - 1e-9  # time alone: the length stays at or above the label spacing
+
+
+def test_features_must_match_the_fit():
+    t, x, y = _series(4, n=300)
+    labels = np.arange(0, 300, 10)
+    with_x = gp.fit_gp(t[labels], y[labels], x[labels])
+    with pytest.raises(ValueError, match="exactly when"):
+        gp.gp_predict(with_x, t, t[labels], y[labels])
+    with pytest.raises(ValueError, match="exactly when"):
+        gp.gp_predict(gp.fit_gp(t[labels], y[labels]), t, t[labels], y[labels], x, x[labels])

@@ -170,9 +170,14 @@ def gp_predict(
 
     Returns:
         (F,) float64 mean, eV; (F,) float64 sd of a new frame's gap (noise included), eV.
+
+    Raises:
+        ValueError: features given to a process fitted without them, or missing for one fitted with them.
     """
     from scipy.linalg import cho_factor, cho_solve, solve_triangular
 
+    if bool(fit.feature_mean) != (features is not None and label_features is not None):
+        raise ValueError("give features and label_features exactly when the process was fitted with features")
     q = np.asarray(time_fs, np.float64)
     t = np.asarray(label_time_fs, np.float64)
     y = np.asarray(label_gap_ev, np.float64) - fit.mean_ev
