@@ -47,10 +47,49 @@ def arm_row(name: str, path: Path) -> dict:
         "split_half_rho": cmp.split_half.rho if cmp.split_half else float("nan"),
         "split_half_full_rho": cmp.split_half.full_rho if cmp.split_half else float("nan"),
         "top5": cmp.order[:5],
+        # Paired importance (masked minus unmasked RMSE per member) averaged over the atoms of each element.
+        "element_importance_mev": _by_element(data),
     }
 
 
-def render(rows: list[dict], command: str) -> str:
+def _by_element(data: dict) -> dict[str, float]:
+    import numpy as np
+
+    labels = [str(a.decode() if isinstance(a, bytes) else a) for a in data[schema.ATOM_LABEL]]
+    element = np.array([a.rstrip("0123456789") for a in labels])
+    imp = np.asarray(data[schema.IMPORTANCE_MEAN_MEV], float)
+    return {e: float(imp[element == e].mean()) for e in dict.fromkeys(element)}
+
+
+def degree_rows(data_path: Path, frames: int = 100) -> list[dict]:
+    """Bonds per atom (in and out, directed edges) by element on every graph ``--graph`` offers, over
+    ``frames`` evenly spaced frames of the trajectory: what the seed mask's zeroed bond vectors touch."""
+    import numpy as np
+
+    from qdgap.core.config import GRAPHS
+    from qdgap.core.data.trajectory import read_trajectory
+    from qdgap.core.graphs.build import build_graphs
+
+    traj = read_trajectory(data_path)
+    sel = traj.select(np.linspace(0, traj.num_frames - 1, frames).round().astype(np.int64))
+    n = traj.num_atoms
+    symbols = {48: "Cd", 34: "Se", 17: "Cl", 8: "O", 1: "H"}
+    rows = []
+    for name, params in GRAPHS.items():
+        g = build_graphs(sel, params)
+        ptr = g.edge_ptr.numpy()
+        src, dst = g.edge_src.numpy(), g.edge_dst.numpy()
+        degree = np.zeros(n)
+        for k in range(len(ptr) - 1):
+            degree += np.bincount(src[ptr[k] : ptr[k + 1]] % n, minlength=n)
+            degree += np.bincount(dst[ptr[k] : ptr[k + 1]] % n, minlength=n)
+        degree /= len(ptr) - 1
+        by = {symbols.get(int(z), str(z)): float(degree[traj.numbers == z].mean()) for z in dict.fromkeys(traj.numbers)}
+        rows.append({"graph": name, "edges_per_frame": float(ptr[-1] / (len(ptr) - 1)), "degree": by})
+    return rows
+
+
+def render(rows: list[dict], command: str, degrees: list[dict] | None = None) -> str:
     lines = [
         "# What moves the FNA ranking toward the study's",
         "",
@@ -71,7 +110,24 @@ def render(rows: list[dict], command: str) -> str:
         "",
         "Ranked by the study's statistic (mean over members of the masked RMSE). The published ranking: "
         "Se2, Se1, Se5, Cl7, ... (`core/analysis/comparison.PUBLISHED_TOP23`).",
+        "",
+        "Mean paired importance (masked minus unmasked RMSE per member, meV) over each element's atoms:",
+        "",
+        "| arm | " + " | ".join(rows[0]["element_importance_mev"]) + " |",
+        "|---|" + "---|" * len(rows[0]["element_importance_mev"]),
     ]
+    for r in rows:
+        lines.append(f"| {r['arm']} | " + " | ".join(f"{v:.1f}" for v in r["element_importance_mev"].values()) + " |")
+    if degrees:
+        elements = list(degrees[0]["degree"])
+        lines += ["", "Bonds per atom on each graph (directed edges in and out, mean over 100 frames evenly spread):", "",
+                  "| graph | edges per frame | " + " | ".join(elements) + " |", "|---|---|" + "---|" * len(elements)]  # fmt: skip
+        for d in degrees:
+            lines.append(
+                f"| {d['graph']} | {d['edges_per_frame']:.0f} | "
+                + " | ".join(f"{d['degree'][e]:.1f}" for e in elements)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -79,6 +135,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arm", action="append", required=True, help="NAME=path/to/fna.h5 (repeat)")
     p.add_argument("--out", type=Path, required=True, help="OUT.md and OUT.json are written")
+    p.add_argument("--degrees", type=Path, default=None, help="trajectory: also count bonds per atom on every graph")
     args = p.parse_args()
     arms = []
     for spec in args.arm:
@@ -87,10 +144,13 @@ def main() -> None:
             p.error(f"--arm {spec!r}: expected NAME=path to an existing fna.h5")
         arms.append((name, Path(path)))
     rows = [arm_row(name, path) for name, path in arms]
+    degrees = degree_rows(args.degrees) if args.degrees else None
     command = "python bench/bench_fna_graph.py " + " ".join(f"--arm {s}" for s in args.arm) + f" --out {args.out}"
-    md = render(rows, command)
+    command += f" --degrees {args.degrees}" if args.degrees else ""
+    md = render(rows, command, degrees)
     args.out.with_suffix(".md").write_text(md)
-    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "arms": rows}, indent=1) + "\n")
+    record = {"command": command, "arms": rows, "degrees": degrees}
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     print(md)
 
 
