@@ -411,6 +411,7 @@ def interpolate(
     return interpolate_trajectory(
         traj, stride=stride, frames=frames, xtb=xtb, level=level, earlier=before, earlier_stride=earlier_stride,
         name=str(data) if isinstance(data, (str, Path)) else "the trajectory",
+        earlier_name=str(earlier) if isinstance(earlier, (str, Path)) else "the earlier stretch",
     )  # fmt: skip
 
 

@@ -106,6 +106,7 @@ def interpolate_trajectory(
     earlier: Trajectory | None = None,
     earlier_stride: int = 1,
     name: str = "the trajectory",
+    earlier_name: str = "the earlier stretch",
 ) -> Interpolation:
     """Predict the gap of the chosen frames from the labels of frames 0, ``stride``, ... (and xTB); no I/O.
 
@@ -118,7 +119,7 @@ def interpolate_trajectory(
         earlier: an earlier stretch of the same run (same atoms, same clock, starting before ``traj``): the
             labels of its frames 0, ``earlier_stride``, ... condition the process too (they carry the
             xTB-to-gap relation and the mean into a stretch with few labels of its own).
-        name: what to call ``traj`` in messages (its path).
+        name, earlier_name: what to call ``traj`` and ``earlier`` in messages (their paths).
 
     Raises:
         QdgapError: bad options, too few labels, another dot as ``earlier``, or xTB gaps missing under ``xtb="yes"``.
@@ -146,12 +147,12 @@ def interpolate_trajectory(
             from qdgap.core.common.labels import formula
 
             raise QdgapError(
-                f"the earlier stretch holds {formula(earlier.numbers)}, not the {formula(traj.numbers)} of {name} in "
+                f"{earlier_name} holds {formula(earlier.numbers)}, not the {formula(traj.numbers)} of {name} in "
                 "the same atom order; --earlier takes an earlier stretch of the same run"
             )
         if earlier.time_fs[0] >= t[0]:
             raise QdgapError(
-                f"the earlier stretch starts at {earlier.time_fs[0]:.0f} fs, not before {name} ({t[0]:.0f} fs); "
+                f"{earlier_name} starts at {earlier.time_fs[0]:.0f} fs, not before {name} ({t[0]:.0f} fs); "
                 "--earlier takes an earlier stretch of the same run on the same clock"
             )
         pool_e = labelled_pool(earlier.gap_ev, stride=earlier_stride)
@@ -247,15 +248,10 @@ def interpolate_to_file(
         check_output_file(path)  # a folder, or an unwritable place: refused before the work, not after
     traj = read_trajectory(data)
     before = None if earlier is None else read_trajectory(earlier)
-    try:
-        o = interpolate_trajectory(
-            traj, stride=stride, frames=frames, xtb=xtb, level=level, earlier=before, earlier_stride=earlier_stride,
-            name=str(data),
-        )  # fmt: skip
-    except QdgapError as exc:
-        raise QdgapError(
-            f"{earlier}: {exc}" if earlier is not None and "earlier stretch" in str(exc) else str(exc)
-        ) from None
+    o = interpolate_trajectory(
+        traj, stride=stride, frames=frames, xtb=xtb, level=level, earlier=before, earlier_stride=earlier_stride,
+        name=str(data), earlier_name=str(earlier),
+    )  # fmt: skip
     datasets = {
         schema.FRAME_INDEX: o.frame_index,
         schema.TIME_FS: o.time_fs,
